@@ -1,0 +1,121 @@
+"""torch.library ops of awq_ao and the device / shape dispatch of the int4 linear.
+
+``int4_linear(x, w, bias)`` picks one path, in Python, before any op is called
+(a ``triton_op`` must never be traced with CPU tensors, see DESIGN.md):
+
+* CUDA: ``awq_ao::int4_linear_triton``, the Triton dequantize-and-matmul kernel.
+* CPU, bf16 activations, at most ``CPU_INT4_MAX_M`` rows, and a weight shape the
+  kernel takes (N % 16 == 0, group 32/64/128/256): ``aten._weight_int4pack_mm_for_cpu``
+  on the layout prepared once when the weight was built.
+* everywhere else (prefill, fp32 / fp16 on CPU, other devices):
+  ``awq_ao::int4_linear_dequant``, an opaque op that dequantizes and calls
+  ``F.linear``; kept opaque so inductor does not re-fuse it into a slow loop.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from awq_ao import quant
+
+# Largest number of rows for which the CPU int4 kernel beats dequantize + dense
+# bf16 (benchmarks/bench_cpu_linear.py: faster at M=1..8, slower at M=16).
+CPU_INT4_MAX_M = 8
+
+
+@torch.library.custom_op("awq_ao::int4_linear_dequant", mutates_args=())
+def int4_linear_dequant(
+    x: Tensor,
+    qdata: Tensor,
+    scale: Tensor,
+    zero_point: Tensor,
+    act_pre_scale: Optional[Tensor],
+    group_size: int,
+    in_features: int,
+) -> Tensor:
+    """Reference path: ``F.linear(x * act_pre_scale, dequantize(W))``; x [..., K] -> [..., N]."""
+    w = quant.dequantize(quant.unpack_int4(qdata), scale, zero_point, group_size, in_features, x.dtype)
+    if act_pre_scale is not None:
+        x = x * act_pre_scale
+    return F.linear(x, w)
+
+
+@int4_linear_dequant.register_fake
+def _(x, qdata, scale, zero_point, act_pre_scale, group_size, in_features):
+    return x.new_empty((*x.shape[:-1], qdata.shape[0]))
+
+
+@torch.library.triton_op("awq_ao::int4_linear_triton", mutates_args=())
+def int4_linear_triton(
+    x: Tensor,
+    qdata: Tensor,
+    scale: Tensor,
+    zero_point: Tensor,
+    act_pre_scale: Optional[Tensor],
+    group_size: int,
+    in_features: int,
+) -> Tensor:
+    """CUDA path: fused dequantize + matmul in Triton; x [M, K] -> [M, N]."""
+    from awq_ao.kernels.int4_matmul import launch_int4_linear
+
+    y = torch.empty((x.shape[0], qdata.shape[0]), dtype=x.dtype, device=x.device)
+    launch_int4_linear(
+        x, qdata, scale, zero_point, act_pre_scale, y, group_size, in_features,
+        launcher=torch.library.wrap_triton,
+    )
+    return y
+
+
+def cpu_fast_path_applies(x: Tensor, w) -> bool:
+    """Whether ``int4_linear`` sends ``x @ w.T`` to ``aten._weight_int4pack_mm_for_cpu``."""
+    rows = x.numel() // max(x.shape[-1], 1)
+    return (
+        x.device.type == "cpu"
+        and w.cpu_packed is not None
+        and x.dtype == torch.bfloat16
+        and rows <= CPU_INT4_MAX_M
+    )
+
+
+def _cpu_int4_mm(x2d: Tensor, w) -> Tensor:
+    k_pad = w.qdata.shape[1] * 2
+    if x2d.shape[1] != k_pad:
+        x2d = F.pad(x2d, (0, k_pad - x2d.shape[1]))
+    return torch.ops.aten._weight_int4pack_mm_for_cpu(
+        x2d.contiguous(), w.cpu_packed, w.group_size, w.cpu_scale_zero
+    )
+
+
+def int4_linear(x: Tensor, w, bias: Optional[Tensor] = None) -> Tensor:
+    """``F.linear(x * w.act_pre_scale, w.dequantize(), bias)`` for an ``AWQInt4Tensor`` w.
+
+    x: [..., K] in the weight's dtype; returns [..., N] in that dtype.
+    """
+    k = w.in_features
+    if x.shape[-1] != k:
+        raise ValueError(f"input has {x.shape[-1]} features, the int4 weight expects {k}")
+    if x.dtype != w.dtype:
+        raise ValueError(
+            f"input dtype {x.dtype} does not match the int4 weight's activation dtype {w.dtype}; "
+            "cast the model (model.to(dtype)) or the input"
+        )
+    lead = x.shape[:-1]
+    x2d = x.reshape(-1, k)
+    if x.device.type == "cuda":
+        y = torch.ops.awq_ao.int4_linear_triton(
+            x2d, w.qdata, w.scale, w.zero_point, w.act_pre_scale, w.group_size, k
+        )
+    elif cpu_fast_path_applies(x, w):
+        if w.act_pre_scale is not None:
+            x2d = x2d * w.act_pre_scale
+        y = _cpu_int4_mm(x2d, w)
+    else:
+        y = torch.ops.awq_ao.int4_linear_dequant(
+            x2d, w.qdata, w.scale, w.zero_point, w.act_pre_scale, w.group_size, k
+        )
+    y = y.reshape(*lead, w.out_features)
+    return y if bias is None else y + bias

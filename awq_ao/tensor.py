@@ -1,0 +1,302 @@
+"""``AWQInt4Tensor``: a group-wise int4 (2/3/4-bit) weight as a torch tensor subclass.
+
+Canonical data (what is saved):
+
+* ``qdata``       uint8 [N, K_pad / 2]: codes packed by ``quant.pack_int4``
+* ``scale``       [N, K_pad / G] in the activation dtype (fp32 / fp16 / bf16)
+* ``zero_point``  uint8 [N, K_pad / G], integer zero points
+* ``act_pre_scale`` (optional) [K] in the activation dtype: the linear computes
+  ``F.linear(x * act_pre_scale, dequantize())``; it carries AWQ scales that no
+  previous op could absorb.
+
+Derived data (never saved, rebuilt per device and dtype): ``cpu_packed`` and
+``cpu_scale_zero``, the layout of ``aten._weight_int4pack_mm_for_cpu``, built
+once when the tensor lands on the CPU in bf16 with a shape the kernel takes.
+
+The tensor presents itself with the logical shape [N, K] (``in_features`` K)
+and the activation dtype, which is what ``dequantize()`` returns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Optional
+
+import torch
+from torch.utils._python_dispatch import return_and_correct_aliasing
+from torchao.utils import TorchAOBaseTensor
+
+from awq_ao import quant
+
+aten = torch.ops.aten
+
+# aten._weight_int4pack_mm_for_cpu takes these group sizes and N % 16 == 0
+CPU_KERNEL_GROUP_SIZES = (32, 64, 128, 256)
+
+
+def cpu_kernel_layout(
+    qdata: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, group_size: int
+) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """Build the CPU int4 kernel's (packed weight, scale_and_zero) or (None, None).
+
+    The kernel computes ``w = (q - 8) * s + zero``; for AWQ's integer zero point
+    ``z`` this is exact with ``zero = (8 - z) * s``. Only bf16 activations are
+    fast in that kernel, so only a bf16 tensor gets the layout.
+    """
+    n = qdata.shape[0]
+    usable = (
+        qdata.device.type == "cpu"
+        and scale.dtype == torch.bfloat16
+        and n % 16 == 0
+        and group_size in CPU_KERNEL_GROUP_SIZES
+    )
+    if not usable:
+        return None, None
+    codes = quant.unpack_int4(qdata).to(torch.int32)
+    packed = aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+    s = scale.float()
+    zero = (8.0 - zero_point.float()) * s
+    scale_and_zero = torch.stack([s.t(), zero.t()], dim=-1).to(scale.dtype).contiguous()
+    return packed, scale_and_zero
+
+
+class AWQInt4Tensor(TorchAOBaseTensor):
+    """Group-wise int4 weight [out_features, in_features]; see the module docstring."""
+
+    tensor_data_names = ["qdata", "scale", "zero_point"]
+    tensor_attribute_names = ["bits", "group_size", "shape"]
+    optional_tensor_data_names = ["act_pre_scale", "cpu_packed", "cpu_scale_zero"]
+    optional_tensor_attribute_names = ["transposed"]
+
+    def __new__(
+        cls,
+        qdata: torch.Tensor,
+        scale: torch.Tensor,
+        zero_point: torch.Tensor,
+        bits: int,
+        group_size: int,
+        shape,
+        act_pre_scale: Optional[torch.Tensor] = None,
+        cpu_packed: Optional[torch.Tensor] = None,
+        cpu_scale_zero: Optional[torch.Tensor] = None,
+        transposed: bool = False,
+    ):
+        return torch.Tensor._make_wrapper_subclass(
+            cls, shape, dtype=scale.dtype, device=qdata.device, requires_grad=False
+        )
+
+    def __init__(
+        self,
+        qdata: torch.Tensor,
+        scale: torch.Tensor,
+        zero_point: torch.Tensor,
+        bits: int,
+        group_size: int,
+        shape,
+        act_pre_scale: Optional[torch.Tensor] = None,
+        cpu_packed: Optional[torch.Tensor] = None,
+        cpu_scale_zero: Optional[torch.Tensor] = None,
+        transposed: bool = False,
+    ):
+        self.qdata = qdata
+        self.scale = scale
+        self.zero_point = zero_point
+        self.bits = bits
+        self.group_size = group_size
+        self.act_pre_scale = act_pre_scale
+        self.cpu_packed = cpu_packed
+        self.cpu_scale_zero = cpu_scale_zero
+        self.transposed = transposed
+
+    # ----------------------------------------------------------------- building
+    @classmethod
+    def from_parts(
+        cls,
+        qdata: torch.Tensor,
+        scale: torch.Tensor,
+        zero_point: torch.Tensor,
+        bits: int,
+        group_size: int,
+        in_features: int,
+        act_pre_scale: Optional[torch.Tensor] = None,
+    ) -> "AWQInt4Tensor":
+        """Wrap canonical data and derive the kernel layout for its device and dtype."""
+        cpu_packed, cpu_scale_zero = cpu_kernel_layout(qdata, scale, zero_point, group_size)
+        shape = (qdata.shape[0], in_features)
+        return cls(qdata, scale, zero_point, bits, group_size, shape, act_pre_scale, cpu_packed, cpu_scale_zero)
+
+    @classmethod
+    def from_float(
+        cls,
+        weight: torch.Tensor,
+        bits: int = 4,
+        group_size: int = 128,
+        zero_point: bool = True,
+        clip_ratio=None,
+        act_pre_scale: Optional[torch.Tensor] = None,
+    ) -> "AWQInt4Tensor":
+        """Quantize a float weight [N, K] (already multiplied by any AWQ scale).
+
+        ``act_pre_scale`` [K], if given, multiplies the activations at run time.
+        """
+        quant.check_weight(weight)
+        q, scale, zero = quant.quantize(weight.detach(), bits, group_size, zero_point, clip_ratio)
+        if act_pre_scale is not None:
+            act_pre_scale = _check_pre_scale(act_pre_scale, weight)
+        return cls.from_parts(quant.pack_int4(q), scale, zero, bits, group_size, weight.shape[1], act_pre_scale)
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def out_features(self) -> int:
+        return self.qdata.shape[0]
+
+    @property
+    def in_features(self) -> int:
+        return self.shape[0] if self.transposed else self.shape[1]
+
+    def dequantize(self, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+        """The logical weight [N, K] (or [K, N] when transposed), without act_pre_scale."""
+        w = quant.dequantize(
+            quant.unpack_int4(self.qdata), self.scale, self.zero_point,
+            self.group_size, self.in_features, dtype or self.dtype,
+        )
+        return w.t() if self.transposed else w
+
+    def __repr__(self) -> str:
+        kernel = "cpu-int4pack" if self.cpu_packed is not None else "reference"
+        if self.device.type == "cuda":
+            kernel = "triton"
+        return (
+            f"{type(self).__name__}(shape={tuple(self.shape)}, bits={self.bits}, "
+            f"group_size={self.group_size}, dtype={self.dtype}, device={self.device}, "
+            f"act_pre_scale={self.act_pre_scale is not None}, kernel={kernel}"
+            f"{', transposed' if self.transposed else ''})"
+        )
+
+    def _stable_hash_for_caching(self) -> str:
+        """Metadata key for torch.compile's AOT autograd cache (no tensor values)."""
+        inner = []
+        for name in self.tensor_data_names + self.optional_tensor_data_names:
+            t = getattr(self, name)
+            inner.append(None if t is None else (name, tuple(t.shape), str(t.dtype), str(t.device)))
+        meta = (type(self).__name__, self.bits, self.group_size, tuple(self.shape), str(self.dtype),
+                self.transposed, tuple(inner))
+        return hashlib.blake2b(repr(meta).encode(), digest_size=16).hexdigest()
+
+    def canonical(self) -> dict:
+        """Only the data that defines the tensor (what is saved)."""
+        parts = {"qdata": self.qdata, "scale": self.scale, "zero_point": self.zero_point}
+        if self.act_pre_scale is not None:
+            parts["act_pre_scale"] = self.act_pre_scale
+        return parts
+
+    def _rebuilt(self, device=None, dtype=None) -> "AWQInt4Tensor":
+        """Same tensor on another device / activation dtype, kernel layout re-derived."""
+        device = self.device if device is None else device
+        dtype = self.dtype if dtype is None else dtype
+        pre = None if self.act_pre_scale is None else self.act_pre_scale.to(device, dtype)
+        out = AWQInt4Tensor.from_parts(
+            self.qdata.to(device), self.scale.to(device, dtype), self.zero_point.to(device),
+            self.bits, self.group_size, self.in_features, pre,
+        )
+        return _transpose(out) if self.transposed else out
+
+
+def _transpose(t: AWQInt4Tensor) -> AWQInt4Tensor:
+    """A view of ``t`` with the transposed flag flipped (no data moves)."""
+    n, k = t.shape
+    return AWQInt4Tensor(
+        t.qdata, t.scale, t.zero_point, t.bits, t.group_size, (k, n),
+        t.act_pre_scale, t.cpu_packed, t.cpu_scale_zero, not t.transposed,
+    )
+
+
+def _check_pre_scale(act_pre_scale: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    if act_pre_scale.shape != (weight.shape[1],):
+        raise ValueError(
+            f"act_pre_scale must have shape ({weight.shape[1]},), got {tuple(act_pre_scale.shape)}"
+        )
+    if not torch.isfinite(act_pre_scale).all() or (act_pre_scale == 0).any():
+        raise ValueError("act_pre_scale must be finite and non-zero")
+    return act_pre_scale.detach().to(weight.device, weight.dtype).contiguous()
+
+
+# --------------------------------------------------------------------- dispatch
+implements = AWQInt4Tensor.implements
+implements_torch_function = AWQInt4Tensor.implements_torch_function
+
+
+@implements([aten.linear.default])
+@implements_torch_function([torch.nn.functional.linear])
+def _linear(func, types, args, kwargs):
+    from awq_ao.ops import int4_linear
+
+    x, w = args[0], args[1]
+    bias = args[2] if len(args) > 2 else kwargs.get("bias")
+    if w.transposed:
+        raise ValueError("F.linear takes the weight as [out, in]; got a transposed AWQInt4Tensor")
+    return int4_linear(x, w, bias)
+
+
+@implements([aten.t.default])
+def _t(func, types, args, kwargs):
+    return return_and_correct_aliasing(func, args, kwargs, _transpose(args[0]))
+
+
+@implements([aten.mm.default])
+def _mm(func, types, args, kwargs):
+    from awq_ao.ops import int4_linear
+
+    x, w = args[0], args[1]
+    _require_transposed(w, "mm")
+    return int4_linear(x, _transpose(w), None)
+
+
+@implements([aten.addmm.default])
+def _addmm(func, types, args, kwargs):
+    from awq_ao.ops import int4_linear
+
+    bias, x, w = args[0], args[1], args[2]
+    beta, alpha = kwargs.get("beta", 1), kwargs.get("alpha", 1)
+    _require_transposed(w, "addmm")
+    y = int4_linear(x, _transpose(w), None)
+    if alpha != 1:
+        y = y * alpha
+    return y + (bias if beta == 1 else bias * beta)
+
+
+def _require_transposed(w, op: str) -> None:
+    if not isinstance(w, AWQInt4Tensor) or not w.transposed:
+        raise NotImplementedError(
+            f"{op} with an AWQInt4Tensor takes the weight as its second matrix, transposed "
+            "(x @ w.t()), as F.linear does"
+        )
+
+
+@implements([aten._to_copy.default])
+def _to_copy(func, types, args, kwargs):
+    self = args[0]
+    to_kwargs = self._get_to_kwargs(*args[1:], **kwargs)
+    out = self._rebuilt(to_kwargs["device"], to_kwargs["dtype"])
+    return return_and_correct_aliasing(func, args, kwargs, out)
+
+
+@implements([aten.copy_.default])
+def _copy_(func, types, args, kwargs):
+    dst, src = args[0], args[1]
+    if not isinstance(src, AWQInt4Tensor):
+        raise ValueError("copy_ into an AWQInt4Tensor needs an AWQInt4Tensor source")
+    same = (
+        dst.shape == src.shape and dst.bits == src.bits and dst.group_size == src.group_size
+        and dst.transposed == src.transposed
+        and (dst.act_pre_scale is None) == (src.act_pre_scale is None)
+    )
+    if not same:
+        raise ValueError(f"copy_ between mismatched AWQInt4Tensors: {dst!r} <- {src!r}")
+    for name, tensor in src.canonical().items():
+        getattr(dst, name).copy_(tensor)
+    dst.cpu_packed, dst.cpu_scale_zero = cpu_kernel_layout(dst.qdata, dst.scale, dst.zero_point, dst.group_size)
+    return dst
+
+
+torch.serialization.add_safe_globals([AWQInt4Tensor])
