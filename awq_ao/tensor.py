@@ -35,13 +35,16 @@ CPU_KERNEL_GROUP_SIZES = (32, 64, 128, 256)
 
 
 def cpu_kernel_layout(
-    qdata: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, group_size: int
+    qdata: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, group_size: int, bits: int
 ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
     """Build the CPU int4 kernel's (packed weight, scale_and_zero) or (None, None).
 
-    The kernel computes ``w = (q - 8) * s + zero``; for AWQ's integer zero point
-    ``z`` this is exact with ``zero = (8 - z) * s``. Only bf16 activations are
-    fast in that kernel, so only a bf16 tensor gets the layout.
+    The kernel computes ``w = (c - 8) * s + zero`` from a 4-bit code ``c``. We
+    store ``c = q + 8 - 2**(bits-1)`` (codes centred on 8) and
+    ``zero = (2**(bits-1) - z) * s``, which is AWQ's ``(q - z) * s`` exactly in
+    real arithmetic; centring keeps the zero term small, so rounding it to bf16
+    costs little even at 2 bits. Only bf16 activations are fast in that kernel,
+    so only a bf16 tensor gets the layout.
     """
     n = qdata.shape[0]
     usable = (
@@ -52,10 +55,11 @@ def cpu_kernel_layout(
     )
     if not usable:
         return None, None
-    codes = quant.unpack_int4(qdata).to(torch.int32)
+    half = 2 ** (bits - 1)
+    codes = quant.unpack_int4(qdata).to(torch.int32) + (8 - half)
     packed = aten._convert_weight_to_int4pack_for_cpu(codes, 1)
     s = scale.float()
-    zero = (8.0 - zero_point.float()) * s
+    zero = (half - zero_point.float()) * s
     scale_and_zero = torch.stack([s.t(), zero.t()], dim=-1).to(scale.dtype).contiguous()
     return packed, scale_and_zero
 
@@ -121,7 +125,7 @@ class AWQInt4Tensor(TorchAOBaseTensor):
         act_pre_scale: Optional[torch.Tensor] = None,
     ) -> "AWQInt4Tensor":
         """Wrap canonical data and derive the kernel layout for its device and dtype."""
-        cpu_packed, cpu_scale_zero = cpu_kernel_layout(qdata, scale, zero_point, group_size)
+        cpu_packed, cpu_scale_zero = cpu_kernel_layout(qdata, scale, zero_point, group_size, bits)
         shape = (qdata.shape[0], in_features)
         return cls(qdata, scale, zero_point, bits, group_size, shape, act_pre_scale, cpu_packed, cpu_scale_zero)
 
@@ -295,7 +299,7 @@ def _copy_(func, types, args, kwargs):
         raise ValueError(f"copy_ between mismatched AWQInt4Tensors: {dst!r} <- {src!r}")
     for name, tensor in src.canonical().items():
         getattr(dst, name).copy_(tensor)
-    dst.cpu_packed, dst.cpu_scale_zero = cpu_kernel_layout(dst.qdata, dst.scale, dst.zero_point, dst.group_size)
+    dst.cpu_packed, dst.cpu_scale_zero = cpu_kernel_layout(dst.qdata, dst.scale, dst.zero_point, dst.group_size, dst.bits)
     return dst
 
 
