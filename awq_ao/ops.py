@@ -22,9 +22,11 @@ from torch import Tensor
 
 from awq_ao import quant
 
-# Largest number of rows for which the CPU int4 kernel beats dequantize + dense
-# bf16 (benchmarks/bench_cpu_linear.py: faster at M=1..8, slower at M=16).
-CPU_INT4_MAX_M = 8
+# Largest number of rows sent to the CPU int4 kernel. Its time grows linearly
+# with M (about 0.3 ms per row at 4096x4096 here) while dequantize + dense bf16
+# costs a fixed ~40 ms plus a cheap matmul: benchmarks/bench_cpu_linear.py
+# puts the crossover between M=128 and M=256.
+CPU_INT4_MAX_M = 128
 
 
 @torch.library.custom_op("awq_ao::int4_linear_dequant", mutates_args=())
