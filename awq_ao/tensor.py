@@ -19,7 +19,9 @@ and the activation dtype, which is what ``dequantize()`` returns.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import sys
 from typing import Optional
 
 import torch
@@ -178,8 +180,16 @@ class AWQInt4Tensor(TorchAOBaseTensor):
         )
 
     def _stable_hash_for_caching(self) -> str:
-        """Metadata key for torch.compile's AOT autograd cache (no tensor values)."""
-        inner = []
+        """Key for torch.compile's AOT autograd cache: metadata plus the dispatch code.
+
+        The traced graph depends on awq_ao's dispatch (which path, which op), not
+        only on shapes, so the source of the modules that decide it and the
+        dispatch threshold are part of the key: an edited awq_ao never reuses a
+        stale compiled graph.
+        """
+        from awq_ao import ops
+
+        inner = [_code_fingerprint(), ops.CPU_INT4_MAX_M]
         for name in self.tensor_data_names + self.optional_tensor_data_names:
             t = getattr(self, name)
             inner.append(None if t is None else (name, tuple(t.shape), str(t.dtype), str(t.device)))
@@ -204,6 +214,19 @@ class AWQInt4Tensor(TorchAOBaseTensor):
             self.bits, self.group_size, self.in_features, pre,
         )
         return _transpose(out) if self.transposed else out
+
+
+@functools.lru_cache(maxsize=1)
+def _code_fingerprint() -> str:
+    """Digest of the source files whose code decides what a linear traces to."""
+    from awq_ao import ops, quant as quant_module
+    from awq_ao.kernels import int4_matmul
+
+    digest = hashlib.blake2b(digest_size=16)
+    for module in (ops, quant_module, int4_matmul, sys.modules[__name__]):
+        with open(module.__file__, "rb") as f:
+            digest.update(f.read())
+    return digest.hexdigest()
 
 
 def _transpose(t: AWQInt4Tensor) -> AWQInt4Tensor:

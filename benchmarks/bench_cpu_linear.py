@@ -35,22 +35,29 @@ SHAPES = [  # (name, out N, in K)
 ]
 
 
-def median_ms(fn, repeats: int, min_time: float = 0.05) -> float:
-    """Median over ``repeats`` batches of the per-call time, in ms."""
-    fn()
-    fn()
-    start, calls = time.perf_counter(), 0
-    while time.perf_counter() - start < min_time:
+def interleaved_medians(fns: dict, repeats: int, min_time: float = 0.03) -> dict:
+    """Median per-call ms of each function, measured in interleaved rounds.
+
+    Each round times every function once (a batch of calls sized to ``min_time``),
+    so drifts of a shared, noisy machine hit all variants alike.
+    """
+    batch = {}
+    for name, fn in fns.items():
         fn()
-        calls += 1
-    per_batch = max(1, calls)
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(per_batch):
+        fn()
+        start, calls = time.perf_counter(), 0
+        while time.perf_counter() - start < min_time:
             fn()
-        samples.append((time.perf_counter() - t0) / per_batch * 1e3)
-    return statistics.median(samples)
+            calls += 1
+        batch[name] = max(1, calls)
+    samples = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(batch[name]):
+                fn()
+            samples[name].append((time.perf_counter() - t0) / batch[name] * 1e3)
+    return {name: statistics.median(v) for name, v in samples.items()}
 
 
 def bench_shape(n: int, k: int, m: int, repeats: int) -> dict:
@@ -63,20 +70,20 @@ def bench_shape(n: int, k: int, m: int, repeats: int) -> dict:
     compiled = torch.compile(lin, fullgraph=True)
     x32 = torch.randn(m, k)
     x16 = x32.bfloat16()
+    fns = {
+        "fp32": lambda: F.linear(x32, w32),
+        "bf16": lambda: F.linear(x16, w16),
+        "int4_eager": lambda: F.linear(x16, qw),
+        "int4_compiled": lambda: compiled(x16),
+        "dequant": lambda: torch.ops.awq_ao.int4_linear_dequant(x16, qw.qdata, qw.scale, qw.zero_point, None, group, k),
+    }
+    if qw.cpu_packed is not None:
+        fns["kernel"] = lambda: ops._cpu_int4_mm(x16, qw)
     with torch.no_grad():
-        row = {
-            "kernel": median_ms(lambda: ops._cpu_int4_mm(x16, qw), repeats) if qw.cpu_packed is not None else float("nan"),
-            "dequant": median_ms(
-                lambda: torch.ops.awq_ao.int4_linear_dequant(x16, qw.qdata, qw.scale, qw.zero_point, None, group, k),
-                repeats,
-            ),
-            "fp32": median_ms(lambda: F.linear(x32, w32), repeats),
-            "bf16": median_ms(lambda: F.linear(x16, w16), repeats),
-            "int4_eager": median_ms(lambda: F.linear(x16, qw), repeats),
-            "int4_compiled": median_ms(lambda: compiled(x16), repeats),
-            "path": "int4 kernel" if ops.cpu_fast_path_applies(x16, qw) else "dequant+bf16",
-            "group": group,
-        }
+        row = interleaved_medians(fns, repeats)
+    row.setdefault("kernel", float("nan"))
+    row["path"] = "int4 kernel" if ops.cpu_fast_path_applies(x16, qw) else "dequant+bf16"
+    row["group"] = group
     torch._dynamo.reset()
     return row
 

@@ -175,3 +175,13 @@ def test_low_bits_through_cpu_kernel(bits):
     x = torch.randn(1, 128, dtype=torch.bfloat16)
     assert kernel_calls(lambda: F.linear(x, qw)) == 1
     assert rel_err(F.linear(x, qw), reference_linear(x, qw)) < TOL[torch.bfloat16]
+
+
+def test_compile_cache_key_follows_dispatch(monkeypatch):
+    """A stale AOT-autograd cache entry must not survive a dispatch change."""
+    qw = make_weight(dtype=torch.bfloat16)
+    before = qw._stable_hash_for_caching()
+    assert before == make_weight(dtype=torch.bfloat16)._stable_hash_for_caching()
+    monkeypatch.setattr(ops, "CPU_INT4_MAX_M", ops.CPU_INT4_MAX_M + 1)
+    assert qw._stable_hash_for_caching() != before
+    assert make_weight(dtype=torch.bfloat16, pre=True)._stable_hash_for_caching() != before

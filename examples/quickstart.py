@@ -1,0 +1,60 @@
+"""Quantize the shared SmolLM2-135M to int4, compile it, generate, save and reload.
+
+    python examples/quickstart.py [--model-dir DIR] [--group-size 64] [--out /tmp/smollm2-int4.safetensors]
+
+The model is found at $AWQ_AO_MODEL (a folder holding the GGUF file) or
+../shared/models. Without calibration this is round-to-nearest int4; AWQ
+calibration is the next piece of work (see the README's status).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import torch
+
+import awq_ao
+
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-dir", default=os.environ.get("AWQ_AO_MODEL", os.path.join(HERE, "..", "shared", "models")))
+    parser.add_argument("--group-size", type=int, default=64, help="576 (SmolLM2's hidden size) is not a multiple of 128")
+    parser.add_argument("--prompt", default="The capital of France is")
+    parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument("--out", default="/tmp/smollm2-int4.safetensors")
+    args = parser.parse_args()
+    if not os.path.isfile(os.path.join(args.model_dir, GGUF)):
+        raise SystemExit(f"error: {GGUF} not found in {args.model_dir}; set AWQ_AO_MODEL or pass --model-dir")
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(args.model_dir, gguf_file=GGUF)
+    model = AutoModelForCausalLM.from_pretrained(args.model_dir, gguf_file=GGUF, dtype=torch.bfloat16).eval()
+    awq_ao.quantize_(model, awq_ao.awq_config(bits=4, group_size=args.group_size))
+    print(model.model.layers[0].self_attn.q_proj.weight)
+
+    ids = tok(args.prompt, return_tensors="pt").input_ids
+    model.forward = torch.compile(model.forward, fullgraph=True)
+    with torch.no_grad():
+        model.generate(ids, max_new_tokens=2, do_sample=False)  # compile
+        start = time.perf_counter()
+        out = model.generate(ids, max_new_tokens=args.max_new_tokens, do_sample=False)
+        seconds = time.perf_counter() - start
+    new = out.shape[1] - ids.shape[1]
+    print(tok.decode(out[0], skip_special_tokens=True))
+    print(f"{new} tokens in {seconds:.2f} s ({new / seconds:.1f} tok/s, transformers generate + torch.compile, dynamic cache)")
+
+    awq_ao.save_state_dict(model.state_dict(), args.out)
+    fresh = AutoModelForCausalLM.from_config(model.config, dtype=torch.bfloat16).eval()
+    awq_ao.load_quantized_state_dict(fresh, args.out)
+    print(f"saved {args.out} ({os.path.getsize(args.out) / 2**20:.1f} MiB) and reloaded it")
+
+
+if __name__ == "__main__":
+    main()
