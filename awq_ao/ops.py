@@ -109,7 +109,7 @@ def int4_linear(x: Tensor, w, bias: Optional[Tensor] = None) -> Tensor:
     x2d = x.reshape(-1, k)
     if x.device.type == "cuda":
         y = torch.ops.awq_ao.int4_linear_triton(
-            x2d, w.qdata, w.scale, w.zero_point, w.act_pre_scale, w.group_size, k
+            x2d.contiguous(), w.qdata, w.scale, w.zero_point, w.act_pre_scale, w.group_size, k
         )
     elif cpu_fast_path_applies(x, w):
         if w.act_pre_scale is not None:
