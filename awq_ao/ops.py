@@ -100,9 +100,9 @@ def int4_linear(x: Tensor, w, bias: Optional[Tensor] = None) -> Tensor:
     k = w.in_features
     if x.shape[-1] != k:
         raise ValueError(f"input has {x.shape[-1]} features, the int4 weight expects {k}")
-    if x.dtype != w.dtype:
+    if x.dtype != w.scale.dtype:  # w.scale, not w: attribute reads on the subclass are slow
         raise ValueError(
-            f"input dtype {x.dtype} does not match the int4 weight's activation dtype {w.dtype}; "
+            f"input dtype {x.dtype} does not match the int4 weight's activation dtype {w.scale.dtype}; "
             "cast the model (model.to(dtype)) or the input"
         )
     lead = x.shape[:-1]
@@ -119,5 +119,5 @@ def int4_linear(x: Tensor, w, bias: Optional[Tensor] = None) -> Tensor:
         y = torch.ops.awq_ao.int4_linear_dequant(
             x2d, w.qdata, w.scale, w.zero_point, w.act_pre_scale, w.group_size, k
         )
-    y = y.reshape(*lead, w.out_features)
+    y = y.reshape(*lead, w.qdata.shape[0])
     return y if bias is None else y + bias

@@ -113,6 +113,8 @@ class AWQInt4Tensor(TorchAOBaseTensor):
         self.cpu_packed = cpu_packed
         self.cpu_scale_zero = cpu_scale_zero
         self.transposed = transposed
+        # plain ints: reading .shape on the subclass goes through __torch_function__
+        self._in_features = int(shape[0] if transposed else shape[1])
 
     # ----------------------------------------------------------------- building
     @classmethod
@@ -158,7 +160,7 @@ class AWQInt4Tensor(TorchAOBaseTensor):
 
     @property
     def in_features(self) -> int:
-        return self.shape[0] if self.transposed else self.shape[1]
+        return self._in_features
 
     def dequantize(self, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
         """The logical weight [N, K] (or [K, N] when transposed), without act_pre_scale."""
