@@ -83,3 +83,17 @@ def test_cuda_linear_compiled(dtype):
     expected = torch.nn.functional.linear(x, lin.weight.dequantize(), lin.bias)
     with torch.no_grad():
         assert rel_err(torch.compile(lin, fullgraph=True)(x), expected) < TOL[dtype]
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="the CUDA run is the real check; this is its dry run")
+def test_gpu_check_script_dry_run(monkeypatch):
+    """benchmarks/gpu_check.py stays runnable: its correctness half, interpreted on CPU."""
+    import importlib.util
+    import sys
+
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks", "gpu_check.py")
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(sys, "argv", ["gpu_check.py", "--device", "cpu", "--quick"])
+    assert module.main() == 0
