@@ -23,9 +23,9 @@ from torch import Tensor
 from awq_ao import quant
 
 # Largest number of rows sent to the CPU int4 kernel. Its time grows linearly
-# with M (about 0.3 ms per row at 4096x4096 here) while dequantize + dense bf16
-# costs a fixed ~40 ms plus a cheap matmul: benchmarks/bench_cpu_linear.py
-# puts the crossover between M=128 and M=256.
+# with M (about 0.35 ms per row at 4096x4096 here) while dequantize + dense bf16
+# costs a fixed 65-80 ms plus a cheap matmul: `benchmarks/bench_cpu_linear.py
+# --crossover` puts the crossover between M=128 and M=256.
 CPU_INT4_MAX_M = 128
 
 
@@ -119,5 +119,5 @@ def int4_linear(x: Tensor, w, bias: Optional[Tensor] = None) -> Tensor:
         y = torch.ops.awq_ao.int4_linear_dequant(
             x2d, w.qdata, w.scale, w.zero_point, w.act_pre_scale, w.group_size, k
         )
-    y = y.reshape(*lead, w.qdata.shape[0])
+    y = y.reshape(*lead, w.out_features)
     return y if bias is None else y + bias

@@ -13,6 +13,7 @@ if not shutil.which("nvidia-smi"):
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
