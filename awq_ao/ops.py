@@ -23,8 +23,8 @@ from torch import Tensor
 from awq_ao import quant
 
 # Largest number of rows sent to the CPU int4 kernel. Its time grows linearly
-# with M (about 0.35 ms per row at 4096x4096 here) while dequantize + dense bf16
-# costs a fixed 65-80 ms plus a cheap matmul: `benchmarks/bench_cpu_linear.py
+# with M (0.35-0.39 ms per row at 4096x4096 here) while dequantize + dense bf16
+# costs a fixed 64-80 ms plus a cheap matmul: `benchmarks/bench_cpu_linear.py
 # --crossover` puts the crossover between M=128 and M=256.
 CPU_INT4_MAX_M = 128
 
