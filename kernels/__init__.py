@@ -1,5 +1,14 @@
-"""Triton kernels of awq_ao, imported as ``awq_ao.kernels`` (never as a bare ``kernels``)."""
+"""Triton kernels of awq_ao, imported as ``awq_ao.kernels`` (never as a bare ``kernels``).
 
+* ``int4_gemv.py``: split-K GEMV on CUDA cores (M == 1 by default);
+* ``int4_gemm.py``: tensor-core GEMM with fused dequantization (split-K for small M);
+* ``configs.py``: launch configurations, tuned tables (``tuned/*.json``) and ``tune``;
+* ``int4_matmul.py``: the launcher that picks a config by M and runs them.
+"""
+
+from awq_ao.kernels.configs import KernelConfig, load_tuned, save_tuned, select_config, tune
 from awq_ao.kernels.int4_matmul import int4_linear, launch_int4_linear
 
-__all__ = ["int4_linear", "launch_int4_linear"]
+__all__ = [
+    "KernelConfig", "int4_linear", "launch_int4_linear", "load_tuned", "save_tuned", "select_config", "tune",
+]

@@ -1,13 +1,15 @@
-"""A first correct Triton kernel: ``y = (x * act_pre_scale) @ dequantize(W).T``.
+"""Launchers of the int4 kernels: ``y = (x * act_pre_scale) @ dequantize(W).T``.
 
-Weight layout is awq_ao's canonical one (see ``awq_ao/quant.py``):
-``qdata`` uint8 [N, K_pad / 2] (column 2j in the low nibble of byte j),
-``scale`` [N, K_pad / G] in the activation dtype, ``zero_point`` uint8
-[N, K_pad / G]. Dequantization ``(q - z) * s`` is fused into a tiled ``tl.dot``
-with fp32 accumulation; tails in M, N and K are masked.
+The weight is awq_ao's canonical layout, used as stored (no repacking):
+``qdata`` uint8 [N, K_pad / 2] (column 2j in the low nibble of byte j), which
+the kernels read as int32 words [N, K_pad / 8]; ``scale`` [N, K_pad / G] in
+the activation dtype; ``zero_point`` uint8 [N, K_pad / G].
 
-This is the correctness baseline; the fast split-K GEMV / autotuned GEMM are a
-separate piece of work.
+``launch_int4_linear`` picks a ``KernelConfig`` (``configs.select_config``:
+tuned table, else heuristic) by M: M == 1 goes to the CUDA-core split-K GEMV
+(``int4_gemv.py``), larger M to the tensor-core GEMM (``int4_gemm.py``, with
+split-K while M is small). A split-K launch writes fp32 partials and a second,
+small kernel adds them in a fixed order (deterministic, no atomics).
 """
 
 from __future__ import annotations
@@ -16,47 +18,13 @@ from typing import Optional
 
 import torch
 import triton
-import triton.language as tl
 
+from awq_ao.kernels.configs import KernelConfig, select_config
+from awq_ao.kernels.int4_gemm import _int4_gemm_kernel
+from awq_ao.kernels.int4_gemv import _int4_gemv_kernel, _splitk_reduce_kernel
+from awq_ao.kernels.int4_planes import MAGIC_BITS
 
-@triton.jit
-def _int4_linear_kernel(
-    x_ptr, q_ptr, s_ptr, z_ptr, pre_ptr, y_ptr,
-    M, N, K,
-    stride_xm, stride_q, stride_s, stride_ym,
-    GROUP_SIZE: tl.constexpr,
-    HAS_PRE_SCALE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_m = offs_m < M
-    mask_n = offs_n < N
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        mask_k = offs_k < K
-        x = tl.load(
-            x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
-            mask=mask_m[:, None] & mask_k[None, :], other=0.0,
-        ).to(tl.float32)
-        if HAS_PRE_SCALE:
-            pre = tl.load(pre_ptr + offs_k, mask=mask_k, other=0.0).to(tl.float32)
-            x = x * pre[None, :]
-        mask_w = mask_n[:, None] & mask_k[None, :]
-        byte = tl.load(q_ptr + offs_n[:, None] * stride_q + offs_k[None, :] // 2, mask=mask_w, other=0)
-        q = ((byte >> ((offs_k[None, :] % 2) * 4)) & 0xF).to(tl.float32)
-        g = offs_k[None, :] // GROUP_SIZE
-        s = tl.load(s_ptr + offs_n[:, None] * stride_s + g, mask=mask_w, other=0.0).to(tl.float32)
-        z = tl.load(z_ptr + offs_n[:, None] * stride_s + g, mask=mask_w, other=0).to(tl.float32)
-        w = (q - z) * s  # [BLOCK_N, BLOCK_K]; masked entries are 0
-        xin = x.to(y_ptr.dtype.element_ty)
-        win = w.to(y_ptr.dtype.element_ty)
-        acc += tl.dot(xin, tl.trans(win), out_dtype=tl.float32)
-    y = acc.to(y_ptr.dtype.element_ty)
-    tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], y, mask=mask_m[:, None] & mask_n[None, :])
+REDUCE_BLOCK = 1024
 
 
 def int4_linear(
@@ -68,36 +36,69 @@ def int4_linear(
     in_features: int,
     act_pre_scale: Optional[torch.Tensor] = None,
     out: Optional[torch.Tensor] = None,
+    config: Optional[KernelConfig] = None,
 ) -> torch.Tensor:
-    """Launch the kernel. x: [M, K] (fp16 / bf16 / fp32, contiguous rows); returns [M, N] in x.dtype.
+    """x: [M, K] (fp16 / bf16 / fp32); returns [M, N] in x.dtype (into ``out`` if given).
 
-    Runs on CUDA, or on CPU tensors under ``TRITON_INTERPRET=1``.
+    Runs on CUDA, or on CPU tensors under ``TRITON_INTERPRET=1``. ``config``
+    overrides the configuration choice (tests and tuning use it).
     """
     m, k = x.shape
-    n = qdata.shape[0]
     if k != in_features:
         raise ValueError(f"x has {k} features, the weight expects {in_features}")
     if x.stride(1) != 1:
         x = x.contiguous()
-    y = torch.empty((m, n), dtype=x.dtype, device=x.device) if out is None else out
-    launch_int4_linear(x, qdata, scale, zero_point, act_pre_scale, y, group_size, in_features)
+    y = torch.empty((m, qdata.shape[0]), dtype=x.dtype, device=x.device) if out is None else out
+    launch_int4_linear(x, qdata, scale, zero_point, act_pre_scale, y, group_size, in_features, config=config)
     return y
 
 
-def launch_int4_linear(x, qdata, scale, zero_point, act_pre_scale, y, group_size, in_features, launcher=None):
-    """Launch ``_int4_linear_kernel`` into ``y``; ``launcher`` wraps the kernel (e.g. ``torch.library.wrap_triton``)."""
+def launch_int4_linear(
+    x, qdata, scale, zero_point, act_pre_scale, y, group_size, in_features,
+    launcher=None, config: Optional[KernelConfig] = None,
+):
+    """Launch the kernel(s) into ``y`` [M, N]; ``launcher`` wraps each kernel (``torch.library.wrap_triton``)."""
     m = x.shape[0]
     n = qdata.shape[0]
-    block_m = 16 if m <= 16 else 32
-    block_n = 32
-    block_k = 32
-    grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
-    kernel = _int4_linear_kernel if launcher is None else launcher(_int4_linear_kernel)
+    k_pad = qdata.shape[1] * 2
+    if config is None:
+        config = select_config(m, n, k_pad, group_size, x.device)
+    else:
+        config = config.fitted(group_size, k_pad)
+    wrap = (lambda kernel: kernel) if launcher is None else launcher
+    words = qdata.view(torch.int32)
+    tiles = k_pad // config.block_k
+    tiles_per_split = triton.cdiv(tiles, config.split_k)
+    split = triton.cdiv(tiles, tiles_per_split)
+    if split == 1:
+        out, stride_split = y, 0
+    else:
+        out = torch.empty((split, m, n), dtype=torch.float32, device=x.device)
+        stride_split = out.stride(0)
     has_pre = act_pre_scale is not None
-    kernel[grid](
-        x, qdata, scale, zero_point, act_pre_scale if has_pre else scale, y,
-        m, n, in_features,
-        x.stride(0), qdata.stride(0), scale.stride(0), y.stride(0),
-        GROUP_SIZE=group_size, HAS_PRE_SCALE=has_pre,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-    )
+    pre = act_pre_scale if has_pre else scale
+    common = (n, in_features, tiles, tiles_per_split)
+    if config.kind == "gemm":
+        common = (m, *common, MAGIC_BITS)
+    strides = (x.stride(0), words.stride(0), scale.stride(0), out.stride(-2), stride_split)
+    if config.kind == "gemv":
+        grid = (triton.cdiv(n, config.block_n), split, m)
+        wrap(_int4_gemv_kernel)[grid](
+            x, words, scale, zero_point, pre, out, *common, *strides,
+            GROUP_SIZE=group_size, HAS_PRE_SCALE=has_pre, EVEN_K=in_features == k_pad,
+            BLOCK_N=config.block_n, BLOCK_K=config.block_k,
+            num_warps=config.num_warps, num_stages=config.num_stages,
+        )
+    else:
+        grid = (triton.cdiv(n, config.block_n), triton.cdiv(m, config.block_m), split)
+        wrap(_int4_gemm_kernel)[grid](
+            x, words, scale, zero_point, pre, out, *common, *strides,
+            GROUP_SIZE=group_size, HAS_PRE_SCALE=has_pre, EVEN_K=in_features == k_pad,
+            DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+            BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
+            num_warps=config.num_warps, num_stages=config.num_stages,
+        )
+    if split > 1:
+        wrap(_splitk_reduce_kernel)[(triton.cdiv(m * n, REDUCE_BLOCK),)](
+            out, y, m * n, split, out.stride(0), BLOCK=REDUCE_BLOCK,
+        )

@@ -1,0 +1,233 @@
+"""Launch configurations of the int4 kernels: defaults, tuned tables, and the tuner.
+
+A ``KernelConfig`` names the kernel (``"gemv"``: CUDA cores, one activation row
+per program; ``"gemm"``: ``tl.dot`` tiles) and its tile sizes, split-K factor,
+warps and pipeline stages. ``select_config(m, n, k, group_size, device)`` picks
+one in this order:
+
+1. a tuned entry for (GPU name, M bucket, N, K, group size), from the JSON
+   files in ``kernels/tuned/`` or from ``tune()`` in this process;
+2. ``default_config``: a heuristic that fills the GPU with split-K for small M.
+
+The M bucket is M rounded up to a power of two (capped at 512), so a
+compiled model that sees one shape per bucket picks one config per bucket.
+``tune(shapes, ...)`` times the candidates with ``triton.testing.do_bench`` and
+records the winners; call it (or ``awq_ao.kernels.warmup``) before CUDA-graph
+capture, so that no timing or compilation happens inside a captured region.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from typing import Iterable, Optional
+
+import torch
+import triton
+
+TUNED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tuned")
+MAX_BUCKET = 512
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelConfig:
+    kind: str  # "gemv" or "gemm"
+    block_n: int
+    block_k: int
+    split_k: int = 1
+    block_m: int = 1  # gemm only
+    num_warps: int = 4
+    num_stages: int = 2
+
+    def fitted(self, group_size: int, k_pad: int) -> "KernelConfig":
+        """This config with BLOCK_K dividing the group and split-K no larger than the K tiles."""
+        block_k = min(self.block_k, group_size)
+        kind = self.kind
+        if kind == "gemm" and block_k < 16:  # tl.dot needs K >= 16: groups of 8 take the GEMV
+            kind = "gemv"
+        tiles = k_pad // block_k
+        return dataclasses.replace(self, kind=kind, block_k=block_k, split_k=max(1, min(self.split_k, tiles)))
+
+
+def m_bucket(m: int) -> int:
+    """M rounded up to a power of two, at most MAX_BUCKET."""
+    return min(triton.next_power_of_2(max(m, 1)), MAX_BUCKET)
+
+
+@functools.lru_cache(maxsize=None)
+def sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _programs_target(device: torch.device) -> int:
+    """Programs a launch should have to fill the GPU (2 waves); small under the interpreter."""
+    if device.type != "cuda":
+        return 4
+    return 2 * sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def _split_for(tiles_mn: int, k_tiles: int, device: torch.device) -> int:
+    """Split-K factor that brings the program count near the target, power of two."""
+    split = 1
+    target = _programs_target(device)
+    while tiles_mn * split < target and split * 2 <= k_tiles and split < 16:
+        split *= 2
+    return split
+
+
+def default_config(m: int, n: int, k_pad: int, group_size: int, device: torch.device) -> KernelConfig:
+    """A heuristic config when nothing is tuned for this shape."""
+    if m == 1:
+        cfg = KernelConfig("gemv", block_n=64, block_k=128, num_warps=4)
+        cfg = cfg.fitted(group_size, k_pad)
+        split = _split_for(triton.cdiv(n, cfg.block_n), k_pad // cfg.block_k, device)
+        return dataclasses.replace(cfg, split_k=split)
+    block_m = 16 if m <= 16 else 32 if m <= 32 else 64
+    block_n = 64 if m <= 64 else 128
+    cfg = KernelConfig("gemm", block_n=block_n, block_k=64, block_m=block_m,
+                       num_warps=4, num_stages=3).fitted(group_size, k_pad)
+    tiles_mn = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
+    split = _split_for(tiles_mn, k_pad // cfg.block_k, device) if m <= 64 else 1
+    return dataclasses.replace(cfg, split_k=split)
+
+
+def candidate_configs(m: int, n: int, k_pad: int, group_size: int, device: torch.device) -> list[KernelConfig]:
+    """The small set ``tune`` times for one (M bucket, N, K, group)."""
+    base = default_config(m, n, k_pad, group_size, device)
+    out = [base]
+    if m <= 4:
+        for block_n in (32, 64, 128):
+            for block_k in (64, 128, 256):
+                cfg = KernelConfig("gemv", block_n, block_k, num_warps=4).fitted(group_size, k_pad)
+                split = _split_for(triton.cdiv(n, cfg.block_n), k_pad // cfg.block_k, device)
+                out += [dataclasses.replace(cfg, split_k=s) for s in (split, 2 * split)]
+    if m <= 64:
+        block_m = max(16, min(64, triton.next_power_of_2(m)))
+        for block_n in (32, 64, 128):
+            for block_k in (64, 128):
+                cfg = KernelConfig("gemm", block_n, block_k, block_m=block_m, num_warps=4,
+                                   num_stages=3).fitted(group_size, k_pad)
+                tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
+                split = _split_for(tiles, k_pad // cfg.block_k, device)
+                out += [dataclasses.replace(cfg, split_k=s) for s in {1, split, 2 * split}]
+    else:
+        for block_m in (64, 128):
+            for block_n in (64, 128, 256):
+                for warps, stages in ((4, 3), (8, 3), (8, 4)):
+                    out.append(KernelConfig("gemm", block_n, 64, block_m=block_m, num_warps=warps,
+                                            num_stages=stages).fitted(group_size, k_pad))
+    seen, unique = set(), []
+    for cfg in out:
+        cfg = cfg.fitted(group_size, k_pad)
+        if cfg not in seen:
+            seen.add(cfg)
+            unique.append(cfg)
+    return unique
+
+
+# ------------------------------------------------------------------ tuned tables
+_TUNED: dict[tuple, KernelConfig] = {}
+
+
+def _key(device_name: str, m: int, n: int, k_pad: int, group_size: int) -> tuple:
+    return (device_name, m_bucket(m), n, k_pad, group_size)
+
+
+@functools.lru_cache(maxsize=None)
+def _device_name(device_index: int) -> str:
+    return torch.cuda.get_device_name(device_index)
+
+
+def _load_tuned_files() -> None:
+    if not os.path.isdir(TUNED_DIR):
+        return
+    for name in sorted(os.listdir(TUNED_DIR)):
+        if name.endswith(".json"):
+            load_tuned(os.path.join(TUNED_DIR, name))
+
+
+def load_tuned(path: str) -> int:
+    """Read a JSON table written by ``save_tuned``; returns the number of entries."""
+    with open(path) as f:
+        table = json.load(f)
+    for row in table["configs"]:
+        key = (table["device"], row["m_bucket"], row["n"], row["k_pad"], row["group_size"])
+        _TUNED[key] = KernelConfig(**row["config"])
+    return len(table["configs"])
+
+
+def save_tuned(path: str, device_name: str) -> None:
+    """Write this process's tuned entries for ``device_name`` as JSON (atomically)."""
+    rows = [
+        {"m_bucket": b, "n": n, "k_pad": k, "group_size": g, "config": dataclasses.asdict(cfg)}
+        for (dev, b, n, k, g), cfg in sorted(_TUNED.items()) if dev == device_name
+    ]
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"device": device_name, "configs": rows}, f, indent=1)
+    os.replace(tmp, path)
+
+
+def select_config(m: int, n: int, k_pad: int, group_size: int, device: torch.device) -> KernelConfig:
+    """The tuned config for this shape on this GPU if there is one, else ``default_config``."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        cfg = _TUNED.get(_key(_device_name(index), m, n, k_pad, group_size))
+        if cfg is not None:
+            return cfg.fitted(group_size, k_pad)
+    return default_config(m, n, k_pad, group_size, device)
+
+
+def record(device_name: str, m: int, n: int, k_pad: int, group_size: int, cfg: KernelConfig) -> None:
+    _TUNED[_key(device_name, m, n, k_pad, group_size)] = cfg
+
+
+def tune(
+    shapes: Iterable[tuple[int, int, int, int]],
+    dtype: torch.dtype = torch.bfloat16,
+    warmup_ms: int = 5,
+    rep_ms: int = 20,
+    verbose: bool = False,
+) -> dict[tuple, tuple[KernelConfig, float]]:
+    """Time ``candidate_configs`` for each (M, N, K, group_size) on the current GPU; record the fastest.
+
+    Random int4 weights and activations are made per shape. Returns
+    {(M bucket, N, K, group): (config, median ms)}.
+    """
+    from triton.testing import do_bench
+
+    from awq_ao.kernels.int4_matmul import launch_int4_linear
+
+    device = torch.device("cuda", torch.cuda.current_device())
+    name = _device_name(device.index)
+    results = {}
+    for m, n, k, group in shapes:
+        k_pad = triton.cdiv(k, group) * group
+        qdata = torch.randint(0, 256, (n, k_pad // 2), dtype=torch.uint8, device=device)
+        scale = torch.rand(n, k_pad // group, device=device).to(dtype) * 0.01 + 1e-3
+        zero = torch.randint(0, 16, (n, k_pad // group), dtype=torch.uint8, device=device)
+        x = torch.randn(m_bucket(m), k, dtype=dtype, device=device)
+        y = torch.empty(x.shape[0], n, dtype=dtype, device=device)
+        best: Optional[tuple[KernelConfig, float]] = None
+        for cfg in candidate_configs(x.shape[0], n, k_pad, group, device):
+            def run(cfg=cfg):
+                launch_int4_linear(x, qdata, scale, zero, None, y, group, k, config=cfg)
+            try:
+                ms = do_bench(run, warmup=warmup_ms, rep=rep_ms, return_mode="median")
+            except Exception as err:  # a config the compiler rejects (e.g. out of shared memory)
+                if verbose:
+                    print(f"  skip {cfg}: {type(err).__name__}: {str(err)[:120]}")
+                continue
+            if verbose:
+                print(f"  M={m} N={n} K={k} g={group} {cfg}: {ms * 1e3:.1f} us")
+            if best is None or ms < best[1]:
+                best = (cfg, ms)
+        if best is not None:
+            record(name, m, n, k_pad, group, best[0])
+            results[(m_bucket(m), n, k, group)] = best
+    return results
+
+
+_load_tuned_files()

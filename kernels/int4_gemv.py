@@ -1,0 +1,101 @@
+"""Split-K int4 GEMV on CUDA cores: ``y[m] = (x[m] * pre) @ dequantize(W).T`` for small M.
+
+Weight layout (the canonical one of ``awq_ao/quant.py``, read here as int32):
+``qdata.view(int32)`` is [N, K_pad / 8], row n contiguous along K, and word j of
+a row holds columns 8j .. 8j+7, column 8j+i in bits 4i .. 4i+3. A program
+loads a [BLOCK_N, BLOCK_K / 8] tile of words: each row's words are contiguous,
+so a warp reads whole 32-byte sectors with 16-byte vector loads. ``scale`` and
+``zero_point`` are [N, K_pad / G]; a tile never straddles a group (BLOCK_K
+divides G), so each row needs one scale and one zero per tile.
+
+Dequantization costs one AND per weight. A nibble masked in place,
+``w & (0xF << 4p)`` read as a float, is the subnormal ``q * 16**p * 2**-149``,
+exactly; fp32 FMAs keep subnormals (Triton does not flush them), so
+``x * 2**(64 - 4p)`` times that float is ``x * q * 2**-85``, rounded once as a
+normal float (no overflow below |x| = 2**64, no underflow above 2**-41). Nibbles
+0..4 are masked in place, 5..7 after one shift of the word by 20 bits. The
+zero point and the scale leave the inner sum: a tile's words share one group, so
+``sum_k x_k (q_k - z) s = (s * 2**85) * sum_k x_k q_k 2**-85 - (s z) * sum_k x_k``.
+Everything accumulates in fp32. EVEN_K (K == K_pad) drops the activation masks.
+
+Grid: (cdiv(N, BLOCK_N), SPLIT_K, M). With SPLIT_K == 1 the program stores the
+output row in the activation dtype; otherwise it stores an fp32 partial sum
+into ``out[split, m, :]`` and ``splitk_reduce`` adds the splits.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _int4_gemv_kernel(
+    x_ptr, q_ptr, s_ptr, z_ptr, pre_ptr, out_ptr,
+    N, K, TILES, TILES_PER_SPLIT,
+    stride_xm, stride_q, stride_s, stride_om, stride_osplit,
+    GROUP_SIZE: tl.constexpr,
+    HAS_PRE_SCALE: tl.constexpr,
+    EVEN_K: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_split = tl.program_id(1)
+    m = tl.program_id(2)
+    BLOCK_K8: tl.constexpr = BLOCK_K // 8
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    offs_j = tl.arange(0, BLOCK_K8)
+    x_row = x_ptr + m * stride_xm
+    acc = tl.zeros((BLOCK_N, BLOCK_K8), dtype=tl.float32)
+    t_start = pid_split * TILES_PER_SPLIT
+    t_end = tl.minimum(t_start + TILES_PER_SPLIT, TILES)
+    for t in range(t_start, t_end):
+        k0 = t * BLOCK_K
+        words = tl.load(
+            q_ptr + offs_n[:, None] * stride_q + (k0 // 8 + offs_j)[None, :],
+            mask=mask_n[:, None], other=0,
+        )
+        g = k0 // GROUP_SIZE
+        s = tl.load(s_ptr + offs_n * stride_s + g, mask=mask_n, other=0.0).to(tl.float32)
+        z = tl.load(z_ptr + offs_n * stride_s + g, mask=mask_n, other=0).to(tl.float32)
+        s_big = (s * 38685626227668133590597632.0)[:, None]  # s * 2**85
+        s_zero = (s * z)[:, None]
+        high = words >> 20  # nibbles 5, 6, 7 now in bits 0..11
+        dot = tl.zeros((BLOCK_N, BLOCK_K8), dtype=tl.float32)
+        x_sum = tl.zeros((BLOCK_K8,), dtype=tl.float32)
+        for i in tl.static_range(8):
+            k = k0 + offs_j * 8 + i
+            if EVEN_K:
+                xi = tl.load(x_row + k).to(tl.float32)
+            else:
+                xi = tl.load(x_row + k, mask=k < K, other=0.0).to(tl.float32)
+            if HAS_PRE_SCALE:
+                if EVEN_K:
+                    xi = xi * tl.load(pre_ptr + k).to(tl.float32)
+                else:
+                    xi = xi * tl.load(pre_ptr + k, mask=k < K, other=0.0).to(tl.float32)
+            x_sum += xi
+            if i < 5:
+                q_tiny = (words & (0xF << (4 * i))).to(tl.float32, bitcast=True)
+                xi = xi * (18446744073709551616.0 / (1 << (4 * i)))  # 2**(64 - 4i)
+            else:
+                q_tiny = (high & (0xF << (4 * (i - 5)))).to(tl.float32, bitcast=True)
+                xi = xi * (18446744073709551616.0 / (1 << (4 * (i - 5))))
+            dot += xi[None, :] * q_tiny
+        acc += s_big * dot - s_zero * x_sum[None, :]
+    y = tl.sum(acc, axis=1)
+    out = out_ptr + pid_split * stride_osplit + m * stride_om + offs_n
+    tl.store(out, y.to(out_ptr.dtype.element_ty), mask=mask_n)
+
+
+@triton.jit
+def _splitk_reduce_kernel(part_ptr, y_ptr, MN, SPLIT_K, stride_split, BLOCK: tl.constexpr):
+    """y[i] = sum_s part[s, i] (fp32), stored in y's dtype; part is [SPLIT_K, M*N] contiguous rows."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < MN
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for s in range(0, SPLIT_K):
+        acc += tl.load(part_ptr + s * stride_split + offs, mask=mask, other=0.0)
+    tl.store(y_ptr + offs, acc.to(y_ptr.dtype.element_ty), mask=mask)
