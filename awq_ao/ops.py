@@ -3,7 +3,10 @@
 ``int4_linear(x, w, bias)`` picks one path, in Python, before any op is called
 (a ``triton_op`` must never be traced with CPU tensors, see DESIGN.md):
 
-* CUDA: ``awq_ao::int4_linear_triton``, the Triton dequantize-and-matmul kernel.
+* CUDA: ``awq_ao::int4_linear_triton``, the Triton kernels (``awq_ao.kernels``):
+  split-K GEMV for one row, tensor-core GEMM (split-K while M is small) above;
+  the launch configuration comes from ``awq_ao.kernels.select_config`` (tuned
+  table keyed by GPU, M bucket, N, K and group, else a heuristic).
 * CPU, bf16 activations, at most ``CPU_INT4_MAX_M`` rows, and a weight shape the
   kernel takes (N % 16 == 0, group 32/64/128/256): ``aten._weight_int4pack_mm_for_cpu``
   on the layout prepared once when the weight was built.
@@ -61,7 +64,7 @@ def int4_linear_triton(
     group_size: int,
     in_features: int,
 ) -> Tensor:
-    """CUDA path: fused dequantize + matmul in Triton; x [M, K] -> [M, N]."""
+    """CUDA path: fused dequantize + matmul in Triton; x [M, K] -> [M, N] in x.dtype."""
     from awq_ao.kernels.int4_matmul import launch_int4_linear
 
     y = torch.empty((x.shape[0], qdata.shape[0]), dtype=x.dtype, device=x.device)
@@ -70,6 +73,11 @@ def int4_linear_triton(
         launcher=torch.library.wrap_triton,
     )
     return y
+
+
+@int4_linear_triton.register_fake
+def _(x, qdata, scale, zero_point, act_pre_scale, group_size, in_features):
+    return x.new_empty((x.shape[0], qdata.shape[0]))
 
 
 def cpu_fast_path_applies(x: Tensor, w) -> bool:

@@ -1,27 +1,41 @@
-"""One prepared GPU check: correctness of the CUDA int4 linear, then a timing table.
+"""The prepared GPU check: correctness of every CUDA path, then tuning and the timing table.
 
-    python benchmarks/gpu_check.py                  # on a CUDA machine
-    TRITON_INTERPRET=1 python benchmarks/gpu_check.py --device cpu --quick   # dry run here
+    python benchmarks/gpu_check.py --out DIR          # on a CUDA machine (writes log, tuned JSON, table)
+    TRITON_INTERPRET=1 python benchmarks/gpu_check.py --device cpu --quick   # dry run, no GPU
 
-Correctness: fresh random data per case, bf16 and fp16 (fp16/fp32 only under
-the interpreter), output poisoned with NaN first, error relative to a float64
-reference ``(x * pre) @ dequantize(W).T``; eager op, ``torch.compile(fullgraph=True)``
-and, on CUDA, ``mode="reduce-overhead"`` (CUDA graphs). Then median times
-(``triton.testing.do_bench``) of the awq_ao op against dense ``F.linear`` for a
-few shapes. Exits non-zero when any case fails.
+Correctness (fresh random data per case, output poisoned with NaN first, error
+relative to a float64 reference ``(x * pre) @ dequantize(W).T``):
+
+1. every candidate launch config the tuner may pick (GEMV, GEMM, split-K) on
+   4096 x 4096 at M = 1, 16, 64, 512, bf16;
+2. the default dispatch over M = 1 .. 300, bf16 and fp16, with tails in N and K,
+   groups 32 / 64 / 128, 2- and 3-bit codes, with and without act_pre_scale;
+3. split-K determinism (two runs, identical bits);
+
+then (unless --no-bench) it tunes the configs for the benchmark shapes, saves
+them as JSON and prints ``bench_kernels.py``'s table; then
+
+4. an nn.Module eager, ``torch.compile(fullgraph=True)`` and
+   ``mode="reduce-overhead"`` (CUDA graphs), each compiled once and called at
+   M = 1, 16, 64, 16, 1 (so dynamic shapes are exercised too).
+
+Exits non-zero when any correctness case fails.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import torch
 import torch.nn.functional as F
 
-import awq_ao  # noqa: F401
-from awq_ao import AWQInt4Tensor, quant
-from awq_ao.kernels import int4_linear
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import awq_ao  # noqa: E402,F401
+from awq_ao import AWQInt4Tensor, quant  # noqa: E402
+from awq_ao.kernels import KernelConfig, configs, int4_linear  # noqa: E402
 
 TOL = {torch.float32: 2e-3, torch.float16: 3e-3, torch.bfloat16: 1.5e-2}
 
@@ -31,79 +45,127 @@ def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
     return ((y - ref).norm() / ref.norm().clamp(min=1e-30)).item()
 
 
-def check_case(device, dtype, m, n, k, group, with_pre) -> tuple[float, bool]:
-    w = torch.randn(n, k, dtype=dtype, device=device)
+def make_case(device, dtype, m, n, k, group, bits=4, with_pre=False):
+    w = torch.randn(n, k, device=device) * 0.05
+    q, s, z = quant.quantize(w, bits, group, scale_dtype=dtype)
     pre = (torch.rand(k, device=device) + 0.5).to(dtype) if with_pre else None
-    qw = AWQInt4Tensor.from_float(w, 4, group, act_pre_scale=pre)
     x = torch.randn(m, k, dtype=dtype, device=device)
+    ref = (x.double() if pre is None else x.double() * pre.double()) @ quant.dequantize(
+        q, s, z, group, k, torch.float64).t()
+    return x, (quant.pack_int4(q), s, z), pre, ref
+
+
+def check_kernel(device, dtype, m, n, k, group, bits=4, with_pre=False, config=None) -> tuple[float, bool]:
+    x, (qdata, s, z), pre, ref = make_case(device, dtype, m, n, k, group, bits, with_pre)
     out = torch.full((m, n), float("nan"), dtype=dtype, device=device)
-    int4_linear(x, qw.qdata, qw.scale, qw.zero_point, group, k, act_pre_scale=pre, out=out)
-    deq = qw.dequantize(torch.float64)
-    ref = (x.double() if pre is None else x.double() * pre.double()) @ deq.t()
+    int4_linear(x, qdata, s, z, group, k, act_pre_scale=pre, out=out, config=config)
     err = rel_err(out, ref)
     return err, bool(torch.isfinite(out).all()) and err < TOL[dtype]
 
 
-def check_module(device, dtype, mode) -> tuple[float, bool]:
-    lin = torch.nn.Linear(512, 384, dtype=dtype, device=device)
+def check_deterministic(device, dtype) -> bool:
+    n, k = (1024, 4096) if device.type == "cuda" else (64, 256)
+    x, (qdata, s, z), _, _ = make_case(device, dtype, 4, n, k, 128)
+    cfg = KernelConfig("gemm", 64, 128, split_k=8, block_m=16)
+    a = int4_linear(x, qdata, s, z, 128, k, config=cfg)
+    b = int4_linear(x, qdata, s, z, 128, k, config=cfg)
+    return torch.equal(a, b)
+
+
+def check_module(device, dtype, mode) -> list[tuple[str, float, bool]]:
+    """One Linear, compiled once per mode, called at M = 1, 16, 64, 16, 1 (dynamic shapes after the second)."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(1024, 768, dtype=dtype, device=device)
     lin.weight = torch.nn.Parameter(AWQInt4Tensor.from_float(lin.weight.detach(), 4, 64), requires_grad=False)
-    x = torch.randn(3, 512, dtype=dtype, device=device)
-    ref = x.double() @ lin.weight.dequantize(torch.float64).t() + lin.bias.double()
-    fn = lin if mode == "eager" else torch.compile(lin, fullgraph=True, mode=None if mode == "compile" else mode)
+    fn = lin if mode == "eager" else torch.compile(
+        lin, fullgraph=True, mode="reduce-overhead" if mode == "reduce-overhead" else None)
+    results = []
     with torch.no_grad():
-        for _ in range(3):  # warm up (and capture, for CUDA graphs)
-            y = fn(x)
-    err = rel_err(y, ref)
-    return err, err < TOL[dtype]
+        for m in (1, 16, 64, 16, 1):
+            for _ in range(3):  # reduce-overhead warms up, records, then replays a graph
+                x = torch.randn(m, 1024, dtype=dtype, device=device)
+                y = fn(x).clone()
+            expected = F.linear(x.double(), lin.weight.dequantize(torch.float64), lin.bias.double())
+            err = rel_err(y, expected)
+            results.append((f"module {str(dtype)[6:]} {mode} M={m}", err,
+                            bool(torch.isfinite(y).all()) and err < TOL[dtype]))
+    return results
 
 
-def timing_table(device) -> list[str]:
-    from triton.testing import do_bench
-
-    rows = ["| N x K | M | bf16 F.linear ms | awq_ao int4 ms | speed-up |", "|---|---|---|---|---|"]
-    for n, k in [(4096, 4096), (14336, 4096), (4096, 14336), (8192, 8192)]:
-        w = torch.randn(n, k, dtype=torch.bfloat16, device=device) * 0.02
-        qw = AWQInt4Tensor.from_float(w, 4, 128)
-        for m in (1, 16, 128):
-            x = torch.randn(m, k, dtype=torch.bfloat16, device=device)
-            dense = do_bench(lambda: F.linear(x, w), return_mode="median")
-            ours = do_bench(lambda: F.linear(x, qw), return_mode="median")
-            rows.append(f"| {n} x {k} | {m} | {dense:.4f} | {ours:.4f} | {dense / ours:.2f}x |")
-    return rows
+def report(label: str, err: float, ok: bool) -> int:
+    print(f"{'ok  ' if ok else 'FAIL'} {label}: rel err {err:.2e}", flush=True)
+    return 0 if ok else 1
 
 
-def main() -> int:
+def correctness(device, quick: bool) -> int:
+    on_gpu = device.type == "cuda"
+    failures = 0
+    dtypes = [torch.bfloat16, torch.float16] if on_gpu else [torch.float16, torch.float32]
+    # 1. every candidate config the tuner may pick
+    if on_gpu and not quick:
+        for m in (1, 16, 64, 512):
+            for cfg in configs.candidate_configs(m, 4096, 4096, 128, device):
+                try:
+                    err, ok = check_kernel(device, torch.bfloat16, m, 4096, 4096, 128, config=cfg)
+                except Exception as exc:  # the compiler refuses a config (shared memory): the tuner skips it too
+                    print(f"skip {cfg}: {type(exc).__name__}: {str(exc).splitlines()[0][:100]}")
+                    continue
+                failures += report(f"candidate M={m} {cfg}", err, ok)
+    # 2. default dispatch over M, tails, groups, bits, pre-scale
+    shapes = [(1, 48, 80, 16, 4), (5, 64, 130, 32, 4), (1, 40, 200, 64, 3)] if quick else [
+        (1, 4096, 4096, 128, 4), (1, 1000, 4100, 64, 4), (2, 576, 576, 128, 4), (3, 1536, 576, 64, 3),
+        (7, 1000, 4100, 32, 4), (16, 14336, 4096, 128, 4), (33, 576, 576, 32, 4), (64, 4096, 1000, 128, 2),
+        (200, 192, 576, 64, 4), (300, 1000, 4100, 128, 4)]
+    for dtype in dtypes:
+        for m, n, k, group, bits in shapes:
+            for with_pre in (False, True):
+                err, ok = check_kernel(device, dtype, m, n, k, group, bits, with_pre)
+                failures += report(f"{str(dtype)[6:]} M={m} N={n} K={k} g={group} w{bits} pre={with_pre}", err, ok)
+    # 3. determinism of split-K
+    ok = check_deterministic(device, dtypes[0])
+    failures += report("split-K bit-identical across runs", 0.0, ok)
+    return failures
+
+
+def module_checks(device) -> int:
+    """4. an nn.Module eager, compiled (fullgraph) and under CUDA graphs (reduce-overhead)."""
+    failures = 0
+    for dtype in (torch.bfloat16, torch.float16):
+        for mode in ("eager", "compile", "reduce-overhead"):
+            for label, err, ok in check_module(device, dtype, mode):
+                failures += report(label, err, ok)
+    return failures
+
+
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--quick", action="store_true", help="small shapes only (for the interpreter)")
-    args = parser.parse_args()
-    device = args.device
-    if device == "cuda" and not torch.cuda.is_available():
+    parser.add_argument("--no-bench", action="store_true", help="correctness only")
+    parser.add_argument("--out", default=None, help="folder for the tuned JSON and the timing table")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
         print("error: no CUDA device; for a dry run use TRITON_INTERPRET=1 ... --device cpu --quick")
         return 2
-    on_gpu = device == "cuda"
-    dtypes = [torch.bfloat16, torch.float16] if on_gpu else [torch.float16, torch.float32]
-    shapes = [(1, 48, 80, 16), (5, 64, 130, 32)] if args.quick else [
-        (1, 4096, 4096, 128), (7, 1000, 4100, 64), (16, 14336, 4096, 128), (33, 576, 576, 32), (200, 192, 576, 64)]
-    if on_gpu:
-        print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
-    failures = 0
-    print("| dtype | M | N | K | group | pre | rel err | ok |\n|---|---|---|---|---|---|---|---|")
-    for dtype in dtypes:
-        for m, n, k, group in shapes:
-            for with_pre in (False, True):
-                err, ok = check_case(device, dtype, m, n, k, group, with_pre)
-                failures += not ok
-                print(f"| {str(dtype)[6:]} | {m} | {n} | {k} | {group} | {with_pre} | {err:.2e} | {ok} |")
-    modes = ["eager", "compile"] + (["reduce-overhead"] if on_gpu else [])
-    for dtype in dtypes if on_gpu else []:
-        for mode in modes:
-            err, ok = check_module(device, dtype, mode)
-            failures += not ok
-            print(f"module {str(dtype)[6:]} {mode}: rel err {err:.2e} {'ok' if ok else 'FAIL'}")
-    if on_gpu:
-        print("\n".join(timing_table(device)))
-    print(f"{failures} failed")
+    if device.type == "cuda":
+        import triton
+
+        print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}")
+    torch.manual_seed(0)
+    failures = correctness(device, args.quick)
+    print(f"kernel correctness: {failures} failed", flush=True)
+    if device.type == "cuda" and not args.no_bench:
+        import bench_kernels
+
+        out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+        name = torch.cuda.get_device_name().replace(" ", "_").lower()
+        bench_argv = ["--tune", "--save-tuned", os.path.join(out, f"tuned_{name}.json"),
+                      "--out", os.path.join(out, f"kernels_{name}.md")]
+        bench_kernels.main(bench_argv + (["--quick"] if args.quick else []))
+    if device.type == "cuda":
+        failures += module_checks(device)
+    print(f"{failures} failed", flush=True)
     return 1 if failures else 0
 
 

@@ -40,6 +40,7 @@ class KernelConfig:
     block_m: int = 1  # gemm only
     num_warps: int = 4
     num_stages: int = 2
+    prefetch: bool = False  # gemv only: double-buffer the next weight tile in registers
 
     def fitted(self, group_size: int, k_pad: int) -> "KernelConfig":
         """This config with BLOCK_K dividing the group and split-K no larger than the K tiles."""
@@ -51,9 +52,17 @@ class KernelConfig:
         return dataclasses.replace(self, kind=kind, block_k=block_k, split_k=max(1, min(self.split_k, tiles)))
 
 
-def m_bucket(m: int) -> int:
-    """M rounded up to a power of two, at most MAX_BUCKET."""
-    return min(triton.next_power_of_2(max(m, 1)), MAX_BUCKET)
+def m_bucket(m) -> int:
+    """M rounded up to a power of two, at most MAX_BUCKET (a plain int).
+
+    Written with comparisons only, so that a symbolic M (torch.compile with
+    dynamic shapes) guards on its bucket's range instead of its exact value,
+    and the config depends on the bucket alone.
+    """
+    bucket = 1
+    while bucket < m and bucket < MAX_BUCKET:
+        bucket *= 2
+    return bucket
 
 
 @functools.lru_cache(maxsize=None)
@@ -98,26 +107,27 @@ def candidate_configs(m: int, n: int, k_pad: int, group_size: int, device: torch
     base = default_config(m, n, k_pad, group_size, device)
     out = [base]
     if m <= 4:
-        for block_n in (32, 64, 128):
+        for block_n in (64, 128, 256):
             for block_k in (64, 128, 256):
-                cfg = KernelConfig("gemv", block_n, block_k, num_warps=4).fitted(group_size, k_pad)
-                split = _split_for(triton.cdiv(n, cfg.block_n), k_pad // cfg.block_k, device)
-                out += [dataclasses.replace(cfg, split_k=s) for s in (split, 2 * split)]
+                for prefetch in (False, True):
+                    cfg = KernelConfig("gemv", block_n, block_k, num_warps=4, prefetch=prefetch)
+                    cfg = cfg.fitted(group_size, k_pad)
+                    split = _split_for(triton.cdiv(n, cfg.block_n), k_pad // cfg.block_k, device)
+                    out += [dataclasses.replace(cfg, split_k=s) for s in (split, 2 * split, 4 * split)]
     if m <= 64:
         block_m = max(16, min(64, triton.next_power_of_2(m)))
-        for block_n in (32, 64, 128):
+        for block_n in (64, 128):
             for block_k in (64, 128):
                 cfg = KernelConfig("gemm", block_n, block_k, block_m=block_m, num_warps=4,
                                    num_stages=3).fitted(group_size, k_pad)
                 tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
                 split = _split_for(tiles, k_pad // cfg.block_k, device)
                 out += [dataclasses.replace(cfg, split_k=s) for s in {1, split, 2 * split}]
-    else:
-        for block_m in (64, 128):
-            for block_n in (64, 128, 256):
-                for warps, stages in ((4, 3), (8, 3), (8, 4)):
-                    out.append(KernelConfig("gemm", block_n, 64, block_m=block_m, num_warps=warps,
-                                            num_stages=stages).fitted(group_size, k_pad))
+    else:  # (BLOCK_M, BLOCK_N, warps, stages): the ones that compile without heavy spills on sm_90
+        for block_m, block_n, warps, stages in ((64, 128, 4, 3), (64, 128, 8, 3), (64, 256, 8, 3),
+                                                (64, 256, 8, 4), (128, 64, 8, 3), (128, 128, 8, 3)):
+            out.append(KernelConfig("gemm", block_n, 64, block_m=block_m, num_warps=warps,
+                                    num_stages=stages).fitted(group_size, k_pad))
     seen, unique = set(), []
     for cfg in out:
         cfg = cfg.fitted(group_size, k_pad)
@@ -149,13 +159,20 @@ def _load_tuned_files() -> None:
 
 
 def load_tuned(path: str) -> int:
-    """Read a JSON table written by ``save_tuned``; returns the number of entries."""
-    with open(path) as f:
-        table = json.load(f)
-    for row in table["configs"]:
-        key = (table["device"], row["m_bucket"], row["n"], row["k_pad"], row["group_size"])
-        _TUNED[key] = KernelConfig(**row["config"])
-    return len(table["configs"])
+    """Read a JSON table written by ``save_tuned`` into this process; returns the number of entries."""
+    try:
+        with open(path) as f:
+            table = json.load(f)
+        entries = {}
+        for row in table["configs"]:
+            cfg = KernelConfig(**row["config"])
+            if cfg.kind not in ("gemv", "gemm") or min(cfg.block_n, cfg.block_k, cfg.split_k, cfg.block_m) < 1:
+                raise ValueError(f"bad config {cfg}")
+            entries[(table["device"], row["m_bucket"], row["n"], row["k_pad"], row["group_size"])] = cfg
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: not a tuned kernel-config table ({type(err).__name__}: {err})") from err
+    _TUNED.update(entries)
+    return len(entries)
 
 
 def save_tuned(path: str, device_name: str) -> None:
@@ -170,13 +187,23 @@ def save_tuned(path: str, device_name: str) -> None:
     os.replace(tmp, path)
 
 
+def tuned_config(device_name: str, m: int, n: int, k_pad: int, group_size: int) -> Optional[KernelConfig]:
+    """The tuned entry for this GPU name and shape (M by bucket), or None."""
+    cfg = _TUNED.get(_key(device_name, m, n, k_pad, group_size))
+    return None if cfg is None else cfg.fitted(group_size, k_pad)
+
+
 def select_config(m: int, n: int, k_pad: int, group_size: int, device: torch.device) -> KernelConfig:
-    """The tuned config for this shape on this GPU if there is one, else ``default_config``."""
+    """The tuned config for this shape on this GPU if there is one, else ``default_config``.
+
+    Depends on M only through its bucket.
+    """
+    m = m_bucket(m)
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
-        cfg = _TUNED.get(_key(_device_name(index), m, n, k_pad, group_size))
+        cfg = tuned_config(_device_name(index), m, n, k_pad, group_size)
         if cfg is not None:
-            return cfg.fitted(group_size, k_pad)
+            return cfg
     return default_config(m, n, k_pad, group_size, device)
 
 

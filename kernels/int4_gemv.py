@@ -30,6 +30,19 @@ import triton.language as tl
 
 
 @triton.jit
+def _load_tile(q_ptr, s_ptr, z_ptr, offs_n, offs_j, mask_n, t, t_end, stride_q, stride_s,
+               BLOCK_K: tl.constexpr, GROUP_SIZE: tl.constexpr):
+    """Words [BLOCK_N, BLOCK_K / 8] (int32), scale and zero [BLOCK_N] (fp32) of K tile t (zeros if t >= t_end)."""
+    k0 = t * BLOCK_K
+    mask = mask_n & ((offs_n * 0 + t) < t_end)
+    words = tl.load(q_ptr + offs_n[:, None] * stride_q + (k0 // 8 + offs_j)[None, :], mask=mask[:, None], other=0)
+    g = k0 // GROUP_SIZE
+    s = tl.load(s_ptr + offs_n * stride_s + g, mask=mask, other=0.0).to(tl.float32)
+    z = tl.load(z_ptr + offs_n * stride_s + g, mask=mask, other=0).to(tl.float32)
+    return words, s, z
+
+
+@triton.jit
 def _int4_gemv_kernel(
     x_ptr, q_ptr, s_ptr, z_ptr, pre_ptr, out_ptr,
     N, K, TILES, TILES_PER_SPLIT,
@@ -37,6 +50,7 @@ def _int4_gemv_kernel(
     GROUP_SIZE: tl.constexpr,
     HAS_PRE_SCALE: tl.constexpr,
     EVEN_K: tl.constexpr,
+    PREFETCH: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
@@ -51,15 +65,18 @@ def _int4_gemv_kernel(
     acc = tl.zeros((BLOCK_N, BLOCK_K8), dtype=tl.float32)
     t_start = pid_split * TILES_PER_SPLIT
     t_end = tl.minimum(t_start + TILES_PER_SPLIT, TILES)
+    if PREFETCH:  # registers double-buffer the weight tile: tile t+1 loads while tile t computes
+        next_words, next_s, next_z = _load_tile(q_ptr, s_ptr, z_ptr, offs_n, offs_j, mask_n, t_start,
+                                                t_end, stride_q, stride_s, BLOCK_K, GROUP_SIZE)
     for t in range(t_start, t_end):
         k0 = t * BLOCK_K
-        words = tl.load(
-            q_ptr + offs_n[:, None] * stride_q + (k0 // 8 + offs_j)[None, :],
-            mask=mask_n[:, None], other=0,
-        )
-        g = k0 // GROUP_SIZE
-        s = tl.load(s_ptr + offs_n * stride_s + g, mask=mask_n, other=0.0).to(tl.float32)
-        z = tl.load(z_ptr + offs_n * stride_s + g, mask=mask_n, other=0).to(tl.float32)
+        if PREFETCH:
+            words, s, z = next_words, next_s, next_z
+            next_words, next_s, next_z = _load_tile(q_ptr, s_ptr, z_ptr, offs_n, offs_j, mask_n, t + 1,
+                                                    t_end, stride_q, stride_s, BLOCK_K, GROUP_SIZE)
+        else:
+            words, s, z = _load_tile(q_ptr, s_ptr, z_ptr, offs_n, offs_j, mask_n, t, t_end,
+                                     stride_q, stride_s, BLOCK_K, GROUP_SIZE)
         s_big = (s * 38685626227668133590597632.0)[:, None]  # s * 2**85
         s_zero = (s * z)[:, None]
         high = words >> 20  # nibbles 5, 6, 7 now in bits 0..11

@@ -86,7 +86,7 @@ def launch_int4_linear(
         wrap(_int4_gemv_kernel)[grid](
             x, words, scale, zero_point, pre, out, *common, *strides,
             GROUP_SIZE=group_size, HAS_PRE_SCALE=has_pre, EVEN_K=in_features == k_pad,
-            BLOCK_N=config.block_n, BLOCK_K=config.block_k,
+            PREFETCH=config.prefetch, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
             num_warps=config.num_warps, num_stages=config.num_stages,
         )
     else:

@@ -1,17 +1,19 @@
-"""The Triton kernel against the reference in awq_ao/quant.py.
+"""The Triton kernels against the reference in awq_ao/quant.py, through every path.
 
 On a machine without a GPU these run under TRITON_INTERPRET=1 (set in
-conftest.py) on CPU tensors: fp16 / fp32 only there, small shapes.
+conftest.py) on CPU tensors: fp16 / fp32 only there, small shapes, and launch
+configs forced small so that every path (GEMV, GEMM, split-K, prefetch) runs.
 """
 
 import os
+import random
 
 import pytest
 import torch
 from helpers import HAS_CUDA, rel_err
 
 from awq_ao import AWQInt4Tensor, quant
-from awq_ao.kernels import int4_linear
+from awq_ao.kernels import KernelConfig, int4_linear
 
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -21,6 +23,14 @@ pytestmark = pytest.mark.skipif(
 DTYPES = [torch.float16, torch.float32] + ([torch.bfloat16] if HAS_CUDA else [])
 TOL = {torch.float32: 2e-3 if HAS_CUDA else 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 
+# Every kernel path, with tiles small enough for the interpreter.
+PATHS = {
+    "gemv": KernelConfig("gemv", block_n=32, block_k=64),
+    "gemv-splitk-prefetch": KernelConfig("gemv", block_n=16, block_k=32, split_k=3, prefetch=True),
+    "gemm": KernelConfig("gemm", block_n=32, block_k=64, block_m=16),
+    "gemm-splitk": KernelConfig("gemm", block_n=16, block_k=32, block_m=16, split_k=2),
+}
+
 
 def reference(x, q, s, z, group_size, k, pre):
     """float64: (x * pre) @ dequantize(q, s, z).T"""
@@ -29,37 +39,67 @@ def reference(x, q, s, z, group_size, k, pre):
     return x @ w.t()
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("m,n,k", [(1, 32, 64), (3, 40, 72), (17, 48, 100), (33, 80, 130)])
-@pytest.mark.parametrize("group_size", [32, 64, 128])
-@pytest.mark.parametrize("with_pre", [False, True])
-def test_kernel_matches_reference(dtype, m, n, k, group_size, with_pre):
-    w = torch.randn(n, k)
-    q, s, z = quant.quantize(w, 4, group_size, scale_dtype=dtype)
-    x = torch.randn(m, k, dtype=dtype, device=DEVICE)
-    pre = (torch.rand(k) + 0.5).to(dtype) if with_pre else None
+def run_case(dtype, m, n, k, group_size, with_pre, config=None, bits=4, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=gen)
+    q, s, z = quant.quantize(w, bits, group_size, scale_dtype=dtype)
+    x = torch.randn(m, k, generator=gen).to(dtype)
+    pre = (torch.rand(k, generator=gen) + 0.5).to(dtype) if with_pre else None
     args = [t.to(DEVICE) for t in (quant.pack_int4(q), s, z)]
-    y = int4_linear(x, *args, group_size, k, act_pre_scale=None if pre is None else pre.to(DEVICE))
+    out = torch.full((m, n), float("nan"), dtype=dtype, device=DEVICE)  # every element must be written
+    y = int4_linear(x.to(DEVICE), *args, group_size, k, act_pre_scale=None if pre is None else pre.to(DEVICE),
+                    out=out, config=config)
     assert y.shape == (m, n) and y.dtype == dtype
-    assert rel_err(y.cpu(), reference(x.cpu(), q, s, z, group_size, k, pre)) < TOL[dtype]
+    assert torch.isfinite(y).all()
+    return rel_err(y.cpu(), reference(x, q, s, z, group_size, k, pre))
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("with_pre", [False, True])
+def test_every_path_matches_reference(path, dtype, with_pre):
+    """A random shape with tails in M, N and K (seeded per case), for each path."""
+    rng = random.Random(f"{path}-{dtype}-{with_pre}")
+    group_size = rng.choice([32, 64, 128])
+    m = rng.randint(1, 20)
+    n = rng.randint(17, 70)
+    k = rng.randint(2, 4) * group_size - rng.randint(1, group_size - 1)  # never a multiple of the group
+    err = run_case(dtype, m, n, k, group_size, with_pre, PATHS[path], seed=rng.randint(0, 1000))
+    assert err < TOL[dtype], (path, m, n, k, group_size, err)
+
+
+@pytest.mark.parametrize("group_size", [32, 64, 128])
+@pytest.mark.parametrize("path", ["gemv", "gemm"])
+def test_group_sizes(group_size, path):
+    assert run_case(torch.float16, 3, 40, 2 * group_size, group_size, False, PATHS[path]) < TOL[torch.float16]
+
+
+@pytest.mark.parametrize("m", [1, 6])
+def test_default_dispatch(m):
+    """No config given: the heuristic picks GEMV for one row, GEMM above."""
+    assert run_case(torch.float16, m, 48, 200, 64, True) < TOL[torch.float16]
 
 
 @pytest.mark.parametrize("bits,group_size", [(2, 8), (3, 16), (4, 256)])
-def test_kernel_other_bits_and_groups(bits, group_size):
-    w = torch.randn(24, 200)
-    q, s, z = quant.quantize(w, bits, group_size, scale_dtype=torch.float16)
-    x = torch.randn(5, 200, dtype=torch.float16, device=DEVICE)
-    y = int4_linear(x, *[t.to(DEVICE) for t in (quant.pack_int4(q), s, z)], group_size, 200)
-    assert rel_err(y.cpu(), reference(x.cpu(), q, s, z, group_size, 200, None)) < TOL[torch.float16]
+def test_other_bits_and_groups(bits, group_size):
+    err = run_case(torch.float16, 5, 24, 200, group_size, False, bits=bits)
+    assert err < TOL[torch.float16]
 
 
-def test_kernel_writes_every_output():
-    w = torch.randn(40, 96)
-    q, s, z = quant.quantize(w, 4, 32, scale_dtype=torch.float16)
-    x = torch.randn(7, 96, dtype=torch.float16, device=DEVICE)
-    out = torch.full((7, 40), float("nan"), dtype=torch.float16, device=DEVICE)
-    int4_linear(x, *[t.to(DEVICE) for t in (quant.pack_int4(q), s, z)], 32, 96, out=out)
-    assert torch.isfinite(out).all()
+def test_split_k_is_deterministic():
+    gen = torch.Generator().manual_seed(1)
+    q, s, z = quant.quantize(torch.randn(32, 256, generator=gen), 4, 32, scale_dtype=torch.float16)
+    x = torch.randn(3, 256, generator=gen, dtype=torch.float16).to(DEVICE)
+    args = [t.to(DEVICE) for t in (quant.pack_int4(q), s, z)]
+    cfg = PATHS["gemm-splitk"]
+    assert torch.equal(int4_linear(x, *args, 32, 256, config=cfg), int4_linear(x, *args, 32, 256, config=cfg))
+
+
+def test_wrong_in_features_is_refused():
+    q, s, z = quant.quantize(torch.randn(16, 64), 4, 32, scale_dtype=torch.float16)
+    x = torch.randn(2, 63, dtype=torch.float16, device=DEVICE)
+    with pytest.raises(ValueError, match="63 features"):
+        int4_linear(x, *[t.to(DEVICE) for t in (quant.pack_int4(q), s, z)], 32, 64)
 
 
 def test_triton_op_matches_reference():
@@ -74,15 +114,29 @@ def test_triton_op_matches_reference():
     assert rel_err(y.cpu(), expected) < TOL[torch.float16]
 
 
+def test_triton_op_fake_shape():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        x = torch.empty(3, 64, dtype=torch.float16)
+        y = torch.ops.awq_ao.int4_linear_triton(
+            x, torch.empty(40, 32, dtype=torch.uint8), torch.empty(40, 2, dtype=torch.float16),
+            torch.empty(40, 2, dtype=torch.uint8), None, 32, 64)
+    assert y.shape == (3, 40) and y.dtype == torch.float16
+
+
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_cuda_linear_compiled(dtype):
+@pytest.mark.parametrize("mode", [None, "reduce-overhead"])
+def test_cuda_linear_compiled(dtype, mode):
     lin = torch.nn.Linear(256, 128, dtype=dtype, device="cuda")
     lin.weight = torch.nn.Parameter(AWQInt4Tensor.from_float(lin.weight.detach(), 4, 64), requires_grad=False)
-    x = torch.randn(4, 256, dtype=dtype, device="cuda")
-    expected = torch.nn.functional.linear(x, lin.weight.dequantize(), lin.bias)
+    compiled = torch.compile(lin, fullgraph=True, mode=mode)
     with torch.no_grad():
-        assert rel_err(torch.compile(lin, fullgraph=True)(x), expected) < TOL[dtype]
+        for m in (1, 16, 64):
+            x = torch.randn(m, 256, dtype=dtype, device="cuda")
+            expected = torch.nn.functional.linear(x, lin.weight.dequantize(), lin.bias)
+            assert rel_err(compiled(x), expected) < TOL[dtype]
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="the CUDA run is the real check; this is its dry run")

@@ -1,0 +1,217 @@
+"""Timing table of the CUDA int4 linear against bf16 cuBLAS and tinygemm.
+
+    python benchmarks/bench_kernels.py                 # full table, CUDA GPU
+    python benchmarks/bench_kernels.py --tune          # tune the configs first (and save them)
+    python benchmarks/bench_kernels.py --quick         # 3 shapes, M in {1, 16, 128}
+
+For each shape (N x K: out x in features) and M, with group 128 and bf16
+activations, it times
+
+* ``awq_ao``: ``F.linear(x, w)`` on an ``AWQInt4Tensor`` (the whole op: dispatch,
+  GEMV / GEMM, split-K reduce);
+* ``bf16``: ``F.linear`` on the dense bf16 weight (cuBLAS);
+* ``tinygemm``: ``aten._weight_int4pack_mm`` (where K is a multiple of the group).
+
+How: each implementation is captured in one CUDA graph of R back-to-back calls
+on R different copies of the weight (R chosen so the copies are more than 3x the
+L2 cache, at most 256), the graph is replayed 25 times, and the median replay
+time divided by R is the time per call. Rotating copies keeps the weights
+coming from HBM, as in a real decode step, and the graph removes Python and
+launch overhead, as ``torch.compile(mode="reduce-overhead")`` does. Effective
+GB/s counts the bytes each call must move (weights with their scales and
+zeros, x and y, each once); the last column divides ours by the card's
+device-to-device copy bandwidth, measured at the start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import os
+import statistics
+import sys
+
+import torch
+import torch.nn.functional as F
+
+import awq_ao  # noqa: F401
+from awq_ao import AWQInt4Tensor
+
+GROUP = 128
+SHAPES = [  # (label, N, K)
+    ("Llama-3-8B q/o 4096->4096", 4096, 4096),
+    ("Llama-3-8B gate/up 4096->14336", 14336, 4096),
+    ("Llama-3-8B down 14336->4096", 4096, 14336),
+    ("Llama-3-8B k/v 4096->1024", 1024, 4096),
+    ("8192->8192", 8192, 8192),
+    ("SmolLM2 q/o 576->576", 576, 576),
+    ("SmolLM2 k/v 576->192", 192, 576),
+    ("SmolLM2 gate/up 576->1536", 1536, 576),
+    ("SmolLM2 down 1536->576", 576, 1536),
+]
+M_VALUES = [1, 2, 4, 8, 16, 32, 64, 128, 512]
+QUICK_SHAPES = [SHAPES[0], SHAPES[2], SHAPES[4]]
+QUICK_M = [1, 16, 128]
+
+
+def copy_bandwidth_gbs(nbytes: int = 1 << 30) -> float:
+    """Device-to-device copy bandwidth (bytes read + written per second), median of 20 graph replays."""
+    src = torch.empty(nbytes, dtype=torch.uint8, device="cuda").random_()
+    dst = torch.empty_like(src)
+    ms = graph_time_ms([lambda: dst.copy_(src)], replays=20)
+    return 2 * nbytes / (ms * 1e-3) / 1e9
+
+
+def graph_time_ms(calls, replays: int = 25) -> float:
+    """Median time per call (ms) of ``calls`` captured back to back in one CUDA graph."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            for call in calls:
+                call()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for call in calls:
+            call()
+    graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / len(calls))
+    del graph
+    return statistics.median(times)
+
+
+def copies_for(bytes_per_call: int, l2_bytes: int) -> int:
+    return max(2, min(256, math.ceil(3 * l2_bytes / max(bytes_per_call, 1))))
+
+
+def tinygemm_weight(qw: AWQInt4Tensor):
+    """(packed int4, scales_and_zeros) for aten._weight_int4pack_mm, same values as qw (w = (c - 8) s + zero)."""
+    from awq_ao import quant
+
+    q = quant.unpack_int4(qw.qdata)[:, : qw.in_features].to(torch.int32)  # [N, K]
+    packed = ((q[:, ::2] << 4) | q[:, 1::2]).to(torch.uint8)
+    w_packed = torch.ops.aten._convert_weight_to_int4pack(packed, 8)
+    s = qw.scale.float()
+    zero = (8 - qw.zero_point.float()) * s
+    scales_and_zeros = torch.stack([s.t(), zero.t()], dim=-1).to(torch.bfloat16).contiguous()
+    return w_packed, scales_and_zeros
+
+
+def bench_shape(n: int, k: int, m: int, l2_bytes: int) -> dict:
+    """Times (ms) of awq_ao, bf16 and tinygemm for one shape; bytes each must move."""
+    dtype = torch.bfloat16
+    w = torch.randn(n, k, dtype=dtype, device="cuda") * 0.02
+    qw = AWQInt4Tensor.from_float(w, 4, GROUP)
+    k_pad = qw.qdata.shape[1] * 2
+    act_bytes = 2 * (m * k + m * n)
+    bytes_int4 = n * k_pad // 2 + n * (k_pad // GROUP) * 3 + act_bytes
+    bytes_bf16 = 2 * n * k + act_bytes
+    out = {"bytes_int4": bytes_int4, "bytes_bf16": bytes_bf16}
+
+    reps = copies_for(bytes_int4, l2_bytes)
+    xs = [torch.randn(m, k, dtype=dtype, device="cuda") for _ in range(reps)]
+    qws = [AWQInt4Tensor.from_parts(qw.qdata.clone(), qw.scale.clone(), qw.zero_point.clone(), 4, GROUP, k)
+           for _ in range(reps)]
+    out["awq_ao"] = graph_time_ms([lambda x=x, q=q: F.linear(x, q) for x, q in zip(xs, qws)])
+    del qws
+
+    reps_dense = copies_for(bytes_bf16, l2_bytes)
+    ws = [w.clone() for _ in range(reps_dense)]
+    xs_dense = [xs[i % len(xs)] for i in range(reps_dense)]
+    out["bf16"] = graph_time_ms([lambda x=x, w=w: F.linear(x, w) for x, w in zip(xs_dense, ws)])
+    del ws
+
+    if k % GROUP == 0 and hasattr(torch.ops.aten, "_weight_int4pack_mm"):
+        try:
+            packed, sz = tinygemm_weight(qw)
+            tiny = [(packed.clone(), sz.clone()) for _ in range(reps)]
+            out["tinygemm"] = graph_time_ms(
+                [lambda x=x, p=p, s=s: torch.ops.aten._weight_int4pack_mm(x, p, GROUP, s)
+                 for x, (p, s) in zip(xs, tiny)]
+            )
+        except RuntimeError as err:  # shapes tinygemm does not take
+            out["tinygemm_error"] = str(err).splitlines()[0][:80]
+    return out
+
+
+def run_table(shapes, m_values, copy_gbs: float) -> list[str]:
+    l2_bytes = torch.cuda.get_device_properties(0).L2_cache_size
+    rows = [
+        "| shape | N x K | M | awq_ao us | bf16 us | tinygemm us | vs bf16 | vs tinygemm | awq_ao GB/s | of copy BW |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, n, k in shapes:
+        for m in m_values:
+            r = bench_shape(n, k, m, l2_bytes)
+            ours, dense = r["awq_ao"], r["bf16"]
+            tiny = r.get("tinygemm")
+            gbs = r["bytes_int4"] / (ours * 1e-3) / 1e9
+            rows.append(
+                f"| {label} | {n} x {k} | {m} | {ours * 1e3:.1f} | {dense * 1e3:.1f} | "
+                f"{'n/a' if tiny is None else f'{tiny * 1e3:.1f}'} | {dense / ours:.2f}x | "
+                f"{'n/a' if tiny is None else f'{tiny / ours:.2f}x'} | {gbs:.0f} | {gbs / copy_gbs:.0%} |"
+            )
+            print(rows[-1], flush=True)
+    return rows
+
+
+def tune_for(shapes, m_values, verbose: bool = False) -> None:
+    from awq_ao import kernels
+
+    results = kernels.tune([(m, n, k, GROUP) for _, n, k in shapes for m in m_values], verbose=verbose)
+    for (bucket, n, k, group), (cfg, ms) in results.items():
+        print(f"tuned M<={bucket} N={n} K={k} g={group}: {cfg} {ms * 1e3:.1f} us", flush=True)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="3 shapes, M in {1, 16, 128}")
+    parser.add_argument("--tune", action="store_true", help="tune the kernel configs for these shapes first")
+    parser.add_argument("--save-tuned", default=None, help="write the tuned configs to this JSON file")
+    parser.add_argument("--out", default=None, help="write the markdown table here (default: benchmarks/results/)")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("error: bench_kernels.py needs a CUDA GPU (the CPU path has benchmarks/bench_cpu_linear.py)")
+        return 2
+    from awq_ao import kernels
+
+    shapes, m_values = (QUICK_SHAPES, QUICK_M) if args.quick else (SHAPES, M_VALUES)
+    name = torch.cuda.get_device_name()
+    if args.tune:
+        tune_for(shapes, m_values)
+        if args.save_tuned:
+            kernels.save_tuned(args.save_tuned, name)
+    copy_gbs = copy_bandwidth_gbs()
+    header = [
+        f"# int4 linear kernels on {name}",
+        "",
+        f"{datetime.date.today().isoformat()}, torch {torch.__version__}, group {GROUP}, bf16 activations, "
+        f"{'tuned configs' if args.tune else 'configs from kernels/tuned or the heuristic'}.",
+        f"Device-to-device copy bandwidth measured here: {copy_gbs:.0f} GB/s (read + write).",
+        "Command: `python benchmarks/bench_kernels.py" + (" --tune" if args.tune else "") + (" --quick" if args.quick else "") + "`",
+        "",
+    ]
+    print("\n".join(header), flush=True)
+    rows = run_table(shapes, m_values, copy_gbs)
+    out = args.out or os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "results",
+        f"kernels_{name.replace(' ', '_').lower()}.md",
+    )
+    with open(out, "w") as f:
+        f.write("\n".join(header + rows) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Compile the int4 kernels for a GPU target on a machine without one; report resources and the inner loop.
+
+    python benchmarks/compile_report.py                       # sm_90, the default candidates of 4096 x 4096
+    python benchmarks/compile_report.py --arch 90 --dtype fp16
+
+Triton's wheel carries ptxas and cuobjdump, so kernels compile to SASS here.
+For each launch config: registers, stack (spills), shared memory, and the
+instructions of the main loop per weight per thread (the issue-rate cost of
+dequantization: the lower, the closer the kernel can get to HBM bandwidth).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from awq_ao.kernels.configs import KernelConfig
+from awq_ao.kernels.int4_gemm import _int4_gemm_kernel
+from awq_ao.kernels.int4_gemv import _int4_gemv_kernel
+
+BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+TYPES = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32"}
+
+
+def _signature(kind: str, dt: str) -> dict:
+    sig = {"x_ptr": f"*{dt}", "q_ptr": "*i32", "s_ptr": f"*{dt}", "z_ptr": "*u8", "pre_ptr": f"*{dt}",
+           "out_ptr": f"*{dt}"}
+    if kind == "gemm":
+        sig["M"] = "i32"
+    sig.update({"N": "i32", "K": "i32", "TILES": "i32", "TILES_PER_SPLIT": "i32"})
+    if kind == "gemm":
+        sig["magic_bits"] = "i32"
+    sig.update({name: "i32" for name in ("stride_xm", "stride_q", "stride_s", "stride_om", "stride_osplit")})
+    return sig
+
+
+def compile_config(cfg: KernelConfig, dt: str, group: int, arch: int):
+    """The compiled kernel of ``cfg`` (split-K output in the activation dtype), as Triton specialises it."""
+    kind = cfg.kind
+    sig = _signature(kind, dt)
+    constexprs = {"GROUP_SIZE": group, "HAS_PRE_SCALE": False, "EVEN_K": True,
+                  "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k}
+    if kind == "gemv":
+        constexprs["PREFETCH"] = cfg.prefetch
+    if kind == "gemm":
+        constexprs.update({"DOT_PRECISION": "ieee" if dt == "fp32" else "tf32", "BLOCK_M": cfg.block_m})
+    sig.update({name: "constexpr" for name in constexprs})
+    names = list(sig)
+    divisible = [n for n in names if n.endswith("_ptr") or n in ("N", "K", "stride_xm", "stride_q", "stride_om",
+                                                               "magic_bits")]
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in divisible}
+    fn = _int4_gemm_kernel if kind == "gemm" else _int4_gemv_kernel
+    src = ASTSource(fn, sig, constexprs=constexprs, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                          options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
+
+
+def loop_mix(sass: str) -> tuple[int, collections.Counter]:
+    """Instruction count and opcode mix of the longest backward-branch loop."""
+    lines = [ln for ln in sass.splitlines() if re.match(r"\s+/\*[0-9a-f]{4,}\*/", ln)]
+
+    def addr(ln):
+        return int(re.match(r"\s+/\*([0-9a-f]+)\*/", ln).group(1), 16)
+
+    best = []
+    for ln in lines:
+        hit = re.search(r"BRA (?:`\(\.L_x_\d+\) )?0x([0-9a-f]+)", ln)
+        if hit and int(hit.group(1), 16) < addr(ln):
+            body = [x for x in lines if int(hit.group(1), 16) <= addr(x) <= addr(ln)]
+            best = max(best, body, key=len)
+    ops = collections.Counter(
+        re.sub(r"^@!?U?P[T\d] ", "", ln.split("*/")[1].strip()).split()[0].split(".")[0] for ln in best)
+    return len(best), ops
+
+
+def report(cfg: KernelConfig, dt: str, group: int, arch: int) -> str:
+    kernel = compile_config(cfg, dt, group, arch)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "k.cubin")
+        with open(path, "wb") as f:
+            f.write(kernel.asm["cubin"])
+        usage = subprocess.run([os.path.join(BIN, "cuobjdump"), "--dump-resource-usage", path],
+                               capture_output=True, text=True).stdout
+        sass = subprocess.run([os.path.join(BIN, "cuobjdump"), "--dump-sass", path],
+                              capture_output=True, text=True).stdout
+    regs = re.search(r"REG:(\d+)", usage).group(1)
+    stack = re.search(r"STACK:(\d+)", usage).group(1)
+    count, ops = loop_mix(sass)
+    weights_per_thread = cfg.block_n * cfg.block_k / (32 * cfg.num_warps)
+    top = ", ".join(f"{op} {n}" for op, n in ops.most_common(6))
+    kind = cfg.kind + (" prefetch" if cfg.prefetch else "")
+    return (f"| {kind} | {cfg.block_m} | {cfg.block_n} | {cfg.block_k} | {cfg.num_warps} | {cfg.num_stages} | "
+            f"{regs} | {stack} | {kernel.metadata.shared} | {count / weights_per_thread:.2f} | {top} |")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", type=int, default=90)
+    parser.add_argument("--dtype", default="bf16", choices=sorted(TYPES))
+    parser.add_argument("--group", type=int, default=128)
+    args = parser.parse_args(argv)
+    import torch
+
+    from awq_ao.kernels.configs import candidate_configs
+
+    seen = []
+    for m in (1, 16, 64, 512):
+        for cfg in candidate_configs(m, 4096, 4096, args.group, torch.device("cpu")):
+            cfg = dataclasses.replace(cfg, split_k=1)
+            if cfg not in seen:
+                seen.append(cfg)
+    print(f"sm_{args.arch}, {args.dtype}, group {args.group}, triton {triton.__version__}")
+    print("| kind | BM | BN | BK | warps | stages | regs | stack | smem | loop instr / weight / thread | top ops |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for cfg in seen:
+        try:
+            print(report(cfg, TYPES[args.dtype], args.group, args.arch), flush=True)
+        except Exception as exc:
+            print(f"| {cfg} | compile error: {type(exc).__name__}: {str(exc).splitlines()[0][:80]} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Launch-config selection, the tuned tables and their refusals (pure Python: no GPU needed)."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from awq_ao.kernels import KernelConfig, configs
+
+CPU = torch.device("cpu")
+
+
+def test_m_bucket():
+    assert [configs.m_bucket(m) for m in (1, 2, 3, 5, 16, 17, 100, 512, 4096)] == [1, 2, 4, 8, 16, 32, 128, 512, 512]
+
+
+def test_fitted_keeps_tiles_inside_a_group_and_split_inside_k():
+    cfg = KernelConfig("gemm", block_n=64, block_k=128, split_k=64, block_m=16).fitted(group_size=32, k_pad=96)
+    assert cfg.block_k == 32 and cfg.split_k == 3
+    # tl.dot needs K >= 16: groups of 8 go to the GEMV
+    assert KernelConfig("gemm", 64, 128, block_m=16).fitted(8, 64).kind == "gemv"
+
+
+@pytest.mark.parametrize("m,kind", [(1, "gemv"), (2, "gemm"), (16, "gemm"), (512, "gemm")])
+def test_default_config_kind_by_m(m, kind):
+    cfg = configs.default_config(m, 4096, 4096, 128, CPU)
+    assert cfg.kind == kind
+    assert cfg.block_k <= 128 and 128 % cfg.block_k == 0
+
+
+def test_default_config_splits_k_when_output_tiles_are_few():
+    few = configs.default_config(1, 64, 4096, 128, CPU)  # one output tile
+    assert few.split_k > 1
+    assert configs.default_config(512, 4096, 4096, 128, CPU).split_k == 1
+
+
+def test_candidates_are_fitted_unique_and_include_the_default():
+    for m in (1, 4, 16, 64, 512):
+        cands = configs.candidate_configs(m, 1000, 4224, 64, CPU)
+        assert configs.default_config(m, 1000, 4224, 64, CPU) in cands
+        assert len(cands) == len(set(cands))
+        assert all(c == c.fitted(64, 4224) for c in cands)
+
+
+def test_tuned_table_round_trip(tmp_path, monkeypatch):
+    monkeypatch.setattr(configs, "_TUNED", {})
+    cfg = KernelConfig("gemv", 128, 128, split_k=4, prefetch=True)
+    configs.record("Test GPU", 1, 4096, 4096, 128, cfg)
+    configs.record("Other GPU", 1, 4096, 4096, 128, KernelConfig("gemv", 64, 64))
+    path = tmp_path / "tuned.json"
+    configs.save_tuned(str(path), "Test GPU")
+    table = json.loads(path.read_text())
+    assert table["device"] == "Test GPU" and len(table["configs"]) == 1
+    monkeypatch.setattr(configs, "_TUNED", {})
+    assert configs.load_tuned(str(path)) == 1
+    assert configs.tuned_config("Test GPU", 1, 4096, 4096, 128) == cfg
+    assert configs.tuned_config("Test GPU", 2, 4096, 4096, 128) is None  # another M bucket
+    assert configs.tuned_config("Other GPU", 1, 4096, 4096, 128) is None
+
+
+def test_bundled_tables_load():
+    """Every JSON in kernels/tuned/ is a valid table (they load at import)."""
+    import os
+
+    for name in os.listdir(configs.TUNED_DIR) if os.path.isdir(configs.TUNED_DIR) else []:
+        if name.endswith(".json"):
+            assert configs.load_tuned(os.path.join(configs.TUNED_DIR, name)) > 0
+
+
+@pytest.mark.parametrize("content", [
+    "not json",
+    json.dumps({"device": "X"}),
+    json.dumps({"device": "X", "configs": [{"m_bucket": 1, "n": 1, "k_pad": 8, "group_size": 8,
+                                            "config": {"kind": "gemv", "block_n": 0, "block_k": 8}}]}),
+    json.dumps({"device": "X", "configs": [{"m_bucket": 1, "n": 1, "k_pad": 8, "group_size": 8,
+                                            "config": {"kind": "magic", "block_n": 8, "block_k": 8}}]}),
+])
+def test_bad_tuned_table_is_refused_by_name(tmp_path, monkeypatch, content):
+    monkeypatch.setattr(configs, "_TUNED", {})
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match="bad.json"):
+        configs.load_tuned(str(path))
+    assert configs._TUNED == {}
+
+
+def test_config_json_fields_match_dataclass():
+    fields = {f.name for f in dataclasses.fields(KernelConfig)}
+    assert {"kind", "block_n", "block_k", "split_k", "block_m", "num_warps", "num_stages", "prefetch"} == fields
