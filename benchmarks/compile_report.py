@@ -53,7 +53,8 @@ def compile_config(cfg: KernelConfig, dt: str, group: int, arch: int):
     if kind == "gemv":
         constexprs["PREFETCH"] = cfg.prefetch
     if kind == "gemm":
-        constexprs.update({"DOT_PRECISION": "ieee" if dt == "fp32" else "tf32", "BLOCK_M": cfg.block_m})
+        constexprs.update({"DOT_PRECISION": "ieee" if dt == "fp32" else "tf32", "BLOCK_M": cfg.block_m,
+                           "SWAP_AB": cfg.swap_ab})
     sig.update({name: "constexpr" for name in constexprs})
     names = list(sig)
     divisible = [n for n in names if n.endswith("_ptr") or n in ("N", "K", "stride_xm", "stride_q", "stride_om",
@@ -98,7 +99,7 @@ def report(cfg: KernelConfig, dt: str, group: int, arch: int) -> str:
     count, ops = loop_mix(sass)
     weights_per_thread = cfg.block_n * cfg.block_k / (32 * cfg.num_warps)
     top = ", ".join(f"{op} {n}" for op, n in ops.most_common(6))
-    kind = cfg.kind + (" prefetch" if cfg.prefetch else "")
+    kind = cfg.kind + (" prefetch" if cfg.prefetch else "") + (" swap" if cfg.swap_ab else "")
     return (f"| {kind} | {cfg.block_m} | {cfg.block_n} | {cfg.block_k} | {cfg.num_warps} | {cfg.num_stages} | "
             f"{regs} | {stack} | {kernel.metadata.shared} | {count / weights_per_thread:.2f} | {top} |")
 
@@ -108,13 +109,14 @@ def main(argv=None) -> int:
     parser.add_argument("--arch", type=int, default=90)
     parser.add_argument("--dtype", default="bf16", choices=sorted(TYPES))
     parser.add_argument("--group", type=int, default=128)
+    parser.add_argument("--m", type=int, nargs="+", default=[1, 16, 64, 512], help="M values whose candidates to compile")
     args = parser.parse_args(argv)
     import torch
 
     from awq_ao.kernels.configs import candidate_configs
 
     seen = []
-    for m in (1, 16, 64, 512):
+    for m in args.m:
         for cfg in candidate_configs(m, 4096, 4096, args.group, torch.device("cpu")):
             cfg = dataclasses.replace(cfg, split_k=1)
             if cfg not in seen:

@@ -41,6 +41,7 @@ class KernelConfig:
     num_warps: int = 4
     num_stages: int = 2
     prefetch: bool = False  # gemv only: double-buffer the next weight tile in registers
+    swap_ab: bool = False  # gemm only: compute y.T = W x.T (weight tile as the MMA's A operand)
 
     def fitted(self, group_size: int, k_pad: int) -> "KernelConfig":
         """This config with BLOCK_K dividing the group and split-K no larger than the K tiles."""
@@ -55,10 +56,16 @@ class KernelConfig:
 def m_bucket(m) -> int:
     """M rounded up to a power of two, at most MAX_BUCKET (a plain int).
 
-    Written with comparisons only, so that a symbolic M (torch.compile with
-    dynamic shapes) guards on its bucket's range instead of its exact value,
-    and the config depends on the bucket alone.
+    A symbolic M (torch.compile with dynamic shapes) is bucketed by its hint,
+    the size seen when the graph was traced, without adding a guard: the
+    compiled graph then serves every M with that config. Every config is correct
+    for every M (only speed depends on the choice), and M == 1 is never dynamic
+    (torch.compile specialises sizes 0 and 1), so decoding keeps the GEMV.
     """
+    if isinstance(m, torch.SymInt):
+        from torch.fx.experimental.symbolic_shapes import hint_int
+
+        m = hint_int(m, fallback=MAX_BUCKET)
     bucket = 1
     while bucket < m and bucket < MAX_BUCKET:
         bucket *= 2
@@ -89,7 +96,7 @@ def _split_for(tiles_mn: int, k_tiles: int, device: torch.device) -> int:
 def default_config(m: int, n: int, k_pad: int, group_size: int, device: torch.device) -> KernelConfig:
     """A heuristic config when nothing is tuned for this shape."""
     if m == 1:
-        cfg = KernelConfig("gemv", block_n=64, block_k=128, num_warps=4)
+        cfg = KernelConfig("gemv", block_n=128, block_k=128, num_warps=4)
         cfg = cfg.fitted(group_size, k_pad)
         split = _split_for(triton.cdiv(n, cfg.block_n), k_pad // cfg.block_k, device)
         return dataclasses.replace(cfg, split_k=split)
@@ -106,26 +113,25 @@ def candidate_configs(m: int, n: int, k_pad: int, group_size: int, device: torch
     """The small set ``tune`` times for one (M bucket, N, K, group)."""
     base = default_config(m, n, k_pad, group_size, device)
     out = [base]
-    if m <= 4:
-        for block_n in (64, 128, 256):
-            for block_k in (64, 128, 256):
+    if m <= 4:  # CUDA-core GEMV: bigger tiles amortise the activation loads over more rows
+        for block_n, warps in ((128, 4), (256, 4), (256, 8)):
+            for block_k in (64, 128):
                 for prefetch in (False, True):
-                    cfg = KernelConfig("gemv", block_n, block_k, num_warps=4, prefetch=prefetch)
+                    cfg = KernelConfig("gemv", block_n, block_k, num_warps=warps, prefetch=prefetch)
                     cfg = cfg.fitted(group_size, k_pad)
                     split = _split_for(triton.cdiv(n, cfg.block_n), k_pad // cfg.block_k, device)
                     out += [dataclasses.replace(cfg, split_k=s) for s in (split, 2 * split, 4 * split)]
-    if m <= 64:
+    if m <= 64:  # tensor-core GEMM with split-K, plain or with the weight tile as the MMA's A operand
         block_m = max(16, min(64, triton.next_power_of_2(m)))
-        for block_n in (64, 128):
-            for block_k in (64, 128):
-                cfg = KernelConfig("gemm", block_n, block_k, block_m=block_m, num_warps=4,
-                                   num_stages=3).fitted(group_size, k_pad)
-                tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
-                split = _split_for(tiles, k_pad // cfg.block_k, device)
-                out += [dataclasses.replace(cfg, split_k=s) for s in {1, split, 2 * split}]
+        for block_n, block_k, swap in ((64, 128, False), (128, 64, False), (128, 128, False),
+                                       (64, 128, True), (128, 64, True), (128, 128, True)):
+            cfg = KernelConfig("gemm", block_n, block_k, block_m=block_m, num_warps=4,
+                               num_stages=3, swap_ab=swap).fitted(group_size, k_pad)
+            tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
+            split = _split_for(tiles, k_pad // cfg.block_k, device)
+            out += [dataclasses.replace(cfg, split_k=s) for s in (1, split, 2 * split)]
     else:  # (BLOCK_M, BLOCK_N, warps, stages): the ones that compile without heavy spills on sm_90
-        for block_m, block_n, warps, stages in ((64, 128, 4, 3), (64, 128, 8, 3), (64, 256, 8, 3),
-                                                (64, 256, 8, 4), (128, 64, 8, 3), (128, 128, 8, 3)):
+        for block_m, block_n, warps, stages in ((64, 128, 4, 3), (64, 256, 8, 3), (128, 64, 8, 3), (128, 128, 8, 3)):
             out.append(KernelConfig("gemm", block_n, 64, block_m=block_m, num_warps=warps,
                                     num_stages=stages).fitted(group_size, k_pad))
     seen, unique = set(), []
@@ -214,46 +220,51 @@ def record(device_name: str, m: int, n: int, k_pad: int, group_size: int, cfg: K
 def tune(
     shapes: Iterable[tuple[int, int, int, int]],
     dtype: torch.dtype = torch.bfloat16,
-    warmup_ms: int = 5,
-    rep_ms: int = 20,
+    replays: int = 10,
     verbose: bool = False,
 ) -> dict[tuple, tuple[KernelConfig, float]]:
     """Time ``candidate_configs`` for each (M, N, K, group_size) on the current GPU; record the fastest.
 
-    Random int4 weights and activations are made per shape. Returns
-    {(M bucket, N, K, group): (config, median ms)}.
+    Each candidate is timed as decoding runs it: captured in a CUDA graph over
+    rotated copies of random int4 weights (``timing.graph_time_ms``), so neither
+    launch overhead nor the L2 cache decides. Returns
+    {(M bucket, N, K, group): (config, median ms per call)}.
     """
-    from triton.testing import do_bench
-
     from awq_ao.kernels.int4_matmul import launch_int4_linear
+    from awq_ao.kernels.timing import copies_for, graph_time_ms, l2_bytes
 
     device = torch.device("cuda", torch.cuda.current_device())
     name = _device_name(device.index)
     results = {}
     for m, n, k, group in shapes:
+        bucket = m_bucket(m)
         k_pad = triton.cdiv(k, group) * group
-        qdata = torch.randint(0, 256, (n, k_pad // 2), dtype=torch.uint8, device=device)
-        scale = torch.rand(n, k_pad // group, device=device).to(dtype) * 0.01 + 1e-3
-        zero = torch.randint(0, 16, (n, k_pad // group), dtype=torch.uint8, device=device)
-        x = torch.randn(m_bucket(m), k, dtype=dtype, device=device)
-        y = torch.empty(x.shape[0], n, dtype=dtype, device=device)
+        reps = copies_for(n * k_pad // 2, l2_bytes(), most=64)
+        sets = []
+        for _ in range(reps):
+            qdata = torch.randint(0, 256, (n, k_pad // 2), dtype=torch.uint8, device=device)
+            scale = (torch.rand(n, k_pad // group, device=device) * 0.01 + 1e-3).to(dtype)
+            zero = torch.randint(0, 16, (n, k_pad // group), dtype=torch.uint8, device=device)
+            x = torch.randn(bucket, k, dtype=dtype, device=device)
+            sets.append((x, qdata, scale, zero, torch.empty(bucket, n, dtype=dtype, device=device)))
         best: Optional[tuple[KernelConfig, float]] = None
-        for cfg in candidate_configs(x.shape[0], n, k_pad, group, device):
-            def run(cfg=cfg):
-                launch_int4_linear(x, qdata, scale, zero, None, y, group, k, config=cfg)
+        for cfg in candidate_configs(bucket, n, k_pad, group, device):
+            calls = [lambda s=s, cfg=cfg: launch_int4_linear(s[0], s[1], s[2], s[3], None, s[4], group, k, config=cfg)
+                     for s in sets]
             try:
-                ms = do_bench(run, warmup=warmup_ms, rep=rep_ms, return_mode="median")
+                ms = graph_time_ms(calls, replays)
             except Exception as err:  # a config the compiler rejects (e.g. out of shared memory)
                 if verbose:
                     print(f"  skip {cfg}: {type(err).__name__}: {str(err)[:120]}")
                 continue
             if verbose:
-                print(f"  M={m} N={n} K={k} g={group} {cfg}: {ms * 1e3:.1f} us")
+                print(f"  M={bucket} N={n} K={k} g={group} {cfg}: {ms * 1e3:.1f} us", flush=True)
             if best is None or ms < best[1]:
                 best = (cfg, ms)
+        del sets
         if best is not None:
-            record(name, m, n, k_pad, group, best[0])
-            results[(m_bucket(m), n, k, group)] = best
+            record(name, bucket, n, k_pad, group, best[0])
+            results[(bucket, n, k, group)] = best
     return results
 
 

@@ -14,6 +14,10 @@ the group size, so a tile has one scale and one zero per row). Per tile:
   with the integer tile, fp32 accumulate;
 * multiply the partial product by the row's scale and add it to the accumulator.
 
+SWAP_AB computes ``y.T = W x.T`` instead: the dequantized weight tile becomes
+the first (register) operand of the MMA, and a small M becomes its narrow
+dimension (Hopper's wgmma takes N = 8 .. 256 but M = 64 per warp group).
+
 Split-K over grid axis 2 (for small M, where the output tiles alone do not fill
 the GPU): each split stores an fp32 partial into ``out[split]`` and
 ``splitk_reduce`` adds them; with SPLIT_K == 1 the tile is stored in the
@@ -58,6 +62,7 @@ def _int4_gemm_kernel(
     HAS_PRE_SCALE: tl.constexpr,
     EVEN_K: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    SWAP_AB: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -75,7 +80,10 @@ def _int4_gemm_kernel(
     mask_n = offs_n < N
     WIDE: tl.constexpr = dtype != tl.float16  # fp16 overflows at (q - z) * 16**4
     col_factor = column_factor(offs_k, WIDE)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if SWAP_AB:
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     t_start = pid_split * TILES_PER_SPLIT
     t_end = tl.minimum(t_start + TILES_PER_SPLIT, TILES)
     for t in range(t_start, t_end):
@@ -96,7 +104,15 @@ def _int4_gemm_kernel(
         s = tl.load(s_ptr + offs_n * stride_s + g, mask=mask_n, other=0.0).to(tl.float32)
         z = tl.load(z_ptr + offs_n * stride_s + g, mask=mask_n, other=0).to(tl.float32)
         w = dequant_tile(words, z, magic_bits, dtype, WIDE)  # [BLOCK_N, BLOCK_K]
-        part = tl.dot(x, tl.trans(w), input_precision=DOT_PRECISION, out_dtype=tl.float32)
-        acc += part * s[None, :]
-    out = out_ptr + pid_split * stride_osplit + offs_m[:, None] * stride_om + offs_n[None, :]
-    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+        if SWAP_AB:  # y.T = W x.T: the dequantized tile is the register operand, x the small one
+            part = tl.dot(w, tl.trans(x), input_precision=DOT_PRECISION, out_dtype=tl.float32)
+            acc += part * s[:, None]
+        else:
+            part = tl.dot(x, tl.trans(w), input_precision=DOT_PRECISION, out_dtype=tl.float32)
+            acc += part * s[None, :]
+    if SWAP_AB:
+        out = out_ptr + pid_split * stride_osplit + offs_m[None, :] * stride_om + offs_n[:, None]
+        tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask_m[None, :] & mask_n[:, None])
+    else:
+        out = out_ptr + pid_split * stride_osplit + offs_m[:, None] * stride_om + offs_n[None, :]
+        tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])

@@ -29,6 +29,7 @@ PATHS = {
     "gemv-splitk-prefetch": KernelConfig("gemv", block_n=16, block_k=32, split_k=3, prefetch=True),
     "gemm": KernelConfig("gemm", block_n=32, block_k=64, block_m=16),
     "gemm-splitk": KernelConfig("gemm", block_n=16, block_k=32, block_m=16, split_k=2),
+    "gemm-swap-ab": KernelConfig("gemm", block_n=32, block_k=32, block_m=16, split_k=2, swap_ab=True),
 }
 
 
