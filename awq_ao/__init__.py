@@ -9,6 +9,7 @@ from awq_ao import ops  # noqa: F401  (registers the torch.library ops)
 from awq_ao.config import AWQConfig, AWQLinearCalibration, awq_config, quantize_
 from awq_ao.formats import load_quantized_state_dict, load_state_dict, save_state_dict
 from awq_ao.tensor import AWQInt4Tensor
+from awq_ao.tuning import tune_kernels
 
 __version__ = "0.1.0"
 
@@ -21,4 +22,5 @@ __all__ = [
     "load_state_dict",
     "quantize_",
     "save_state_dict",
+    "tune_kernels",
 ]

@@ -63,13 +63,26 @@ def m_bucket(m) -> int:
     (torch.compile specialises sizes 0 and 1), so decoding keeps the GEMV.
     """
     if isinstance(m, torch.SymInt):
-        from torch.fx.experimental.symbolic_shapes import hint_int
-
-        m = hint_int(m, fallback=MAX_BUCKET)
+        m = _hint_without_guard(m)
     bucket = 1
     while bucket < m and bucket < MAX_BUCKET:
         bucket *= 2
     return bucket
+
+
+def _hint_without_guard(m: "torch.SymInt") -> int:
+    """The size a symbolic int had when traced, read without adding a guard.
+
+    torch 2.13 names this ``optimization_hint``; 2.11 ``size_hint`` (``hint_int``
+    before, deprecated there).
+    """
+    from torch.fx.experimental import symbolic_shapes
+
+    for name in ("optimization_hint", "size_hint", "hint_int"):
+        fn = getattr(symbolic_shapes, name, None)
+        if fn is not None:
+            return int(fn(m, fallback=MAX_BUCKET))
+    return MAX_BUCKET
 
 
 @functools.lru_cache(maxsize=None)

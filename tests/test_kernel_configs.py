@@ -85,3 +85,29 @@ def test_bad_tuned_table_is_refused_by_name(tmp_path, monkeypatch, content):
     with pytest.raises(ValueError, match="bad.json"):
         configs.load_tuned(str(path))
     assert configs._TUNED == {}
+
+
+def test_symbolic_m_is_bucketed_by_its_hint_without_a_guard():
+    """Under torch.compile with dynamic shapes M is a SymInt: bucket it without specialising the graph."""
+    from torch._dynamo.source import ConstantSource
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    env = ShapeEnv()
+    m = env.create_symintnode(env.create_symbol(37, ConstantSource("m")), hint=37)
+    assert isinstance(m, torch.SymInt)
+    assert configs.m_bucket(m) == 64
+    assert configs.select_config(m, 4096, 4096, 128, CPU) == configs.default_config(64, 4096, 4096, 128, CPU)
+    assert len(env.guards) == 0
+
+
+def test_tune_kernels_refuses_clearly_without_a_gpu_or_int4_weights():
+    import awq_ao
+    from awq_ao.tuning import int4_linear_shapes
+
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32))
+    awq_ao.quantize_(model, awq_ao.awq_config(group_size=32))
+    assert isinstance(model[0].weight, awq_ao.AWQInt4Tensor)
+    assert int4_linear_shapes(model) == []  # on CPU: nothing for the CUDA kernels
+    expected = "needs a CUDA GPU" if not torch.cuda.is_available() else "no AWQInt4Tensor weights on CUDA"
+    with pytest.raises((RuntimeError, ValueError), match=expected):
+        awq_ao.tune_kernels(model)
