@@ -1,0 +1,150 @@
+"""``awq_ao.calibrate``: AWQ's activation-aware scale and clip search, block by block.
+
+For each decoder block: one forward over the calibration tokens with hooks that
+accumulate, for the input of every scale group, the Gram matrix and mean |x|
+per channel (``runner.py``); the scale search per group (``search.py``), folded
+into the producing op (``apply.py``) or, for v -> o under grouped-query
+attention when that measures better, kept as ``act_pre_scale`` on o_proj; then
+the clip search per linear (q and k skipped). Results are left on each linear
+as ``module.awq_calibration``, where ``quantize_(model, awq_config())`` finds
+them. The block's float outputs feed the next block.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from awq_ao import quant
+from awq_ao.calibration import apply, mappings, search
+from awq_ao.calibration.data import CalibrationData, as_token_batches
+from awq_ao.calibration.runner import capture_block_inputs, run_block
+from awq_ao.config import AWQConfig, AWQLinearCalibration, awq_config
+
+GQA_CHOICES = ("auto", "fold", "pre_scale")
+
+
+def calibrate(
+    model: nn.Module,
+    calibration_data: CalibrationData,
+    config: Optional[AWQConfig] = None,
+    *,
+    n_grid: int = 20,
+    clip: bool = True,
+    gqa: str = "auto",
+    batch_size: int = 8,
+    device: Optional[torch.types.Device] = None,
+    progress: bool = True,
+) -> nn.Module:
+    """Calibrate ``model`` in place for ``quantize_(model, config)``; returns it.
+
+    calibration_data: LongTensor [N, L] of token ids, a list of such tensors,
+    or an iterable of dicts with ``input_ids`` (see ``samples_from_text``).
+    n_grid: points of the scale grid (and of the clip grid, max shrink 0.5).
+    gqa: v -> o scales under grouped-query attention: "fold" (one scale per
+    KV-head channel, folded into v_proj: the float model stays exact and the
+    AWQ GEMM export can carry it), "pre_scale" (a free per-channel scale kept as
+    o_proj's ``act_pre_scale``), or "auto" (whichever has the lower loss).
+    device: run each block there (moved in and back out), the model staying
+    where it is. A per-group summary is left in ``model.awq_calibration_report``.
+    """
+    config = awq_config() if config is None else config
+    if not isinstance(config, AWQConfig):
+        raise ValueError(f"config must be an AWQConfig (from awq_config()), got {type(config).__name__}")
+    if gqa not in GQA_CHOICES:
+        raise ValueError(f"gqa must be one of {GQA_CHOICES}, got {gqa!r}")
+    if n_grid < 1:
+        raise ValueError(f"n_grid must be >= 1, got {n_grid}")
+    arch = mappings.detect(model)
+    batches = as_token_batches(calibration_data, batch_size)
+    blocks = mappings.blocks_of(model, arch)
+    device = None if device is None else torch.device(device)
+    was_training = model.training
+    model.eval()
+    report = []
+    try:
+        calls = capture_block_inputs(model, blocks[0], batches)
+        for index, block in enumerate(tqdm(blocks, desc="AWQ calibration", unit="block", disable=not progress)):
+            prefix = f"{arch.blocks}.{index}"
+            home = next(block.parameters()).device
+            if device is not None:
+                block.to(device)
+            _check_weights(block, arch, prefix)
+            watch = {g.linears[0]: block.get_submodule(g.linears[0]) for g in arch.groups}
+            outputs, stats = run_block(block, calls, watch, prefix, device)
+            report += calibrate_block(block, arch, stats, config, mappings.head_layout(model), gqa, n_grid, clip, index)
+            if device is not None:
+                block.to(home)
+            calls = outputs
+    finally:
+        model.train(was_training)
+    model.awq_calibration_report = report
+    return model
+
+
+def _check_weights(block: nn.Module, arch: mappings.Architecture, prefix: str) -> None:
+    for group in arch.groups:
+        for name in group.linears:
+            quant.check_weight(block.get_submodule(name).weight, f"{prefix}.{name}.weight")
+
+
+def _gqa_tie(heads: int, kv: int, head_dim: int):
+    """(reduce, expand) between o_proj's input channels [heads * hd] and v_proj's rows [kv * hd]."""
+    rep = heads // kv
+
+    def reduce(t: torch.Tensor) -> torch.Tensor:
+        return t.view(kv, rep, head_dim).mean(dim=1).reshape(-1)
+
+    def expand(t: torch.Tensor) -> torch.Tensor:
+        return t.view(kv, 1, head_dim).expand(kv, rep, head_dim).reshape(-1)
+
+    return reduce, expand
+
+
+@torch.no_grad()
+def calibrate_block(block, arch, stats, config, head_layout, gqa, n_grid, clip, index) -> list[dict]:
+    """Scale search + folding for each group of one block, then clip search; returns report rows."""
+    bits, group_size, zp = config.bits, config.group_size, config.zero_point
+    heads, kv, head_dim = head_layout
+    rows, per_linear = [], {}
+    for group in arch.groups:
+        st = stats[group.linears[0]]
+        gram, x_mean = st.gram_f32, st.mean_abs
+        linears = [block.get_submodule(name) for name in group.linears]
+        w = torch.cat([lin.weight.float() for lin in linears])
+        dtype = linears[0].weight.dtype
+        kwargs = dict(bits=bits, group_size=group_size, zero_point=zp, n_grid=n_grid, scale_dtype=dtype)
+        mode, prev_s = "fold", None
+        if group.heads and kv < heads and w.shape[1] == heads * head_dim:
+            tie = _gqa_tie(heads, kv, head_dim)
+            s, loss, rtn = search.search_scale(w, gram, x_mean, tie=tie, **kwargs)
+            prev_s = tie[0](s)  # one scale per v_proj row (s is constant over each KV group's heads)
+            if gqa != "fold":
+                s_free, loss_free, _ = search.search_scale(w, gram, x_mean, **kwargs)
+                if gqa == "pre_scale" or loss_free < loss:
+                    s, loss, mode = s_free, loss_free, "pre_scale"
+        else:
+            s, loss, rtn = search.search_scale(w, gram, x_mean, **kwargs)
+        if mode == "fold":
+            apply.divide_output(block.get_submodule(group.prev), s if prev_s is None else prev_s, group.prev)
+            for lin in linears:
+                apply.multiply_columns(lin, s)
+        gram_scaled = gram / (s[:, None] * s[None, :])
+        for name in group.linears:
+            per_linear[name] = (s if mode == "pre_scale" else None, gram_scaled)
+        rows.append({"block": index, "group": group.name, "mode": mode, "loss": loss, "rtn_loss": rtn})
+    for group in arch.groups:
+        for name in group.linears:
+            lin = block.get_submodule(name)
+            s_pre, gram_scaled = per_linear[name]
+            w_eff = lin.weight.float() if s_pre is None else lin.weight.float() * s_pre[None, :]
+            ratio = None
+            if clip and name not in arch.no_clip:
+                ratio = search.search_clip(w_eff, gram_scaled, bits, group_size, zp, n_grid=n_grid,
+                                           scale_dtype=lin.weight.dtype)
+            pre = None if s_pre is None else (1.0 / s_pre).to(lin.weight.dtype)
+            lin.awq_calibration = AWQLinearCalibration(bits, group_size, zp, clip_ratio=ratio, act_pre_scale=pre)
+    return rows
