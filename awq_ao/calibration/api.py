@@ -37,6 +37,7 @@ def calibrate(
     gqa: str = "auto",
     batch_size: int = 8,
     device: Optional[torch.types.Device] = None,
+    module_loss_tokens: int = 2048,
     progress: bool = True,
 ) -> nn.Module:
     """Calibrate ``model`` in place for ``quantize_(model, config)``; returns it.
@@ -49,7 +50,10 @@ def calibrate(
     AWQ GEMM export can carry it), "pre_scale" (a free per-channel scale kept as
     o_proj's ``act_pre_scale``), or "auto" (whichever has the lower loss).
     device: run each block there (moved in and back out), the model staying
-    where it is. A per-group summary is left in ``model.awq_calibration_report``.
+    where it is. module_loss_tokens: tokens (an even subsample of all of them)
+    on which a group with a consuming module (gate/up: the MLP) is scored; 0
+    scores it on its linears' own output error instead. A per-group summary is
+    left in ``model.awq_calibration_report``.
     """
     config = awq_config() if config is None else config
     if not isinstance(config, AWQConfig):
@@ -60,6 +64,11 @@ def calibrate(
         raise ValueError(f"n_grid must be >= 1, got {n_grid}")
     arch = mappings.detect(model)
     batches = as_token_batches(calibration_data, batch_size)
+    if module_loss_tokens < 0:
+        raise ValueError(f"module_loss_tokens must be >= 0, got {module_loss_tokens}")
+    total_tokens = sum(b.numel() for b in batches)
+    stride = max(1, total_tokens // module_loss_tokens) if module_loss_tokens else 0
+    sampled = {g.linears[0]: stride for g in arch.groups if g.module is not None and stride}
     blocks = mappings.blocks_of(model, arch)
     device = None if device is None else torch.device(device)
     was_training = model.training
@@ -74,7 +83,7 @@ def calibrate(
                 block.to(device)
             _check_weights(block, arch, prefix)
             watch = {g.linears[0]: block.get_submodule(g.linears[0]) for g in arch.groups}
-            outputs, stats = run_block(block, calls, watch, prefix, device)
+            outputs, stats = run_block(block, calls, watch, prefix, device, sampled)
             report += calibrate_block(block, arch, stats, config, mappings.head_layout(model), gqa, n_grid, clip, index)
             if device is not None:
                 block.to(home)
@@ -104,6 +113,28 @@ def _gqa_tie(heads: int, kv: int, head_dim: int):
     return reduce, expand
 
 
+def module_output_loss(module: nn.Module, linears: list[nn.Linear], x: torch.Tensor):
+    """Loss of effective weights [sum N_i, C] for ``linears``: squared error of ``module(x)`` against float.
+
+    The weights are swapped in for the call and restored after; x [T', C].
+    """
+    x = x.to(linears[0].weight.dtype)
+    reference = module(x).float()
+    sizes = [lin.weight.shape[0] for lin in linears]
+
+    def loss(wq: torch.Tensor) -> float:
+        originals = [lin.weight.data for lin in linears]
+        try:
+            for lin, part in zip(linears, wq.split(sizes)):
+                lin.weight.data = part.to(lin.weight.dtype)
+            return float(((module(x).float() - reference) ** 2).sum())
+        finally:
+            for lin, original in zip(linears, originals):
+                lin.weight.data = original
+
+    return loss
+
+
 @torch.no_grad()
 def calibrate_block(block, arch, stats, config, head_layout, gqa, n_grid, clip, index) -> list[dict]:
     """Scale search + folding for each group of one block, then clip search; returns report rows."""
@@ -117,17 +148,21 @@ def calibrate_block(block, arch, stats, config, head_layout, gqa, n_grid, clip, 
         w = torch.cat([lin.weight.float() for lin in linears])
         dtype = linears[0].weight.dtype
         kwargs = dict(bits=bits, group_size=group_size, zero_point=zp, n_grid=n_grid, scale_dtype=dtype)
+        if group.module is not None and st.samples:
+            loss_fn = module_output_loss(block.get_submodule(group.module), linears, st.sample)
+        else:
+            loss_fn = search.gram_loss(w, gram)
         mode, prev_s = "fold", None
         if group.heads and kv < heads and w.shape[1] == heads * head_dim:
             tie = _gqa_tie(heads, kv, head_dim)
-            s, loss, rtn = search.search_scale(w, gram, x_mean, tie=tie, **kwargs)
+            s, loss, rtn = search.search_scale(w, x_mean, loss_fn, tie=tie, **kwargs)
             prev_s = tie[0](s)  # one scale per v_proj row (s is constant over each KV group's heads)
             if gqa != "fold":
-                s_free, loss_free, _ = search.search_scale(w, gram, x_mean, **kwargs)
+                s_free, loss_free, _ = search.search_scale(w, x_mean, loss_fn, **kwargs)
                 if gqa == "pre_scale" or loss_free < loss:
                     s, loss, mode = s_free, loss_free, "pre_scale"
         else:
-            s, loss, rtn = search.search_scale(w, gram, x_mean, **kwargs)
+            s, loss, rtn = search.search_scale(w, x_mean, loss_fn, **kwargs)
         if mode == "fold":
             apply.divide_output(block.get_submodule(group.prev), s if prev_s is None else prev_s, group.prev)
             for lin in linears:

@@ -1,7 +1,9 @@
 """Which op feeds which group of linears, per architecture: the one place to add a model.
 
-A ``ScaleGroup`` is a set of linears that read the same input, and the op that
-produces that input (``prev``): a norm (RMSNorm / LayerNorm: its weight, and
+A ``ScaleGroup`` is a set of linears that read the same input, the op that
+produces that input (``prev``), and optionally the submodule whose output
+error scores the scale search (``module``: the MLP for gate/up; otherwise the
+linears' own output error): a norm (RMSNorm / LayerNorm: its weight, and
 bias, absorb ``1/s``) or a linear (its output rows absorb ``1/s``). The v -> o
 group is marked ``heads=True``: under grouped-query attention its scale can
 fold into v_proj only when it is shared by the query heads of each KV group.
@@ -13,6 +15,7 @@ decoder blocks are, and its groups in block order.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 from torch import nn
 
@@ -23,6 +26,7 @@ class ScaleGroup:
     prev: str  # dotted path inside the block of the op producing the input
     linears: tuple[str, ...]  # dotted paths of the linears reading it
     heads: bool = False  # v -> o: scale shape bound to attention heads
+    module: Optional[str] = None  # submodule whose output error scores the scales (else the linears' own)
 
 
 @dataclass(frozen=True)
@@ -41,7 +45,7 @@ LLAMA_LIKE = Architecture(
     groups=(
         ScaleGroup("attn_in", "input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
         ScaleGroup("attn_out", "self_attn.v_proj", ("self_attn.o_proj",), heads=True),
-        ScaleGroup("mlp_in", "post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj")),
+        ScaleGroup("mlp_in", "post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj"), module="mlp"),
         ScaleGroup("mlp_out", "mlp.up_proj", ("mlp.down_proj",)),
     ),
     no_clip=("self_attn.q_proj", "self_attn.k_proj"),

@@ -33,9 +33,11 @@ class InputStats:
     """Statistics of one linear's input over the calibration tokens."""
 
     name: str
+    sample_stride: int = 0  # > 0: also keep every sample_stride-th token (for module-output losses)
     gram: Optional[torch.Tensor] = None  # [C, C] fp64 sum of x x^T
     abs_sum: Optional[torch.Tensor] = None  # [C] fp64 sum of |x|
     tokens: int = 0
+    samples: list = field(default_factory=list)
 
     def add(self, x: torch.Tensor) -> None:
         x = x.reshape(-1, x.shape[-1]).float()
@@ -46,6 +48,13 @@ class InputStats:
         self.gram = gram if self.gram is None else self.gram + gram
         self.abs_sum = abs_sum if self.abs_sum is None else self.abs_sum + abs_sum
         self.tokens += x.shape[0]
+        if self.sample_stride:
+            self.samples.append(x[:: self.sample_stride].clone())
+
+    @property
+    def sample(self) -> torch.Tensor:
+        """The kept tokens [T', C] (fp32)."""
+        return torch.cat(self.samples)
 
     @property
     def mean_abs(self) -> torch.Tensor:
@@ -94,12 +103,15 @@ def _device_of(module: nn.Module) -> torch.device:
 
 @torch.no_grad()
 def run_block(block: nn.Module, calls: list[BlockCall], watch: dict[str, nn.Module], prefix: str,
-              device: Optional[torch.device] = None) -> tuple[list[BlockCall], dict[str, InputStats]]:
+              device: Optional[torch.device] = None, sample_strides: Optional[dict[str, int]] = None,
+              ) -> tuple[list[BlockCall], dict[str, InputStats]]:
     """Run ``block`` on every call; accumulate ``InputStats`` of each watched linear's input.
 
+    ``sample_strides[name]`` keeps every n-th input token of that linear too.
     Returns (the block's outputs as the next block's calls, stats by watched name).
     """
-    stats = {name: InputStats(f"{prefix}.{name}") for name in watch}
+    strides = sample_strides or {}
+    stats = {name: InputStats(f"{prefix}.{name}", strides.get(name, 0)) for name in watch}
     handles = [
         module.register_forward_pre_hook(lambda mod, args, name=name: stats[name].add(args[0]))
         for name, module in watch.items()

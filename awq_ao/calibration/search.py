@@ -7,11 +7,12 @@ tokens. For a weight error ``dW`` [N, C] and inputs ``X`` [T, C] that is
 point costs one [N, C] x [C, C] product, whatever T is. For a group of linears
 sharing an input (q/k/v, gate/up) the loss is the sum of their output errors.
 
-Scale search (AWQ with duo scaling): ``s = x_mean**a / w_mean**(1 - a)`` for
-``a`` on a grid, normalised by ``sqrt(max(s) min(s))``; the weight is quantized
-as ``W * s`` and fed ``x / s``, so its error is ``Q(W s) / s - W``. ``s = 1``
-(round-to-nearest) is always a candidate, so the search never does worse than
-RTN on this loss.
+Scale search (AWQ, duo scaling and plain): ``s = x_mean**a / w_mean**(1 - a)``
+and ``s = x_mean**a`` for ``a`` on a grid, normalised by ``sqrt(max(s) min(s))``;
+the weight is quantized as ``W * s`` and fed ``x / s``, so its effective weight
+is ``Q(W s) / s``. ``s = 1`` (round-to-nearest) is always a candidate, so the
+search never does worse than RTN on its loss. The loss is the Gram form above,
+or (for gate/up) the output error of the whole MLP on a token subsample.
 
 Clip search (AWQ's auto_clip): for each output row and input group, the ratio
 of the group's max |w| kept before quantizing, from 1 down to ``1 - max_shrink``
@@ -47,10 +48,16 @@ def _normalised(s: torch.Tensor) -> torch.Tensor:
     return s / (s.max() * s.min()).sqrt()
 
 
+def gram_loss(w: torch.Tensor, gram: torch.Tensor) -> Callable[[torch.Tensor], float]:
+    """Loss of an effective weight ``wq`` [N, C]: the output error ``||X (wq - w).T||^2`` via the Gram matrix."""
+    w = w.float()
+    return lambda wq: output_error(wq - w, gram)
+
+
 def search_scale(
     w: torch.Tensor,
-    gram: torch.Tensor,
     x_mean: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor], float],
     bits: int,
     group_size: int,
     zero_point: bool = True,
@@ -60,27 +67,32 @@ def search_scale(
 ) -> tuple[torch.Tensor, float, float]:
     """Best per-channel scale ``s`` [C] for the rows ``w`` [N, C] (all linears of the group stacked).
 
-    ``tie`` = (reduce, expand) constrains s to ``expand(reduce-space scale)``
-    (v -> o under GQA: one scale per KV head's channel). Returns
-    ``(s, loss at s, loss at s = 1)``; all fp32.
+    ``loss_fn(wq)`` scores an effective weight ``Q(W s) / s`` [N, C] (``gram_loss``,
+    or the output error of the module that consumes the group). Candidates:
+    ``s = 1``, duo scaling ``x_mean**a / w_mean**(1-a)`` and plain AWQ
+    ``x_mean**a``, ``a = 0, 1/n_grid, ...``. ``tie`` = (reduce, expand)
+    constrains s to ``expand(reduce-space scale)`` (v -> o under GQA: one scale
+    per KV head's channel). Returns ``(s, loss at s, loss at s = 1)``; s fp32.
     """
     w = w.float()
     reduce, expand = tie if tie is not None else (lambda t: t, lambda t: t)
-    x_r, w_r = reduce(x_mean.float()), reduce(weight_mean(w, group_size))
+    x_r = reduce(x_mean.float()).clamp(min=1e-8)
+    w_r = reduce(weight_mean(w, group_size)).clamp(min=1e-8)
 
     def loss_of(s: torch.Tensor) -> float:
         wq = quant.fake_quantize(w * s, bits, group_size, zero_point, scale_dtype=scale_dtype or torch.float32)
-        return output_error(wq.float() / s - w, gram)
+        return loss_fn(wq.float() / s)
 
     ones = torch.ones_like(x_mean, dtype=torch.float32)
     base = loss_of(ones)
     best_s, best = ones, base
     for i in range(n_grid):
         a = i / n_grid
-        s = expand(_normalised(x_r.clamp(min=1e-8).pow(a) / w_r.clamp(min=1e-8).pow(1 - a)))
-        loss = loss_of(s)
-        if loss < best:
-            best_s, best = s, loss
+        for s_r in (x_r.pow(a) / w_r.pow(1 - a), x_r.pow(a)):
+            s = expand(_normalised(s_r))
+            loss = loss_of(s)
+            if loss < best:
+                best_s, best = s, loss
     return best_s, best, base
 
 
