@@ -89,6 +89,12 @@ def main(argv=None) -> int:
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--eval-chunks", type=int, default=40)
     parser.add_argument("--gqa", default="auto", choices=["auto", "fold", "pre_scale"])
+    parser.add_argument("--module-loss-tokens", type=int, default=0,
+                        help="tokens scoring gate/up on the MLP output (0: their own output error)")
+    parser.add_argument("--per-linear", action="store_true", help="a separate pre-scale per linear of q/k/v, gate/up")
+    parser.add_argument("--clip-grid", type=int, default=20)
+    parser.add_argument("--quantized-inputs", action="store_true",
+                        help="feed each block the quantized previous blocks' outputs")
     parser.add_argument("--no-rtn", action="store_true", help="skip the round-to-nearest rows")
     parser.add_argument("--no-float", action="store_true", help="skip the float row")
     parser.add_argument("--out", default=None, help="also write the table (markdown) here")
@@ -127,7 +133,9 @@ def main(argv=None) -> int:
         awq = copy.deepcopy(model)
         with PeakRSS() as mem:
             start = time.perf_counter()
-            awq_ao.calibrate(awq, calib, cfg, gqa=args.gqa)
+            awq_ao.calibrate(awq, calib, cfg, gqa=args.gqa, module_loss_tokens=args.module_loss_tokens,
+                            per_linear=args.per_linear, quantized_inputs=args.quantized_inputs,
+                            clip_grid=args.clip_grid)
             seconds = time.perf_counter() - start
         pre = sum(r["mode"] == "pre_scale" for r in awq.awq_calibration_report)
         awq_ao.quantize_(awq, cfg)

@@ -233,3 +233,45 @@ def test_perplexity_matches_the_models_own_loss():
     assert math.isclose(ppl, math.exp(float(torch.stack(losses).mean())), rel_tol=1e-4)
     with pytest.raises(ValueError, match="at least 64 tokens"):
         awq_ao.perplexity(model, ids[:10], seq_len=64, progress=False)
+
+
+@pytest.mark.parametrize("options", [
+    {"per_linear": True}, {"module_loss_tokens": 64}, {"quantized_inputs": True}, {"clip": False},
+    {"clip_grid": 8, "n_grid": 5},
+])
+def test_options_keep_the_float_model_and_quantize(options):
+    model = tiny("llama")
+    ids = tokens()
+    with torch.no_grad():
+        before = model(ids[:2]).logits
+    awq_ao.calibrate(model, ids, CONFIG, progress=False, **options)
+    with torch.no_grad():
+        assert rel_err(model(ids[:2]).logits, before) < 1e-5
+    if options.get("per_linear"):
+        q = model.model.layers[0].self_attn.q_proj
+        assert q.awq_calibration.act_pre_scale is not None  # its own scale, kept at run time
+    if options.get("clip") is False:
+        assert all(m.awq_calibration.clip_ratio is None for m in model.modules() if hasattr(m, "awq_calibration"))
+    awq_ao.quantize_(model, CONFIG)
+    ref = dequantized_copy(model)
+    with torch.no_grad():
+        assert rel_err(model(ids[:2]).logits, ref(ids[:2]).logits) < 1e-5
+
+
+def test_module_output_loss_is_the_mlp_error():
+    from awq_ao.calibration.api import module_output_loss
+
+    model = tiny("llama")
+    mlp = model.model.layers[0].mlp
+    x = torch.randn(50, 64)
+    linears = [mlp.gate_proj, mlp.up_proj]
+    w = torch.cat([lin.weight for lin in linears]).detach()
+    loss = module_output_loss(mlp, linears, x)
+    assert loss(w) == 0.0
+    noisy = w + 0.01 * torch.randn_like(w)
+    with torch.no_grad():
+        ref = mlp(x)
+        gate, up = noisy.split(128)
+        expected = float(((mlp.down_proj(mlp.act_fn(x @ gate.t()) * (x @ up.t())) - ref) ** 2).sum())
+    assert math.isclose(loss(noisy), expected, rel_tol=1e-4)
+    assert torch.equal(torch.cat([lin.weight for lin in linears]), w)  # weights restored

@@ -34,21 +34,31 @@ def calibrate(
     *,
     n_grid: int = 20,
     clip: bool = True,
+    clip_grid: int = 20,
     gqa: str = "auto",
+    per_linear: bool = False,
+    quantized_inputs: bool = False,
     batch_size: int = 8,
     device: Optional[torch.types.Device] = None,
-    module_loss_tokens: int = 2048,
+    module_loss_tokens: int = 0,
     progress: bool = True,
 ) -> nn.Module:
     """Calibrate ``model`` in place for ``quantize_(model, config)``; returns it.
 
     calibration_data: LongTensor [N, L] of token ids, a list of such tensors,
     or an iterable of dicts with ``input_ids`` (see ``samples_from_text``).
-    n_grid: points of the scale grid (and of the clip grid, max shrink 0.5).
+    n_grid: points of the scale grid. clip: search clip ratios (q, k excepted);
+    clip_grid: ratios 1, 1 - 1/clip_grid, ... down to 0.5.
     gqa: v -> o scales under grouped-query attention: "fold" (one scale per
     KV-head channel, folded into v_proj: the float model stays exact and the
     AWQ GEMM export can carry it), "pre_scale" (a free per-channel scale kept as
     o_proj's ``act_pre_scale``), or "auto" (whichever has the lower loss).
+    per_linear: give each linear of a multi-linear group (q/k/v, gate/up) its own
+    scale, kept as its ``act_pre_scale`` (torchao's prototype does this) instead
+    of one scale folded into the norm; costs a multiply per linear at run time.
+    quantized_inputs: feed each block the outputs of the previous blocks with
+    their quantization applied (GPTQ's sequential order) instead of the float
+    model's (AWQ's); one more block forward each.
     device: run each block there (moved in and back out), the model staying
     where it is. module_loss_tokens: tokens (an even subsample of all of them)
     on which a group with a consuming module (gate/up: the MLP) is scored; 0
@@ -60,8 +70,8 @@ def calibrate(
         raise ValueError(f"config must be an AWQConfig (from awq_config()), got {type(config).__name__}")
     if gqa not in GQA_CHOICES:
         raise ValueError(f"gqa must be one of {GQA_CHOICES}, got {gqa!r}")
-    if n_grid < 1:
-        raise ValueError(f"n_grid must be >= 1, got {n_grid}")
+    if n_grid < 1 or clip_grid < 1:
+        raise ValueError(f"n_grid and clip_grid must be >= 1, got {n_grid} and {clip_grid}")
     arch = mappings.detect(model)
     batches = as_token_batches(calibration_data, batch_size)
     if module_loss_tokens < 0:
@@ -84,7 +94,10 @@ def calibrate(
             _check_weights(block, arch, prefix)
             watch = {g.linears[0]: block.get_submodule(g.linears[0]) for g in arch.groups}
             outputs, stats = run_block(block, calls, watch, prefix, device, sampled)
-            report += calibrate_block(block, arch, stats, config, mappings.head_layout(model), gqa, n_grid, clip, index)
+            report += calibrate_block(block, arch, stats, config, mappings.head_layout(model), gqa, n_grid,
+                                      clip_grid if clip else 0, index, per_linear)
+            if quantized_inputs:
+                outputs = _quantized_outputs(block, arch, calls, prefix, device)
             if device is not None:
                 block.to(home)
             calls = outputs
@@ -92,6 +105,28 @@ def calibrate(
         model.train(was_training)
     model.awq_calibration_report = report
     return model
+
+
+@torch.no_grad()
+def _quantized_outputs(block, arch, calls, prefix, device):
+    """The block's outputs with each calibrated linear fake-quantized as ``quantize_`` will quantize it."""
+    linears = [block.get_submodule(name) for g in arch.groups for name in g.linears]
+    originals = [lin.weight.data for lin in linears]
+    try:
+        for lin in linears:
+            c = lin.awq_calibration
+            w = lin.weight.float()
+            if c.act_pre_scale is not None:
+                w = w / c.act_pre_scale.float()
+            wq = quant.fake_quantize(w.to(lin.weight.dtype), c.bits, c.group_size, c.zero_point, c.clip_ratio).float()
+            if c.act_pre_scale is not None:
+                wq = wq * c.act_pre_scale.float()
+            lin.weight.data = wq.to(lin.weight.dtype)
+        outputs, _ = run_block(block, calls, {}, prefix, device)
+    finally:
+        for lin, original in zip(linears, originals):
+            lin.weight.data = original
+    return outputs
 
 
 def _check_weights(block: nn.Module, arch: mappings.Architecture, prefix: str) -> None:
@@ -113,6 +148,7 @@ def _gqa_tie(heads: int, kv: int, head_dim: int):
     return reduce, expand
 
 
+@torch.no_grad()
 def module_output_loss(module: nn.Module, linears: list[nn.Linear], x: torch.Tensor):
     """Loss of effective weights [sum N_i, C] for ``linears``: squared error of ``module(x)`` against float.
 
@@ -122,6 +158,7 @@ def module_output_loss(module: nn.Module, linears: list[nn.Linear], x: torch.Ten
     reference = module(x).float()
     sizes = [lin.weight.shape[0] for lin in linears]
 
+    @torch.no_grad()
     def loss(wq: torch.Tensor) -> float:
         originals = [lin.weight.data for lin in linears]
         try:
@@ -136,7 +173,8 @@ def module_output_loss(module: nn.Module, linears: list[nn.Linear], x: torch.Ten
 
 
 @torch.no_grad()
-def calibrate_block(block, arch, stats, config, head_layout, gqa, n_grid, clip, index) -> list[dict]:
+def calibrate_block(block, arch, stats, config, head_layout, gqa, n_grid, clip_grid, index,
+                    separate=False) -> list[dict]:
     """Scale search + folding for each group of one block, then clip search; returns report rows."""
     bits, group_size, zp = config.bits, config.group_size, config.zero_point
     heads, kv, head_dim = head_layout
@@ -153,6 +191,14 @@ def calibrate_block(block, arch, stats, config, head_layout, gqa, n_grid, clip, 
         else:
             loss_fn = search.gram_loss(w, gram)
         mode, prev_s = "fold", None
+        if separate and len(linears) > 1:  # each linear its own scale, kept as its act_pre_scale
+            for name, lin in zip(group.linears, linears):
+                s_i, loss, rtn = search.search_scale(lin.weight.float(), x_mean, search.gram_loss(lin.weight, gram),
+                                                     **kwargs)
+                per_linear[name] = (s_i, gram / (s_i[:, None] * s_i[None, :]))
+                rows.append({"block": index, "group": f"{group.name}:{name}", "mode": "pre_scale",
+                             "loss": loss, "rtn_loss": rtn})
+            continue
         if group.heads and kv < heads and w.shape[1] == heads * head_dim:
             tie = _gqa_tie(heads, kv, head_dim)
             s, loss, rtn = search.search_scale(w, x_mean, loss_fn, tie=tie, **kwargs)
@@ -177,8 +223,8 @@ def calibrate_block(block, arch, stats, config, head_layout, gqa, n_grid, clip, 
             s_pre, gram_scaled = per_linear[name]
             w_eff = lin.weight.float() if s_pre is None else lin.weight.float() * s_pre[None, :]
             ratio = None
-            if clip and name not in arch.no_clip:
-                ratio = search.search_clip(w_eff, gram_scaled, bits, group_size, zp, n_grid=n_grid,
+            if clip_grid and name not in arch.no_clip:
+                ratio = search.search_clip(w_eff, gram_scaled, bits, group_size, zp, n_grid=clip_grid,
                                            scale_dtype=lin.weight.dtype)
             pre = None if s_pre is None else (1.0 / s_pre).to(lin.weight.dtype)
             lin.awq_calibration = AWQLinearCalibration(bits, group_size, zp, clip_ratio=ratio, act_pre_scale=pre)
