@@ -59,7 +59,8 @@ class AWQLinearCalibration:
     """What calibration leaves on an ``nn.Linear`` (as ``module.awq_calibration``).
 
     clip_ratio: None, a float, or a tensor [out_features, n_groups] of ratios of
-    each group's max |w| (computed on the scaled weight ``W / act_pre_scale``).
+    each group's max |w| (computed on the scaled weight ``W / act_pre_scale``),
+    or [out_features, n_groups, 2] with separate low and high sides.
     act_pre_scale: None or [in_features]: the quantized weight is ``W / act_pre_scale``
     and activations are multiplied by it at run time (AWQ's ``1/s`` when no
     previous op can absorb it).

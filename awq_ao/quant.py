@@ -104,6 +104,9 @@ def choose_qparams(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scales and zero points for ``w`` [N, K].
 
+    ``clip_ratio`` (float, or [N, n_groups]) caps each group's range at that
+    fraction of its max |w| on both sides; [N, n_groups, 2] gives the low and
+    the high side their own fractions.
     Returns ``scale`` [N, n_groups] in ``scale_dtype`` (default: ``w.dtype``) and
     ``zero_point`` [N, n_groups] uint8.
     """
@@ -113,9 +116,11 @@ def choose_qparams(
     grouped_max = _grouped(w, group_size, -math.inf).amax(dim=-1)
     grouped_min = _grouped(w, group_size, math.inf).amin(dim=-1)
     if clip_ratio is not None:
-        bound = torch.maximum(grouped_max.abs(), grouped_min.abs()) * _as_ratio(clip_ratio, w)
-        grouped_max = torch.minimum(grouped_max, bound)
-        grouped_min = torch.maximum(grouped_min, -bound)
+        ratio = _as_ratio(clip_ratio, w)
+        low, high = (ratio[..., 0], ratio[..., 1]) if ratio.dim() == 3 else (ratio, ratio)
+        absmax = torch.maximum(grouped_max.abs(), grouped_min.abs())
+        grouped_max = torch.minimum(grouped_max, absmax * high)
+        grouped_min = torch.maximum(grouped_min, -absmax * low)
     if zero_point:
         scale = (grouped_max - grouped_min).clamp(min=1e-5) / qmax(bits)
     else:

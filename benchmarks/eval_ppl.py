@@ -93,6 +93,7 @@ def main(argv=None) -> int:
                         help="tokens scoring gate/up on the MLP output (0: their own output error)")
     parser.add_argument("--per-linear", action="store_true", help="a separate pre-scale per linear of q/k/v, gate/up")
     parser.add_argument("--clip-grid", type=int, default=20)
+    parser.add_argument("--symmetric-clip", action="store_true", help="AWQ's one-ratio clip (default: two-sided)")
     parser.add_argument("--quantized-inputs", action="store_true",
                         help="feed each block the quantized previous blocks' outputs")
     parser.add_argument("--no-rtn", action="store_true", help="skip the round-to-nearest rows")
@@ -135,7 +136,7 @@ def main(argv=None) -> int:
             start = time.perf_counter()
             awq_ao.calibrate(awq, calib, cfg, gqa=args.gqa, module_loss_tokens=args.module_loss_tokens,
                             per_linear=args.per_linear, quantized_inputs=args.quantized_inputs,
-                            clip_grid=args.clip_grid)
+                            clip_grid=args.clip_grid, asymmetric_clip=not args.symmetric_clip)
             seconds = time.perf_counter() - start
         pre = sum(r["mode"] == "pre_scale" for r in awq.awq_calibration_report)
         awq_ao.quantize_(awq, cfg)

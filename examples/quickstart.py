@@ -1,10 +1,12 @@
-"""Quantize the shared SmolLM2-135M to int4, compile it, generate, save and reload.
+"""Calibrate the shared SmolLM2-135M with AWQ, quantize it to int4, compile it, generate, save and reload.
 
-    python examples/quickstart.py [--model-dir DIR] [--group-size 64] [--out /tmp/smollm2-int4.safetensors]
+    python examples/quickstart.py [--model-dir DIR] [--group-size 64] [--calib-samples 16] [--rtn]
 
 The model is found at $AWQ_AO_MODEL (a folder holding the GGUF file) or
-../shared/models. Without calibration this is round-to-nearest int4; AWQ
-calibration is the next piece of work (see the README's status).
+../shared/models, the calibration text at ../shared/data/wikitext-2/valid.txt
+(beside the models folder). The calibration budget is small here (16 x 256
+tokens) to keep the example quick; benchmarks/eval_ppl.py runs the full one.
+--rtn skips calibration (round-to-nearest).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ def main() -> None:
     parser.add_argument("--prompt", default="The capital of France is")
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--out", default="/tmp/smollm2-int4.safetensors")
+    parser.add_argument("--calib-samples", type=int, default=16)
+    parser.add_argument("--rtn", action="store_true", help="no calibration: round-to-nearest")
     args = parser.parse_args()
     if not os.path.isfile(os.path.join(args.model_dir, GGUF)):
         raise SystemExit(f"error: {GGUF} not found in {args.model_dir}; set AWQ_AO_MODEL or pass --model-dir")
@@ -36,7 +40,15 @@ def main() -> None:
 
     tok = AutoTokenizer.from_pretrained(args.model_dir, gguf_file=GGUF)
     model = AutoModelForCausalLM.from_pretrained(args.model_dir, gguf_file=GGUF, dtype=torch.bfloat16).eval()
-    awq_ao.quantize_(model, awq_ao.awq_config(bits=4, group_size=args.group_size))
+    config = awq_ao.awq_config(bits=4, group_size=args.group_size)
+    text = os.path.join(args.model_dir, "..", "data", "wikitext-2", "valid.txt")
+    if not args.rtn:
+        if not os.path.isfile(text):
+            raise SystemExit(f"error: calibration text {text} not found; pass --rtn to skip calibration")
+        start = time.perf_counter()
+        awq_ao.calibrate(model, awq_ao.samples_from_text(text, tok, args.calib_samples, 256), config)
+        print(f"AWQ calibration on {args.calib_samples} x 256 tokens: {time.perf_counter() - start:.0f} s")
+    awq_ao.quantize_(model, config)
     print(model.model.layers[0].self_attn.q_proj.weight)
 
     ids = tok(args.prompt, return_tensors="pt").input_ids

@@ -275,3 +275,21 @@ def test_module_output_loss_is_the_mlp_error():
         expected = float(((mlp.down_proj(mlp.act_fn(x @ gate.t()) * (x @ up.t())) - ref) ** 2).sum())
     assert math.isclose(loss(noisy), expected, rel_tol=1e-4)
     assert torch.equal(torch.cat([lin.weight for lin in linears]), w)  # weights restored
+
+
+def test_asymmetric_clip_never_loses_to_symmetric():
+    gen = torch.Generator().manual_seed(2)
+    w = torch.randn(24, 64, generator=gen)
+    w[:, 5] += 6.0  # one-sided outliers: the high side wants clipping, the low side does not
+    x = torch.randn(512, 64, generator=gen)
+    gram = x.t() @ x
+    sym = search.search_clip(w, gram, bits=3, group_size=32)
+    asym = search.search_clip(w, gram, bits=3, group_size=32, asymmetric=True)
+    assert asym.shape == (24, 2, 2) and ((asym >= 0.5) & (asym <= 1.0)).all()
+
+    def err(clip):
+        wq = awq_ao.quant.fake_quantize(w, 3, 32, clip_ratio=clip)
+        return float(((x @ (wq - w).t()) ** 2).sum())
+
+    assert err(asym) <= err(sym) * (1 + 1e-5)
+    assert (asym[..., 0] != asym[..., 1]).any()

@@ -63,6 +63,21 @@ def test_clip_ratio_matches_independent_loop():
     assert (deq.view(4, 2, 32).abs() <= 0.7 * absmax + s.view(4, 2, 1) + 1e-6).all()
 
 
+def test_two_sided_clip_ratio():
+    """[N, n_groups, 2] caps the low and the high side separately; equal sides equal the one-ratio form."""
+    w = torch.randn(4, 64)
+    same = torch.full((4, 2, 2), 0.7)
+    assert all(torch.equal(a, b) for a, b in zip(quant.quantize(w, 4, 32, clip_ratio=same),
+                                                 quant.quantize(w, 4, 32, clip_ratio=0.7)))
+    sides = torch.stack([torch.full((4, 2), 1.0), torch.full((4, 2), 0.5)], dim=-1)  # clip only the top
+    deq = quant.fake_quantize(w, 4, 32, clip_ratio=sides).view(4, 2, 32)
+    grouped = w.view(4, 2, 32)
+    absmax = grouped.abs().amax(-1, keepdim=True)
+    step = (deq.amax(-1) - deq.amin(-1)).unsqueeze(-1) / 15
+    assert (deq <= 0.5 * absmax + step).all()
+    assert (deq.amin(-1, keepdim=True) <= grouped.amin(-1, keepdim=True) + step).all()  # low side kept
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     n=st.integers(1, 9),

@@ -35,10 +35,11 @@ def calibrate(
     n_grid: int = 20,
     clip: bool = True,
     clip_grid: int = 20,
+    asymmetric_clip: bool = True,
     gqa: str = "auto",
     per_linear: bool = False,
     quantized_inputs: bool = False,
-    batch_size: int = 8,
+    batch_size: int = 4,
     device: Optional[torch.types.Device] = None,
     module_loss_tokens: int = 0,
     progress: bool = True,
@@ -48,7 +49,9 @@ def calibrate(
     calibration_data: LongTensor [N, L] of token ids, a list of such tensors,
     or an iterable of dicts with ``input_ids`` (see ``samples_from_text``).
     n_grid: points of the scale grid. clip: search clip ratios (q, k excepted);
-    clip_grid: ratios 1, 1 - 1/clip_grid, ... down to 0.5.
+    clip_grid: ratios 1, 1 - 1/clip_grid, ... down to 0.5. asymmetric_clip: then
+    refine the high and the low side of each group separately (default; on
+    SmolLM2 w4 g64 it measured 28.43 against 28.63 for AWQ's symmetric clip).
     gqa: v -> o scales under grouped-query attention: "fold" (one scale per
     KV-head channel, folded into v_proj: the float model stays exact and the
     AWQ GEMM export can carry it), "pre_scale" (a free per-channel scale kept as
@@ -93,9 +96,9 @@ def calibrate(
                 block.to(device)
             _check_weights(block, arch, prefix)
             watch = {g.linears[0]: block.get_submodule(g.linears[0]) for g in arch.groups}
-            outputs, stats = run_block(block, calls, watch, prefix, device, sampled)
+            outputs, stats = run_block(block, calls, watch, prefix, device, sampled, in_place=not quantized_inputs)
             report += calibrate_block(block, arch, stats, config, mappings.head_layout(model), gqa, n_grid,
-                                      clip_grid if clip else 0, index, per_linear)
+                                      clip_grid if clip else 0, index, per_linear, asymmetric_clip)
             if quantized_inputs:
                 outputs = _quantized_outputs(block, arch, calls, prefix, device)
             if device is not None:
@@ -174,7 +177,7 @@ def module_output_loss(module: nn.Module, linears: list[nn.Linear], x: torch.Ten
 
 @torch.no_grad()
 def calibrate_block(block, arch, stats, config, head_layout, gqa, n_grid, clip_grid, index,
-                    separate=False) -> list[dict]:
+                    separate=False, asymmetric_clip=False) -> list[dict]:
     """Scale search + folding for each group of one block, then clip search; returns report rows."""
     bits, group_size, zp = config.bits, config.group_size, config.zero_point
     heads, kv, head_dim = head_layout
@@ -225,7 +228,7 @@ def calibrate_block(block, arch, stats, config, head_layout, gqa, n_grid, clip_g
             ratio = None
             if clip_grid and name not in arch.no_clip:
                 ratio = search.search_clip(w_eff, gram_scaled, bits, group_size, zp, n_grid=clip_grid,
-                                           scale_dtype=lin.weight.dtype)
+                                           scale_dtype=lin.weight.dtype, asymmetric=asymmetric_clip)
             pre = None if s_pre is None else (1.0 / s_pre).to(lin.weight.dtype)
             lin.awq_calibration = AWQLinearCalibration(bits, group_size, zp, clip_ratio=ratio, act_pre_scale=pre)
     return rows

@@ -104,11 +104,13 @@ def _device_of(module: nn.Module) -> torch.device:
 @torch.no_grad()
 def run_block(block: nn.Module, calls: list[BlockCall], watch: dict[str, nn.Module], prefix: str,
               device: Optional[torch.device] = None, sample_strides: Optional[dict[str, int]] = None,
-              ) -> tuple[list[BlockCall], dict[str, InputStats]]:
+              in_place: bool = False) -> tuple[list[BlockCall], dict[str, InputStats]]:
     """Run ``block`` on every call; accumulate ``InputStats`` of each watched linear's input.
 
     ``sample_strides[name]`` keeps every n-th input token of that linear too.
-    Returns (the block's outputs as the next block's calls, stats by watched name).
+    ``in_place`` replaces each call by its output as it goes (one copy of the
+    hidden states in memory instead of two). Returns (the block's outputs as the
+    next block's calls, stats by watched name).
     """
     strides = sample_strides or {}
     stats = {name: InputStats(f"{prefix}.{name}", strides.get(name, 0)) for name in watch}
@@ -116,16 +118,20 @@ def run_block(block: nn.Module, calls: list[BlockCall], watch: dict[str, nn.Modu
         module.register_forward_pre_hook(lambda mod, args, name=name: stats[name].add(args[0]))
         for name, module in watch.items()
     ]
-    outputs = []
+    outputs = calls if in_place else []
     try:
-        for call in calls:
+        for i, call in enumerate(calls):
             hidden = call.hidden if device is None else call.hidden.to(device)
             kwargs = call.kwargs if device is None else _to(call.kwargs, device)
             out = block(hidden, **kwargs)
             out = out[0] if isinstance(out, tuple) else out
             if not torch.isfinite(out).all():
                 raise ValueError(f"the output of {prefix} holds NaN or inf on the calibration data")
-            outputs.append(BlockCall(out.to(call.hidden.device), call.kwargs))
+            result = BlockCall(out.to(call.hidden.device), call.kwargs)
+            if in_place:
+                calls[i] = result
+            else:
+                outputs.append(result)
     finally:
         for handle in handles:
             handle.remove()

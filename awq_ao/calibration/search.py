@@ -105,8 +105,14 @@ def search_clip(
     n_grid: int = 20,
     max_shrink: float = 0.5,
     scale_dtype: Optional[torch.dtype] = None,
+    asymmetric: bool = False,
 ) -> torch.Tensor:
-    """Clip ratio [N, n_groups] (fp32, in (0, 1]) per output row and input group of ``w`` [N, C]."""
+    """Clip ratios per output row and input group of ``w`` [N, C]: [N, n_groups] (fp32, in (0, 1]).
+
+    ``asymmetric``: after the symmetric search, refine the high side then the
+    low side on the same grid, each with the other fixed; returns [N, n_groups, 2]
+    (low, high).
+    """
     w = w.float()
     n, c = w.shape
     k_pad = quant.padded_in_features(c, group_size)
@@ -115,15 +121,28 @@ def search_clip(
     g[:c, :c] = gram
     blocks = torch.stack([g[i * group_size:(i + 1) * group_size, i * group_size:(i + 1) * group_size]
                           for i in range(ng)])  # [ng, G, G]
-    best = torch.full((n, ng), math.inf, device=w.device)
-    ratio = torch.ones(n, ng, device=w.device)
-    for i in range(int(max_shrink * n_grid) + 1):
-        r = 1.0 - i / n_grid
-        wq = quant.fake_quantize(w, bits, group_size, zero_point, clip_ratio=r,
+    ratios = [1.0 - i / n_grid for i in range(int(max_shrink * n_grid) + 1)]
+
+    def group_losses(clip: torch.Tensor) -> torch.Tensor:
+        wq = quant.fake_quantize(w, bits, group_size, zero_point, clip_ratio=clip,
                                  scale_dtype=scale_dtype or torch.float32).float()
         dw = quant._grouped(wq - w, group_size, 0.0)  # [N, ng, G]
-        loss = torch.einsum("ngi,gij,ngj->ng", dw, blocks, dw)
-        better = loss < best
-        best = torch.where(better, loss, best)
-        ratio = torch.where(better, torch.full_like(ratio, r), ratio)
-    return ratio
+        return torch.einsum("ngi,gij,ngj->ng", dw, blocks, dw)
+
+    def best_over(make) -> torch.Tensor:
+        """The ratio r (per row and group) minimising the loss of ``make(r)``."""
+        best = torch.full((n, ng), math.inf, device=w.device)
+        chosen = torch.ones(n, ng, device=w.device)
+        for r in ratios:
+            loss = group_losses(make(torch.full((n, ng), r, device=w.device)))
+            better = loss < best
+            best = torch.where(better, loss, best)
+            chosen = torch.where(better, torch.full_like(chosen, r), chosen)
+        return chosen
+
+    sym = best_over(lambda r: r)
+    if not asymmetric:
+        return sym
+    high = best_over(lambda r: torch.stack([sym, r], dim=-1))
+    low = best_over(lambda r: torch.stack([r, high], dim=-1))
+    return torch.stack([low, high], dim=-1)
