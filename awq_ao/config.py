@@ -25,7 +25,7 @@ from awq_ao.tensor import AWQInt4Tensor
 
 RTN_WARNING = (
     "awq_ao: quantizing linears that were never calibrated: this is round-to-nearest, "
-    "not AWQ. Calibrate the model first for AWQ's accuracy (see the README)."
+    "not AWQ. Run awq_ao.calibrate(model, calibration_data, config) first for AWQ's accuracy."
 )
 _rtn_warning_deferred = contextvars.ContextVar("awq_ao_rtn_warning_deferred", default=None)
 
