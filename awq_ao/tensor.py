@@ -222,10 +222,11 @@ class AWQInt4Tensor(TorchAOBaseTensor):
 def _code_fingerprint() -> str:
     """Digest of the source files whose code decides what a linear traces to."""
     from awq_ao import ops, quant as quant_module
-    from awq_ao.kernels import int4_matmul
+    from awq_ao.kernels import configs, int4_gemm, int4_gemv, int4_matmul, int4_planes
 
     digest = hashlib.blake2b(digest_size=16)
-    for module in (ops, quant_module, int4_matmul, sys.modules[__name__]):
+    for module in (ops, quant_module, int4_matmul, configs, int4_gemv, int4_gemm, int4_planes,
+                   sys.modules[__name__]):
         with open(module.__file__, "rb") as f:
             digest.update(f.read())
     return digest.hexdigest()

@@ -75,10 +75,11 @@ def calibrate(
         raise ValueError(f"gqa must be one of {GQA_CHOICES}, got {gqa!r}")
     if n_grid < 1 or clip_grid < 1:
         raise ValueError(f"n_grid and clip_grid must be >= 1, got {n_grid} and {clip_grid}")
-    arch = mappings.detect(model)
-    batches = as_token_batches(calibration_data, batch_size)
     if module_loss_tokens < 0:
         raise ValueError(f"module_loss_tokens must be >= 0, got {module_loss_tokens}")
+    arch = mappings.detect(model)
+    heads = mappings.head_layout(model)
+    batches = as_token_batches(calibration_data, batch_size)
     total_tokens = sum(b.numel() for b in batches)
     stride = max(1, total_tokens // module_loss_tokens) if module_loss_tokens else 0
     sampled = {g.linears[0]: stride for g in arch.groups if g.module is not None and stride}
@@ -97,7 +98,7 @@ def calibrate(
             _check_weights(block, arch, prefix)
             watch = {g.linears[0]: block.get_submodule(g.linears[0]) for g in arch.groups}
             outputs, stats = run_block(block, calls, watch, prefix, device, sampled, in_place=not quantized_inputs)
-            report += calibrate_block(block, arch, stats, config, mappings.head_layout(model), gqa, n_grid,
+            report += calibrate_block(block, arch, stats, config, heads, gqa, n_grid,
                                       clip_grid if clip else 0, index, per_linear, asymmetric_clip)
             if quantized_inputs:
                 outputs = _quantized_outputs(block, arch, calls, prefix, device)
