@@ -98,9 +98,13 @@ def main(argv=None) -> int:
                         help="feed each block the quantized previous blocks' outputs")
     parser.add_argument("--no-rtn", action="store_true", help="skip the round-to-nearest rows")
     parser.add_argument("--no-float", action="store_true", help="skip the float row")
+    parser.add_argument("--batch-size", type=int, default=4, help="calibration sequences per block forward")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", default=None, help="also write the table (markdown) here")
     args = parser.parse_args(argv)
     settings = [parse_setting(s) for s in args.settings.split(",")]
+    if args.threads:
+        torch.set_num_threads(args.threads)
     shared = shared_dir()
     if not os.path.isfile(os.path.join(shared, "models", GGUF)):
         print(f"error: {GGUF} not found under {shared}/models (set AWQ_AO_SHARED)")
@@ -136,7 +140,8 @@ def main(argv=None) -> int:
             start = time.perf_counter()
             awq_ao.calibrate(awq, calib, cfg, gqa=args.gqa, module_loss_tokens=args.module_loss_tokens,
                             per_linear=args.per_linear, quantized_inputs=args.quantized_inputs,
-                            clip_grid=args.clip_grid, asymmetric_clip=not args.symmetric_clip)
+                            clip_grid=args.clip_grid, asymmetric_clip=not args.symmetric_clip,
+                            batch_size=args.batch_size)
             seconds = time.perf_counter() - start
         pre = sum(r["mode"] == "pre_scale" for r in awq.awq_calibration_report)
         awq_ao.quantize_(awq, cfg)
