@@ -153,6 +153,28 @@ class AWQInt4Tensor(TorchAOBaseTensor):
             act_pre_scale = _check_pre_scale(act_pre_scale, weight)
         return cls.from_parts(quant.pack_int4(q), scale, zero, bits, group_size, weight.shape[1], act_pre_scale)
 
+    @classmethod
+    def concat_rows(cls, weights: list["AWQInt4Tensor"]) -> "AWQInt4Tensor":
+        """Stack weights that read the same input ([N_i, K] each) into one [sum N_i, K] weight.
+
+        They must agree on bits, group size, in_features, dtype and act_pre_scale.
+        """
+        first = weights[0]
+        for w in weights[1:]:
+            same_pre = (w.act_pre_scale is None) == (first.act_pre_scale is None) and (
+                w.act_pre_scale is None or torch.equal(w.act_pre_scale, first.act_pre_scale))
+            if (w.bits, w.group_size, w.in_features, w.dtype) != (first.bits, first.group_size, first.in_features,
+                                                                   first.dtype) or not same_pre:
+                raise ValueError("concat_rows needs weights with the same bits, group size, in_features, dtype "
+                                 "and act_pre_scale")
+            if w.transposed or first.transposed:
+                raise ValueError("concat_rows takes untransposed weights")
+        return cls.from_parts(
+            torch.cat([w.qdata for w in weights]), torch.cat([w.scale for w in weights]),
+            torch.cat([w.zero_point for w in weights]), first.bits, first.group_size, first.in_features,
+            first.act_pre_scale,
+        )
+
     # ------------------------------------------------------------------ queries
     @property
     def out_features(self) -> int:

@@ -49,3 +49,42 @@ def dequantized_copy(model: nn.Module) -> nn.Module:
                 dense = dense * w.act_pre_scale.float()
             mod.weight = nn.Parameter(dense.to(w.dtype), requires_grad=False)
     return ref
+
+
+def tiny(arch: str, dtype=torch.float32, **config):
+    """A 2-block random model of ``arch`` (GQA where the architecture has it); ``config`` overrides."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    common = dict(vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  max_position_embeddings=128)
+    if arch == "opt":
+        cfg = tf.OPTConfig(vocab_size=256, hidden_size=64, ffn_dim=128, num_hidden_layers=2,
+                           num_attention_heads=4, max_position_embeddings=128, word_embed_proj_dim=64)
+        model = tf.OPTForCausalLM(cfg)
+    else:
+        config_cls, model_cls = {
+            "llama": (tf.LlamaConfig, tf.LlamaForCausalLM),
+            "mistral": (tf.MistralConfig, tf.MistralForCausalLM),
+            "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM),
+            "qwen3": (tf.Qwen3Config, tf.Qwen3ForCausalLM),
+        }[arch]
+        extra = {"head_dim": 16} if arch == "qwen3" else {}
+        cfg = config_cls(**{"intermediate_size": 128, "num_key_value_heads": 2, **common, **extra, **config})
+        model = model_cls(cfg)
+    with torch.no_grad():  # non-trivial norms so folding has something to change
+        for name, p in model.named_parameters():
+            if "norm" in name and p.dim() == 1:
+                p.copy_(torch.rand_like(p) + 0.5)
+    return model.to(dtype).eval()
+
+
+def word_tokenizer(vocab_size: int = 256):
+    """A word-level ``PreTrainedTokenizerFast`` over ``w0 .. w{n-4}`` plus <unk>, <s>, </s>, built offline."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i + 3 for i in range(vocab_size - 3)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")

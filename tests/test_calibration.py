@@ -5,39 +5,11 @@ import math
 
 import pytest
 import torch
-from helpers import dequantized_copy, rel_err
+from helpers import dequantized_copy, rel_err, tiny
 
 import awq_ao
 from awq_ao.calibration import data as calib_data
 from awq_ao.calibration import mappings, search
-
-
-def tiny(arch: str, dtype=torch.float32):
-    """A 2-block random model of ``arch`` (GQA where the architecture has it)."""
-    import transformers as tf
-
-    torch.manual_seed(0)
-    common = dict(vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                  max_position_embeddings=128)
-    if arch == "opt":
-        cfg = tf.OPTConfig(vocab_size=256, hidden_size=64, ffn_dim=128, num_hidden_layers=2,
-                           num_attention_heads=4, max_position_embeddings=128, word_embed_proj_dim=64)
-        model = tf.OPTForCausalLM(cfg)
-    else:
-        config_cls, model_cls = {
-            "llama": (tf.LlamaConfig, tf.LlamaForCausalLM),
-            "mistral": (tf.MistralConfig, tf.MistralForCausalLM),
-            "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM),
-            "qwen3": (tf.Qwen3Config, tf.Qwen3ForCausalLM),
-        }[arch]
-        extra = {"head_dim": 16} if arch == "qwen3" else {}
-        cfg = config_cls(intermediate_size=128, num_key_value_heads=2, **common, **extra)
-        model = model_cls(cfg)
-    with torch.no_grad():  # non-trivial norms so folding has something to change
-        for name, p in model.named_parameters():
-            if "norm" in name and p.dim() == 1:
-                p.copy_(torch.rand_like(p) + 0.5)
-    return model.to(dtype).eval()
 
 
 ARCHS = ["llama", "mistral", "qwen2", "qwen3", "opt"]

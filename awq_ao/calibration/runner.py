@@ -2,7 +2,8 @@
 
 ``capture_block_inputs`` runs the model up to its first decoder block on each
 batch and records that block's call (hidden states plus the keyword arguments
-transformers 5 passes: position embeddings, masks, cache off), stopping there.
+transformers 5 passes: position embeddings, masks, cache off; or the positional
+arguments of awq_ao's gpt-fast-style blocks: rope, mask), stopping there.
 ``run_block`` calls one block on every recorded batch, with forward pre-hooks
 on chosen linears that accumulate what the searches need (``InputStats``), and
 returns the block's outputs, which are the next block's inputs. Only the
@@ -26,6 +27,7 @@ class _Stop(Exception):
 class BlockCall:
     hidden: torch.Tensor  # [B, L, hidden]
     kwargs: dict = field(default_factory=dict)
+    args: tuple = ()  # positional arguments after the hidden states (gpt-fast-style blocks: rope, mask, ...)
 
 
 @dataclass
@@ -73,12 +75,13 @@ def capture_block_inputs(model: nn.Module, first_block: nn.Module, batches: list
     def hook(module, args, kwargs):
         kwargs = dict(kwargs)
         hidden = args[0] if args else kwargs.pop("hidden_states")
+        rest = tuple(args[1:])
         for key in ("past_key_values", "past_key_value", "layer_past"):
             if key in kwargs:
                 kwargs[key] = None
         if "use_cache" in kwargs:
             kwargs["use_cache"] = False
-        calls.append(BlockCall(hidden.detach(), kwargs))
+        calls.append(BlockCall(hidden.detach(), kwargs, rest))
         raise _Stop
 
     handle = first_block.register_forward_pre_hook(hook, with_kwargs=True)
@@ -123,11 +126,12 @@ def run_block(block: nn.Module, calls: list[BlockCall], watch: dict[str, nn.Modu
         for i, call in enumerate(calls):
             hidden = call.hidden if device is None else call.hidden.to(device)
             kwargs = call.kwargs if device is None else _to(call.kwargs, device)
-            out = block(hidden, **kwargs)
+            rest = call.args if device is None else _to(call.args, device)
+            out = block(hidden, *rest, **kwargs)
             out = out[0] if isinstance(out, tuple) else out
             if not torch.isfinite(out).all():
                 raise ValueError(f"the output of {prefix} holds NaN or inf on the calibration data")
-            result = BlockCall(out.to(call.hidden.device), call.kwargs)
+            result = BlockCall(out.to(call.hidden.device), call.kwargs, call.args)
             if in_place:
                 calls[i] = result
             else:
