@@ -74,9 +74,12 @@ def _hf_row(name, hf_model, prompt, new_tokens, static_compiled):
 
     kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
     if static_compiled:
+        compile_config = CompileConfig(fullgraph=True, mode="reduce-overhead" if prompt.device.type == "cuda"
+                                       else "default")
+        compile_config._compile_all_devices = True  # transformers compiles only on GPUs unless told
         kwargs["generation_config"] = GenerationConfig(
             cache_implementation="static", max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-            compile_config=CompileConfig(fullgraph=True, _compile_all_devices=True),
+            compile_config=compile_config,
             pad_token_id=hf_model.generation_config.pad_token_id or hf_model.generation_config.eos_token_id,
         )
         kwargs = {"generation_config": kwargs["generation_config"]}
