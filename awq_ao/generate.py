@@ -22,6 +22,7 @@ from typing import Callable, Optional
 
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from awq_ao.models.decode_prep import prepare_for_decode
 from awq_ao.models.llama import Transformer
@@ -172,11 +173,20 @@ def weight_bytes_per_token(model: torch.nn.Module) -> int:
             seen.add(key)
             if isinstance(p, AWQInt4Tensor):
                 total += sum(t.numel() * t.element_size() for t in p.canonical().values())
+            elif is_traceable_wrapper_subclass(p):  # another library's quantized weight: its inner tensors
+                total += _inner_bytes(p)
             elif isinstance(module, torch.nn.Embedding) and p is not head_weight:
                 total += p.shape[-1] * p.element_size()
             else:
                 total += p.numel() * p.element_size()
     return total
+
+
+def _inner_bytes(t: Tensor) -> int:
+    if not is_traceable_wrapper_subclass(t):
+        return t.numel() * t.element_size()
+    names, _ = t.__tensor_flatten__()
+    return sum(_inner_bytes(getattr(t, n)) for n in names if getattr(t, n) is not None)
 
 
 def peak_memory_mib(device: torch.device) -> float:
@@ -203,22 +213,22 @@ def encode_prompt(tokenizer, prompt: str, chat: bool) -> list[int]:
 
 def quantize_model(checkpoint: str, dtype: torch.dtype, method: str, bits: int, group_size: int,
                    calibration_text: Optional[str], samples: int, seq_len: int):
-    """Load ``checkpoint`` in transformers, quantize it (``awq`` calibrates first), convert it."""
+    """Load ``checkpoint`` in transformers (fp32), calibrate (``awq``), cast to ``dtype``, quantize, convert."""
+    import warnings
+
     import awq_ao
     from awq_ao.models.loading import from_hf_model, load_hf_model
 
-    hf_model, tokenizer = load_hf_model(checkpoint, dtype)
+    hf_model, tokenizer = load_hf_model(checkpoint, torch.float32)
     config = awq_ao.awq_config(bits=bits, group_size=group_size)
     if method == "awq":
         data = awq_ao.samples_from_text(calibration_text, tokenizer, n_samples=samples, seq_len=seq_len)
-        awq_ao.calibrate(hf_model, data, config)
-        awq_ao.quantize_(hf_model, config)
-    else:
-        import warnings
-
-        with warnings.catch_warnings():
+        awq_ao.calibrate(hf_model, data, config)  # in fp32: the searches see unrounded activations
+    hf_model.to(dtype)
+    with warnings.catch_warnings():
+        if method == "rtn":
             warnings.simplefilter("ignore")  # round-to-nearest is what was asked for
-            awq_ao.quantize_(hf_model, config)
+        awq_ao.quantize_(hf_model, config)
     return from_hf_model(hf_model), tokenizer
 
 

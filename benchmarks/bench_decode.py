@@ -181,7 +181,7 @@ def profile_step(args, device) -> str:
     fn = compile_decode(device.type)
     model.setup_caches(1, prompt.shape[1] + args.new_tokens)
     generate(model, prompt, 8, decode_fn=fn)
-    token, pos = prompt[:, -1:], torch.tensor([prompt.shape[1]], device=device)
+    token, pos = prompt[:, -1:].clone(), torch.tensor([prompt.shape[1]], device=device)
     from torch.profiler import ProfilerActivity, profile
 
     with torch.no_grad(), torch.compiler.set_stance(skip_guard_eval_unsafe=True):
@@ -239,14 +239,16 @@ def main() -> int:
                      f"{row.weight_bytes / 2**20:.1f} MiB | {row.weight_bytes * med / 1e9:.2f} |")
     table = "\n".join(lines)
     print(table)
-    if args.profile:
-        prof = profile_step(args, device)
-        print(prof)
-        table += "\n\nProfile of 20 compiled decode steps (int4 g64 bf16, after prepare_for_decode):\n\n```\n" + \
-            prof + "\n```\n"
     if args.out:
         with open(args.out, "w") as f:
             f.write(table + "\n")
+    if args.profile:
+        prof = profile_step(args, device)
+        print(prof)
+        if args.out:
+            with open(args.out, "a") as f:
+                f.write("\nProfile of 20 compiled decode steps (RTN int4 g64 bf16, after prepare_for_decode; "
+                        "self CPU time):\n\n```\n" + prof + "\n```\n")
     return 0
 
 

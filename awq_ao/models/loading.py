@@ -104,7 +104,8 @@ def load_hf_model(path: str, dtype: torch.dtype = torch.float32):
             raise ValueError(f"no GGUF file at {path}")
         folder, name = os.path.split(os.path.abspath(path))
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype)
+        # dequantized in fp32 (transformers' fast path for GGUF), then cast
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).to(dtype)
     else:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
