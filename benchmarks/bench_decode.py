@@ -181,13 +181,14 @@ def profile_step(args, device) -> str:
     fn = compile_decode(device.type)
     model.setup_caches(1, prompt.shape[1] + args.new_tokens)
     generate(model, prompt, 8, decode_fn=fn)
-    token, pos = prompt[:, -1:].clone(), torch.tensor([prompt.shape[1]], device=device)
+    token = torch.full((1, 1), int(prompt[0, -1]), dtype=torch.long, device=device)  # strides as sample() gives
+    pos = torch.tensor([prompt.shape[1]], device=device)
     from torch.profiler import ProfilerActivity, profile
 
     with torch.no_grad(), torch.compiler.set_stance(skip_guard_eval_unsafe=True):
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(20):
-                fn(model, token, pos)
+                fn(model, token, pos, 0.0, None)  # the exact call generate() makes
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18)
 
 
@@ -202,6 +203,7 @@ def main() -> int:
     p.add_argument("--calib-seq-len", type=int, default=256)
     p.add_argument("--no-torchao", action="store_true")
     p.add_argument("--profile", action="store_true", help="also print a profile of one AWQ decode step")
+    p.add_argument("--profile-only", action="store_true", help="only the profile (appended to --out)")
     p.add_argument("--shared", default=SHARED)
     p.add_argument("--out", default=None, help="write the markdown table (and profile) here")
     args = p.parse_args()
@@ -212,14 +214,16 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
-    rows = build_rows(args, device)
+    if args.profile_only:
+        args.profile, args.rounds = True, 0
+    rows = [] if args.profile_only else build_rows(args, device)
     for r in range(args.rounds):
         for row in rows:
             row.times.append(row.run())
             gc.collect()
         print(f"[round {r + 1}/{args.rounds}] " + ", ".join(f"{args.new_tokens / t:.1f}" for t in
                                                              (row.times[-1] for row in rows)), flush=True)
-    base = statistics.median(args.new_tokens / t for t in rows[0].times)
+    base = statistics.median(args.new_tokens / t for t in rows[0].times) if rows else 1.0
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     lines = [
@@ -239,7 +243,7 @@ def main() -> int:
                      f"{row.weight_bytes / 2**20:.1f} MiB | {row.weight_bytes * med / 1e9:.2f} |")
     table = "\n".join(lines)
     print(table)
-    if args.out:
+    if args.out and rows:
         with open(args.out, "w") as f:
             f.write(table + "\n")
     if args.profile:
