@@ -176,6 +176,16 @@ def load_state_dict(path: str, device: str = "cpu") -> dict:
     return state
 
 
+def check_keys(expected, state, source: str, ignored_suffixes: tuple = ()) -> None:
+    """Every key of ``expected`` in ``state`` and no other (but ``ignored_suffixes``); else a ValueError naming one."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected and not k.endswith(ignored_suffixes)]
+    if missing:
+        raise ValueError(f"{source} is missing tensor {missing[0]!r} ({len(missing)} missing)")
+    if unexpected:
+        raise ValueError(f"{source} has unexpected tensor {unexpected[0]!r} for this model")
+
+
 def load_quantized_state_dict(model: nn.Module, path: str, strict: bool = True) -> nn.Module:
     """Load a checkpoint into a model built in float (e.g. freshly from its config).
 
@@ -187,12 +197,7 @@ def load_quantized_state_dict(model: nn.Module, path: str, strict: bool = True) 
     state = load_state_dict(path, device)
     expected = model.state_dict()
     if strict:
-        missing = [k for k in expected if k not in state]
-        unexpected = [k for k in state if k not in expected]
-        if missing:
-            raise ValueError(f"checkpoint {path} is missing tensor {missing[0]!r} ({len(missing)} missing)")
-        if unexpected:
-            raise ValueError(f"checkpoint {path} has unexpected tensor {unexpected[0]!r} for this model")
+        check_keys(expected, state, f"checkpoint {path}")
     for key, value in state.items():
         if key not in expected:
             continue

@@ -19,6 +19,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
+from awq_ao.formats.native import check_keys
 from awq_ao.models.llama import Transformer
 
 
@@ -28,12 +29,7 @@ def _load_into(model: Transformer, state: dict, source: str) -> Transformer:
     if model.args.tie_word_embeddings:
         state = {k: v for k, v in state.items() if k != "lm_head.weight"}
         expected.pop("lm_head.weight", None)
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected and not k.endswith("rotary_emb.inv_freq")]
-    if missing:
-        raise ValueError(f"{source} is missing tensor {missing[0]!r} ({len(missing)} missing)")
-    if unexpected:
-        raise ValueError(f"{source} has tensor {unexpected[0]!r}, which a {model.args.model_type} model does not have")
+    check_keys(expected, state, source, ignored_suffixes=("rotary_emb.inv_freq",))
     for key, value in state.items():
         if key not in expected:
             continue
