@@ -166,3 +166,13 @@ def test_cli_awq_calibrates_and_quantized_directory_loads_as_is(tiny_checkpoint,
 def test_cli_names_a_bad_checkpoint(tmp_path, capsys):
     assert gen.main(["--checkpoint", str(tmp_path / "missing.gguf")]) == 2
     assert "missing.gguf" in capsys.readouterr().err
+
+
+def test_chat_prompt_uses_the_template_and_needs_one():
+    tok = word_tokenizer()
+    with pytest.raises(ValueError, match="chat template"):
+        gen.encode_prompt(tok, "w1 w2", chat=True)
+    tok.chat_template = "{% for m in messages %}<s> {{ m['content'] }} </s> {% endfor %}{% if add_generation_prompt %}<s>{% endif %}"
+    ids = gen.encode_prompt(tok, "w1 w2", chat=True)
+    assert ids == tok.convert_tokens_to_ids(["<s>", "w1", "w2", "</s>", "<s>"])
+    assert gen.encode_prompt(tok, "w1 w2", chat=False) == tok.convert_tokens_to_ids(["w1", "w2"])
