@@ -239,7 +239,7 @@ _DTYPE_NAMES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": t
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m awq_ao.generate", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True,
-                   help="a transformers directory, a .gguf file, or an awq_ao quantized directory")
+                   help="a transformers directory, a .gguf file, an awq_ao quantized directory or an AWQ GEMM directory")
     p.add_argument("--prompt", default="The capital of France is")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
     p.add_argument("--compile", action="store_true", help="compile decode_one_token (fullgraph; CUDA graphs on CUDA)")
@@ -268,10 +268,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("error: --quantize awq needs --calibration-text FILE (e.g. ../shared/data/wikitext-2/valid.txt)",
               file=sys.stderr)
         return 2
-    from awq_ao.formats.directory import is_quantized_directory
+    from awq_ao.formats.directory import is_quantized_checkpoint
     from awq_ao.models.loading import load_checkpoint
 
-    if args.quantize != "none" and is_quantized_directory(args.checkpoint):
+    if args.quantize != "none" and is_quantized_checkpoint(args.checkpoint):
         print(f"error: {args.checkpoint} is already quantized; drop --quantize", file=sys.stderr)
         return 2
     torch.manual_seed(args.seed)

@@ -85,3 +85,160 @@ def from_awq_gemm(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Ten
     zero = unpack_columns(qzeros).t().contiguous()  # [N, groups]
     return AWQInt4Tensor.from_parts(quant.pack_int4(codes), scales.t().contiguous().to(dtype), zero, 4,
                                     group_size, k)
+
+
+# ------------------------------------------------------------------ directories
+
+def _quantized_linears(model) -> dict:
+    """{module name: AWQInt4Tensor} of every linear holding an int4 weight."""
+    return {name: m.weight for name, m in model.named_modules()
+            if isinstance(getattr(m, "weight", None), AWQInt4Tensor)}
+
+
+def export_awq(model, path: str, tokenizer=None, overwrite: bool = False) -> str:
+    """Write a quantized transformers model as an AWQ GEMM checkpoint directory that transformers and vLLM load.
+
+    ``config.json`` gains ``quantization_config = {"quant_method": "awq", "bits": 4, "group_size": G,
+    "zero_point": true, "version": "gemm", "modules_to_not_convert": [...]}``; ``model.safetensors`` holds each
+    quantized linear as ``qweight``/``qzeros``/``scales`` (and its float bias) and every other tensor in fp16;
+    tokenizer files and ``generation_config.json`` come along. Written atomically like ``save_quantized``.
+    """
+    import json
+    import os
+    import shutil
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    from awq_ao.formats.directory import commit_directory, prepare_output_directory
+
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "to_dict"):
+        raise ValueError("the model has no transformers config (.config); export_awq needs one")
+    if getattr(model, "fused", False):
+        raise ValueError("this model's projections are fused for decoding; export it before prepare_for_decode")
+    linears = _quantized_linears(model)
+    if not linears:
+        raise ValueError("the model holds no AWQInt4Tensor weights: quantize it (awq_ao.quantize_) before exporting")
+    groups = {w.group_size for w in linears.values()}
+    if len(groups) > 1:
+        raise ValueError(f"the AWQ GEMM format has one group size per model, this one mixes {sorted(groups)}")
+    tensors = {}
+    for name, w in linears.items():
+        for part, t in to_awq_gemm(w, name).items():
+            tensors[f"{name}.{part}"] = t.contiguous().cpu()
+    seen = set()
+    for key, value in model.state_dict().items():
+        module = key.rpartition(".")[0]
+        if module in linears and key.endswith(".weight"):
+            continue
+        ident = (value.data_ptr(), tuple(value.shape))
+        if ident in seen:  # a tied copy (lm_head of a tied model): transformers ties it again
+            continue
+        seen.add(ident)
+        tensors[key] = (value.to(torch.float16) if value.is_floating_point() else value).contiguous().cpu()
+    quantized_modules = set(linears)
+    not_converted = sorted({name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+                           - quantized_modules)
+    quantization_config = {"quant_method": "awq", "bits": 4, "group_size": groups.pop(), "zero_point": True,
+                           "version": "gemm", "modules_to_not_convert": not_converted}
+    prepare_output_directory(path, overwrite)
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".awq_ao-export-", dir=parent)
+    try:
+        config_dict = config.to_dict()
+        config_dict["quantization_config"] = quantization_config
+        config_dict["dtype"] = "float16"
+        config_dict.pop("torch_dtype", None)
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(config_dict, f, indent=2, sort_keys=True)
+        generation_config = getattr(model, "generation_config", None)
+        if generation_config is not None:
+            generation_config.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        save_file(tensors, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+        commit_directory(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def awq_quantization_config(path: str):
+    """The ``quantization_config`` of an AWQ GEMM directory, or None when ``path`` is not one."""
+    import json
+    import os
+
+    file = os.path.join(path, "config.json")
+    if not os.path.isfile(file):
+        return None
+    try:
+        with open(file) as f:
+            qc = json.load(f).get("quantization_config")
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{file} is not valid JSON: {e}") from e
+    if not isinstance(qc, dict) or qc.get("quant_method") != "awq":
+        return None
+    return qc
+
+
+def load_awq(path: str, dtype: torch.dtype = torch.float16, kind: str = "transformers", device="cpu"):
+    """An AWQ GEMM directory (single or sharded safetensors) -> a model with ``AWQInt4Tensor`` weights.
+
+    ``kind="transformers"`` (AutoModelForCausalLM) or ``"gpt-fast"`` (``awq_ao.models.Transformer``).
+    """
+    from torch import nn
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from awq_ao.formats.native import check_keys
+    from awq_ao.models.loading import _safetensors_files, read_safetensors
+
+    qc = awq_quantization_config(path)
+    if qc is None:
+        raise ValueError(f"{path} is not an AWQ checkpoint (config.json has no quantization_config "
+                         "with quant_method 'awq')")
+    if str(qc.get("version", "gemm")).lower() != "gemm":
+        raise ValueError(f"{path}: AWQ version {qc.get('version')!r} is not supported (only 'gemm')")
+    if int(qc.get("bits", qc.get("w_bit", 4))) != 4 or not qc.get("zero_point", True):
+        raise ValueError(f"{path}: only 4-bit AWQ with zero points is supported, got {qc}")
+    group_size = int(qc.get("group_size", qc.get("q_group_size", 128)))
+    config = AutoConfig.from_pretrained(path)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    state = read_safetensors(_safetensors_files(path), device)
+    expected = {k: v for k, v in model.state_dict().items()}
+    for name, module in list(model.named_modules()):
+        if f"{name}.qweight" not in state:
+            continue
+        if not isinstance(module, nn.Linear):
+            raise ValueError(f"{path}: {name} holds AWQ tensors but is not a linear in this model")
+        weight = from_awq_gemm(state.pop(f"{name}.qweight"), state.pop(f"{name}.qzeros", torch.empty(0, dtype=torch.int32)),
+                               state.pop(f"{name}.scales", torch.empty(0)), group_size, dtype, name)
+        if tuple(weight.shape) != tuple(module.weight.shape):
+            raise ValueError(f"{path}: {name}.qweight holds a [{weight.shape[0]}, {weight.shape[1]}] weight, "
+                             f"the model expects {list(module.weight.shape)}")
+        module.weight = nn.Parameter(weight, requires_grad=False)
+        expected.pop(f"{name}.weight")
+    tied = getattr(config, "tie_word_embeddings", False)
+    if tied:
+        expected.pop("lm_head.weight", None)
+        state.pop("lm_head.weight", None)
+    check_keys(expected, state, path, ignored_suffixes=("rotary_emb.inv_freq",))
+    for key, value in state.items():
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise ValueError(f"tensor {key!r} in {path} has shape {tuple(value.shape)}, "
+                             f"the model expects {tuple(expected[key].shape)}")
+        with torch.no_grad():
+            expected[key].copy_(value)
+    if tied:
+        model.tie_weights()
+    model.eval()
+    if kind == "gpt-fast":
+        from awq_ao.models.loading import from_hf_model
+
+        return from_hf_model(model)
+    return model

@@ -37,6 +37,13 @@ def is_quantized_directory(path: str) -> bool:
     return os.path.isfile(os.path.join(path, MARKER))
 
 
+def is_quantized_checkpoint(path: str) -> bool:
+    """An awq_ao quantized directory or an AWQ GEMM directory."""
+    from awq_ao.formats.awq_gemm import awq_quantization_config
+
+    return is_quantized_directory(path) or (os.path.isdir(path) and awq_quantization_config(path) is not None)
+
+
 def _quantization_of(model: nn.Module) -> dict:
     settings = {(p.bits, p.group_size) for p in model.parameters() if isinstance(p, AWQInt4Tensor)}
     if not settings:
@@ -128,11 +135,19 @@ def read_marker(path: str) -> dict:
 
 
 def load_quantized(path: str, kind: str = "transformers", device="cpu", config=None) -> nn.Module:
-    """A saved quantized model: ``kind="transformers"`` (AutoModelForCausalLM) or ``"gpt-fast"`` (Transformer)."""
+    """A saved quantized model: ``kind="transformers"`` (AutoModelForCausalLM) or ``"gpt-fast"`` (Transformer).
+
+    An AWQ GEMM directory (``quantization_config.quant_method == "awq"``) is imported too (fp16).
+    """
     from transformers import AutoConfig
 
     if kind not in ("transformers", "gpt-fast"):
         raise ValueError(f"kind must be 'transformers' or 'gpt-fast', got {kind!r}")
+    if not is_quantized_directory(path):
+        from awq_ao.formats.awq_gemm import awq_quantization_config, load_awq
+
+        if os.path.isdir(path) and awq_quantization_config(path) is not None:
+            return load_awq(path, kind=kind, device=device)  # an AWQ GEMM checkpoint, imported
     marker = read_marker(path)
     weights = os.path.join(path, marker["weights"])
     dtype = _DTYPES[marker["dtype"]]

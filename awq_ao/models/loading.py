@@ -124,12 +124,16 @@ def _tokenizer_of(path: str):
 
 
 def load_checkpoint(path: str, dtype: Optional[torch.dtype] = None, device="cpu") -> tuple[Transformer, object]:
-    """(``Transformer``, tokenizer or None) from a ``.gguf`` file, a transformers directory or an awq_ao
-    quantized directory (loaded quantized, in the dtype it was saved in unless ``dtype`` is given)."""
+    """(``Transformer``, tokenizer or None) from a ``.gguf`` file, a transformers directory, an awq_ao
+    quantized directory (loaded quantized, in the dtype it was saved in unless ``dtype`` is given) or an
+    AWQ GEMM directory (AutoAWQ / transformers / vLLM format; imported into ``AWQInt4Tensor``, fp16 by default)."""
+    from awq_ao.formats.awq_gemm import awq_quantization_config, load_awq
     from awq_ao.formats.directory import is_quantized_directory, load_quantized
 
     if path.endswith(".gguf"):
         model, tokenizer = load_gguf(path, dtype or torch.float32)
+    elif os.path.isdir(path) and awq_quantization_config(path) is not None:
+        model, tokenizer = load_awq(path, dtype or torch.float16, kind="gpt-fast", device=device), _tokenizer_of(path)
     elif is_quantized_directory(path):
         model = load_quantized(path, kind="gpt-fast", device=device)
         if dtype is not None and dtype != model.dtype:
