@@ -95,3 +95,21 @@ def test_cli_end_to_end_on_smollm2(tmp_path, capsys, monkeypatch):
     assert abs(ppl_gemm - ppl) / ppl < 0.03, (ppl, ppl_gemm)
     assert cli.main(["generate", gemm, "--prompt", "The capital of France is", "--max-new-tokens", "8"]) == 0
     assert "tok/s" in capsys.readouterr().out
+
+
+def test_calibration_from_dataset_rows(tiny_model, monkeypatch):
+    """--calibration-dataset goes through samples_from_dataset (here with in-memory rows: no network)."""
+    import argparse
+    import sys
+    import types
+
+    rows = [{"text": " ".join(f"w{(i * 3 + j) % 200}" for j in range(50))} for i in range(40)] + [{"text": "  "}]
+    fake = types.SimpleNamespace(load_dataset=lambda name, config, split: rows)
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    args = argparse.Namespace(calibration_text=None, calibration_dataset="wikitext", samples=4, seq_len=32)
+    samples = cli._calibration_samples(args, word_tokenizer())
+    assert samples.shape == (4, 32) and samples.dtype == torch.long
+    assert torch.equal(samples, cli._calibration_samples(args, word_tokenizer()))  # deterministic windows
+    monkeypatch.setitem(sys.modules, "datasets", None)  # not installed
+    with pytest.raises(cli.UserError, match="--calibration-text"):
+        cli._calibration_samples(args, word_tokenizer())
