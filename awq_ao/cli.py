@@ -22,9 +22,10 @@ from typing import Optional
 
 import torch
 
+from awq_ao.formats.native import _DTYPES
+
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
-_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
 class UserError(Exception):

@@ -1,6 +1,5 @@
 """Generation: greedy agreement with transformers, sampling, no recompiles, the CLI, transformers' own generate()."""
 
-import os
 import warnings
 
 import pytest

@@ -105,21 +105,13 @@ def export_awq(model, path: str, tokenizer=None, overwrite: bool = False) -> str
     """
     import json
     import os
-    import shutil
-    import tempfile
 
     from safetensors.torch import save_file
 
-    from awq_ao.formats.directory import commit_directory, prepare_output_directory
+    from awq_ao.formats.directory import check_savable, staged_directory
 
-    config = getattr(model, "config", None)
-    if config is None or not hasattr(config, "to_dict"):
-        raise ValueError("the model has no transformers config (.config); export_awq needs one")
-    if getattr(model, "fused", False):
-        raise ValueError("this model's projections are fused for decoding; export it before prepare_for_decode")
+    config = check_savable(model, "export_awq")
     linears = _quantized_linears(model)
-    if not linears:
-        raise ValueError("the model holds no AWQInt4Tensor weights: quantize it (awq_ao.quantize_) before exporting")
     groups = {w.group_size for w in linears.values()}
     if len(groups) > 1:
         raise ValueError(f"the AWQ GEMM format has one group size per model, this one mixes {sorted(groups)}")
@@ -142,27 +134,14 @@ def export_awq(model, path: str, tokenizer=None, overwrite: bool = False) -> str
                            - quantized_modules)
     quantization_config = {"quant_method": "awq", "bits": 4, "group_size": groups.pop(), "zero_point": True,
                            "version": "gemm", "modules_to_not_convert": not_converted}
-    prepare_output_directory(path, overwrite)
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".awq_ao-export-", dir=parent)
-    try:
+    with staged_directory(path, overwrite, model, tokenizer) as tmp:
         config_dict = config.to_dict()
         config_dict["quantization_config"] = quantization_config
         config_dict["dtype"] = "float16"
         config_dict.pop("torch_dtype", None)
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(config_dict, f, indent=2, sort_keys=True)
-        generation_config = getattr(model, "generation_config", None)
-        if generation_config is not None:
-            generation_config.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
         save_file(tensors, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
-        commit_directory(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 

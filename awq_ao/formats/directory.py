@@ -16,11 +16,11 @@ directory loads into a transformers model or into the gpt-fast-style
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
-from typing import Optional
 
 import torch
 from torch import nn
@@ -46,8 +46,6 @@ def is_quantized_checkpoint(path: str) -> bool:
 
 def _quantization_of(model: nn.Module) -> dict:
     settings = {(p.bits, p.group_size) for p in model.parameters() if isinstance(p, AWQInt4Tensor)}
-    if not settings:
-        raise ValueError("the model holds no AWQInt4Tensor weights: quantize it (awq_ao.quantize_) before saving")
     bits, group_size = sorted(settings)[0]
     pre_scaled = sum(p.act_pre_scale is not None for p in model.parameters() if isinstance(p, AWQInt4Tensor))
     return {"bits": bits, "group_size": group_size, "mixed": len(settings) > 1,
@@ -81,34 +79,51 @@ def commit_directory(tmp: str, path: str) -> None:
         os.rename(tmp, path)
 
 
-def save_quantized(model: nn.Module, path: str, tokenizer=None, overwrite: bool = False) -> str:
-    """Write a quantized model (transformers or gpt-fast-style, with ``.config``) to the directory ``path``."""
-    config = getattr(model, "config", None)
-    if config is None or not hasattr(config, "save_pretrained"):
-        raise ValueError("the model has no transformers config (.config); save_quantized needs one")
-    if getattr(model, "fused", False):
-        raise ValueError("this model's projections are fused for decoding (fuse_projections); save it before fusing")
+@contextlib.contextmanager
+def staged_directory(path: str, overwrite: bool, model: nn.Module, tokenizer=None):
+    """Yield a temporary directory beside ``path`` holding the model's generation config and the
+    tokenizer; the caller writes the rest; on success it replaces ``path``, on any error it is removed."""
     prepare_output_directory(path, overwrite)
-    quantization = _quantization_of(model)
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".awq_ao-save-", dir=parent)
     try:
-        config.save_pretrained(tmp)
         generation_config = getattr(model, "generation_config", None)
         if generation_config is not None:
             generation_config.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        save_state_dict(model.state_dict(), os.path.join(tmp, WEIGHTS))
-        marker = {"format": "awq_ao", "format_version": DIRECTORY_FORMAT_VERSION, "weights": WEIGHTS,
-                  "dtype": str(_dtype_of(model)).removeprefix("torch."), "quantization": quantization}
-        with open(os.path.join(tmp, MARKER), "w") as f:
-            json.dump(marker, f, indent=2)
+        yield tmp
         commit_directory(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def check_savable(model: nn.Module, what: str):
+    """The model's transformers config, after refusing a model without one, a fused one or a float one."""
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "save_pretrained"):
+        raise ValueError(f"the model has no transformers config (.config); {what} needs one")
+    if getattr(model, "fused", False):
+        raise ValueError(f"this model's projections are fused for decoding (fuse_projections): call {what} "
+                         "before fusing")
+    if not any(isinstance(p, AWQInt4Tensor) for p in model.parameters()):
+        raise ValueError(f"the model holds no AWQInt4Tensor weights: quantize it (awq_ao.quantize_) before calling {what}")
+    return config
+
+
+def save_quantized(model: nn.Module, path: str, tokenizer=None, overwrite: bool = False) -> str:
+    """Write a quantized model (transformers or gpt-fast-style, with ``.config``) to the directory ``path``."""
+    config = check_savable(model, "save_quantized")
+    quantization = _quantization_of(model)
+    with staged_directory(path, overwrite, model, tokenizer) as tmp:
+        config.save_pretrained(tmp)
+        save_state_dict(model.state_dict(), os.path.join(tmp, WEIGHTS))
+        marker = {"format": "awq_ao", "format_version": DIRECTORY_FORMAT_VERSION, "weights": WEIGHTS,
+                  "dtype": str(_dtype_of(model)).removeprefix("torch."), "quantization": quantization}
+        with open(os.path.join(tmp, MARKER), "w") as f:  # last: it is what marks the directory
+            json.dump(marker, f, indent=2)
     return path
 
 
