@@ -176,7 +176,7 @@ def profile_step(args, device) -> str:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         awq_ao.quantize_(hf, awq_ao.awq_config(bits=4, group_size=64))
-    model = prepare_for_decode(from_hf_model(hf.to(device)))
+    model = prepare_for_decode(from_hf_model(hf.to(device)), unwrap=not args.no_unwrap)
     prompt = torch.tensor([tokenizer.encode(PROMPT)], device=device)
     fn = compile_decode(device.type)
     model.setup_caches(1, prompt.shape[1] + args.new_tokens)
@@ -204,6 +204,8 @@ def main() -> int:
     p.add_argument("--no-torchao", action="store_true")
     p.add_argument("--profile", action="store_true", help="also print a profile of one AWQ decode step")
     p.add_argument("--profile-only", action="store_true", help="only the profile (appended to --out)")
+    p.add_argument("--no-unwrap", action="store_true",
+                   help="profile with the int4 weights left as tensor subclasses (guard cost comparison)")
     p.add_argument("--shared", default=SHARED)
     p.add_argument("--out", default=None, help="write the markdown table (and profile) here")
     args = p.parse_args()
@@ -251,8 +253,11 @@ def main() -> int:
         print(prof)
         if args.out:
             with open(args.out, "a") as f:
-                f.write("\nProfile of 20 compiled decode steps (RTN int4 g64 bf16, after prepare_for_decode; "
-                        "self CPU time):\n\n```\n" + prof + "\n```\n")
+                flags = " --no-unwrap" if args.no_unwrap else ""
+                f.write(f"\nProfile of 20 compiled decode steps (RTN int4 g64 bf16, prepare_for_decode"
+                        f"{'(unwrap=False)' if args.no_unwrap else ''}; self CPU time; "
+                        f"`python benchmarks/bench_decode.py --profile-only{flags} --out {args.out}`):"
+                        "\n\n```\n" + prof + "\n```\n")
     return 0
 
 

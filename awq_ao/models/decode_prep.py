@@ -1,13 +1,14 @@
 """Decode-time transforms of a (quantized) ``Transformer``, applied after loading and before compiling.
 
 Measured on SmolLM2-135M, 2 CPU cores, int4 g64, bf16 (profiles in
-``benchmarks/results/decode_profile_cpu.md``):
+``benchmarks/results/decode_cpu.md``):
 
 * ``fuse_projections``: q/k/v and gate/up become one matmul each (7 -> 4 int4
   calls per block).
 * ``unwrap_weights``: the int4 weights become parametrized plain tensors, so
   the compiled step's guards check plain tensors, not tensor subclasses
-  (dynamo's cache lookup went from about 2.6 to 1.1 ms per token).
+  (dynamo's cache lookup: 2.4 ms per token with subclasses, 0.9 ms unwrapped;
+  ``python benchmarks/bench_decode.py --profile-only [--no-unwrap]``).
 * ``Int8Linear`` for the output head (opt-in): the float lm_head is the largest
   single read of a small model (49152 x 576 on SmolLM2); int8 weight-only with
   per-row scales halves it. Off by default, since AWQ keeps lm_head in float.
