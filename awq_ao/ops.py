@@ -4,7 +4,8 @@
 (a ``triton_op`` must never be traced with CPU tensors, see DESIGN.md):
 
 * CUDA: ``awq_ao::int4_linear_triton``, the Triton kernels (``awq_ao.kernels``):
-  split-K GEMV for one row, tensor-core GEMM (split-K while M is small) above;
+  split-K GEMV for a few rows, tensor-core GEMM (split-K while M is small)
+  above, dequantize-then-``torch.mm`` for large M;
   the launch configuration comes from ``awq_ao.kernels.select_config`` (tuned
   table keyed by GPU, M bucket, N, K and group, else a heuristic).
 * CPU, bf16 activations, at most ``CPU_INT4_MAX_M`` rows, and a weight shape the
@@ -67,12 +68,10 @@ def int4_linear_triton(
     """CUDA path: fused dequantize + matmul in Triton; x [M, K] -> [M, N] in x.dtype."""
     from awq_ao.kernels.int4_matmul import launch_int4_linear
 
-    y = torch.empty((x.shape[0], qdata.shape[0]), dtype=x.dtype, device=x.device)
-    launch_int4_linear(
-        x, qdata, scale, zero_point, act_pre_scale, y, group_size, in_features,
+    return launch_int4_linear(
+        x, qdata, scale, zero_point, act_pre_scale, None, group_size, in_features,
         launcher=torch.library.wrap_triton,
     )
-    return y
 
 
 @int4_linear_triton.register_fake

@@ -25,6 +25,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from awq_ao.kernels.configs import KernelConfig
+from awq_ao.kernels.int4_dequant import _int4_dequant_kernel
 from awq_ao.kernels.int4_gemm import _int4_gemm_kernel
 from awq_ao.kernels.int4_gemv import _int4_gemv_kernel
 
@@ -33,52 +34,57 @@ TYPES = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32"}
 
 
 def _signature(kind: str, dt: str) -> dict:
+    if kind == "dequant":
+        sig = {"q_ptr": "*i32", "s_ptr": f"*{dt}", "z_ptr": "*u8", "pre_ptr": f"*{dt}", "w_ptr": f"*{dt}",
+               "N": "i32", "K": "i32", "stride_q": "i32", "stride_s": "i32", "stride_w": "i32"}
+        return sig
     sig = {"x_ptr": f"*{dt}", "q_ptr": "*i32", "s_ptr": f"*{dt}", "z_ptr": "*u8", "pre_ptr": f"*{dt}",
-           "out_ptr": f"*{dt}"}
-    if kind == "gemm":
-        sig["M"] = "i32"
-    sig.update({"N": "i32", "K": "i32", "TILES": "i32", "TILES_PER_SPLIT": "i32"})
+           "out_ptr": f"*{dt}", "M": "i32", "N": "i32", "K": "i32", "TILES": "i32", "TILES_PER_SPLIT": "i32"}
     if kind == "gemm":
         sig["magic_bits"] = "i32"
     sig.update({name: "i32" for name in ("stride_xm", "stride_q", "stride_s", "stride_om", "stride_osplit")})
     return sig
 
 
+KERNELS = {"gemv": _int4_gemv_kernel, "gemm": _int4_gemm_kernel, "dequant": _int4_dequant_kernel}
+
+
 def compile_config(cfg: KernelConfig, dt: str, group: int, arch: int):
     """The compiled kernel of ``cfg`` (split-K output in the activation dtype), as Triton specialises it."""
     kind = cfg.kind
     sig = _signature(kind, dt)
-    constexprs = {"GROUP_SIZE": group, "HAS_PRE_SCALE": False, "EVEN_K": True,
-                  "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k}
+    constexprs = {"GROUP_SIZE": group, "HAS_PRE_SCALE": False, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k}
+    if kind != "dequant":
+        constexprs["EVEN_K"] = True
     if kind == "gemv":
-        constexprs["PREFETCH"] = cfg.prefetch
+        constexprs.update({"PREFETCH": cfg.prefetch, "EVEN_M": True, "ROWS": cfg.block_m})
     if kind == "gemm":
         constexprs.update({"DOT_PRECISION": "ieee" if dt == "fp32" else "tf32", "BLOCK_M": cfg.block_m,
                            "SWAP_AB": cfg.swap_ab})
     sig.update({name: "constexpr" for name in constexprs})
     names = list(sig)
     divisible = [n for n in names if n.endswith("_ptr") or n in ("N", "K", "stride_xm", "stride_q", "stride_om",
-                                                               "magic_bits")]
+                                                               "stride_w", "magic_bits")]
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in divisible}
-    fn = _int4_gemm_kernel if kind == "gemm" else _int4_gemv_kernel
-    src = ASTSource(fn, sig, constexprs=constexprs, attrs=attrs)
+    src = ASTSource(KERNELS[kind], sig, constexprs=constexprs, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", arch, 32),
                           options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
 
 
 def loop_mix(sass: str) -> tuple[int, collections.Counter]:
-    """Instruction count and opcode mix of the longest backward-branch loop."""
+    """Instruction count and opcode mix of the longest backward-branch loop (of all, if none)."""
     lines = [ln for ln in sass.splitlines() if re.match(r"\s+/\*[0-9a-f]{4,}\*/", ln)]
 
     def addr(ln):
         return int(re.match(r"\s+/\*([0-9a-f]+)\*/", ln).group(1), 16)
 
-    best = []
+    best = []  # no loop (the dequantize kernel): count the whole kernel
     for ln in lines:
         hit = re.search(r"BRA (?:`\(\.L_x_\d+\) )?0x([0-9a-f]+)", ln)
         if hit and int(hit.group(1), 16) < addr(ln):
             body = [x for x in lines if int(hit.group(1), 16) <= addr(x) <= addr(ln)]
             best = max(best, body, key=len)
+    best = best or lines
     ops = collections.Counter(
         re.sub(r"^@!?U?P[T\d] ", "", ln.split("*/")[1].strip()).split()[0].split(".")[0] for ln in best)
     return len(best), ops

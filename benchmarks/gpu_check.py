@@ -6,14 +6,15 @@
 Correctness (fresh random data per case, output poisoned with NaN first, error
 relative to a float64 reference ``(x * pre) @ dequantize(W).T``):
 
-1. every candidate launch config the tuner may pick (GEMV, GEMM, split-K) on
-   4096 x 4096 at M = 1, 16, 64, 512, bf16;
+1. every candidate launch config the tuner may pick (GEMV with 1, 2 or 4 rows,
+   GEMM, split-K, dequantize + mm) on 4096 x 4096 at M = 1, 2, 4, 16, 64, 128,
+   512, bf16;
 2. the default dispatch over M = 1 .. 300, bf16 and fp16, with tails in N and K,
    groups 32 / 64 / 128, 2- and 3-bit codes, with and without act_pre_scale;
 3. split-K determinism (two runs, identical bits);
 4. an nn.Module eager, ``torch.compile(fullgraph=True)`` and
    ``mode="reduce-overhead"`` (CUDA graphs), each compiled once and called at
-   M = 1, 16, 64, 16, 1 (so dynamic shapes are exercised too);
+   M = 1, 3, 16, 200, 16, 1 (so dynamic shapes are exercised too);
 
 then (unless --no-bench) it tunes the configs for the benchmark shapes, saves
 them as JSON and prints ``bench_kernels.py``'s table. Exits non-zero when any correctness case fails.
@@ -70,7 +71,10 @@ def check_deterministic(device, dtype) -> bool:
 
 
 def check_module(device, dtype, mode) -> list[tuple[str, float, bool]]:
-    """One Linear, compiled once per mode, called at M = 1, 16, 64, 16, 1 (dynamic shapes after the second)."""
+    """One Linear, compiled once per mode, called at M = 1, 3, 16, 200, 16, 1 (dynamic shapes after the second).
+
+    The M values cover the GEMV (1 row and several), the GEMM and dequantize + mm.
+    """
     torch.manual_seed(0)
     torch._dynamo.reset()  # Linear.forward is one code object for every module: keep the caches apart
     lin = torch.nn.Linear(1024, 768, dtype=dtype, device=device)
@@ -79,7 +83,7 @@ def check_module(device, dtype, mode) -> list[tuple[str, float, bool]]:
         lin, fullgraph=True, mode="reduce-overhead" if mode == "reduce-overhead" else None)
     results = []
     with torch.no_grad():
-        for m in (1, 16, 64, 16, 1):
+        for m in (1, 3, 16, 200, 16, 1):
             for _ in range(3):  # reduce-overhead warms up, records, then replays a graph
                 x = torch.randn(m, 1024, dtype=dtype, device=device)
                 y = fn(x).clone()
@@ -101,7 +105,7 @@ def correctness(device, quick: bool) -> int:
     dtypes = [torch.bfloat16, torch.float16] if on_gpu else [torch.float16, torch.float32]
     # 1. every candidate config the tuner may pick
     if on_gpu and not quick:
-        for m in (1, 16, 64, 512):
+        for m in (1, 2, 4, 16, 64, 128, 512):
             for cfg in configs.candidate_configs(m, 4096, 4096, 128, device):
                 try:
                     err, ok = check_kernel(device, torch.bfloat16, m, 4096, 4096, 128, config=cfg)
@@ -110,9 +114,12 @@ def correctness(device, quick: bool) -> int:
                     continue
                 failures += report(f"candidate M={m} {cfg}", err, ok)
     # 2. default dispatch over M, tails, groups, bits, pre-scale
-    shapes = [(1, 48, 80, 16, 4), (5, 64, 130, 32, 4), (1, 40, 200, 64, 3)] if quick else [
-        (1, 4096, 4096, 128, 4), (1, 1000, 4100, 64, 4), (3, 1536, 576, 64, 3), (7, 1000, 4100, 32, 4),
-        (16, 14336, 4096, 128, 4), (33, 576, 576, 32, 4), (64, 4096, 1000, 128, 2), (300, 1000, 4100, 128, 4)]
+    shapes = [(1, 48, 80, 16, 4), (3, 40, 96, 32, 4), (5, 64, 130, 32, 4), (1, 40, 200, 64, 3),
+              (130, 24, 72, 32, 4)] if quick else [
+        (1, 4096, 4096, 128, 4), (1, 1000, 4100, 64, 4), (2, 4096, 4096, 128, 4), (3, 1536, 576, 64, 3),
+        (4, 1000, 4100, 32, 4), (7, 1000, 4100, 32, 4),
+        (16, 14336, 4096, 128, 4), (33, 576, 576, 32, 4), (64, 4096, 1000, 128, 2), (128, 4096, 4096, 128, 4),
+        (300, 1000, 4100, 128, 4)]
     for dtype in dtypes:
         for m, n, k, group, bits in (shapes if dtype != torch.float16 or quick else shapes[1::2]):
             for with_pre in (False, True):

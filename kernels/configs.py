@@ -1,8 +1,9 @@
 """Launch configurations of the int4 kernels: defaults, tuned tables, and the tuner.
 
-A ``KernelConfig`` names the kernel (``"gemv"``: CUDA cores, one activation row
-per program; ``"gemm"``: ``tl.dot`` tiles) and its tile sizes, split-K factor,
-warps and pipeline stages. ``select_config(m, n, k, group_size, device)`` picks
+A ``KernelConfig`` names the kernel (``"gemv"``: CUDA cores, 1 to 8 activation
+rows per program; ``"gemm"``: ``tl.dot`` tiles; ``"dequant"``: write the dense
+weight once, then ``torch.mm``) and its tile sizes, split-K factor, warps and
+pipeline stages. ``select_config(m, n, k, group_size, device)`` picks
 one in this order:
 
 1. a tuned entry for (GPU name, M bucket, N, K, group size), from the JSON
@@ -33,24 +34,35 @@ MAX_BUCKET = 512
 
 @dataclasses.dataclass(frozen=True)
 class KernelConfig:
-    kind: str  # "gemv" or "gemm"
+    kind: str  # "gemv", "gemm" or "dequant"
     block_n: int
     block_k: int
     split_k: int = 1
-    block_m: int = 1  # gemm only
+    block_m: int = 1  # gemm: the M tile; gemv: activation rows per program (1, 2 or 4)
     num_warps: int = 4
     num_stages: int = 2
     prefetch: bool = False  # gemv only: double-buffer the next weight tile in registers
     swap_ab: bool = False  # gemm only: compute y.T = W x.T (weight tile as the MMA's A operand)
 
     def fitted(self, group_size: int, k_pad: int) -> "KernelConfig":
-        """This config with BLOCK_K dividing the group and split-K no larger than the K tiles."""
+        """This config with BLOCK_K dividing the group and split-K no larger than the K tiles.
+
+        ``dequant`` configs take any tile (their kernel reads a scale per element) and never split K.
+        """
+        if self.kind == "dequant":
+            return dataclasses.replace(self, split_k=1, block_m=1, prefetch=False, swap_ab=False)
         block_k = min(self.block_k, group_size)
-        kind = self.kind
+        kind, block_m = self.kind, self.block_m
         if kind == "gemm" and block_k < 16:  # tl.dot needs K >= 16: groups of 8 take the GEMV
-            kind = "gemv"
+            kind, block_m = "gemv", min(block_m, 4)
         tiles = k_pad // block_k
-        return dataclasses.replace(self, kind=kind, block_k=block_k, split_k=max(1, min(self.split_k, tiles)))
+        return dataclasses.replace(self, kind=kind, block_k=block_k, block_m=block_m,
+                                   split_k=max(1, min(self.split_k, tiles)))
+
+
+KINDS = ("gemv", "gemm", "dequant")
+GEMV_ROWS = (1, 2, 4)  # rows per GEMV program: a power of two (tl.arange); at 8 the GEMV issues more than the GEMM
+DEQUANT_MIN_M = 128  # from this M bucket on, the default dequantizes once and calls a dense matmul
 
 
 def m_bucket(m) -> int:
@@ -106,35 +118,54 @@ def _split_for(tiles_mn: int, k_tiles: int, device: torch.device) -> int:
     return split
 
 
+def _gemv(m: int, n: int, k_pad: int, group_size: int, device: torch.device, block_n: int, block_k: int,
+          **options) -> KernelConfig:
+    """A GEMV config with one program per ``min(m, 4)`` rows, K split to fill the GPU."""
+    rows = min(m, GEMV_ROWS[-1])
+    cfg = KernelConfig("gemv", block_n=block_n, block_k=block_k, block_m=rows, **options).fitted(group_size, k_pad)
+    tiles_mn = triton.cdiv(n, cfg.block_n) * triton.cdiv(m, rows)
+    return dataclasses.replace(cfg, split_k=_split_for(tiles_mn, k_pad // cfg.block_k, device))
+
+
 def default_config(m: int, n: int, k_pad: int, group_size: int, device: torch.device) -> KernelConfig:
-    """A heuristic config when nothing is tuned for this shape."""
+    """A heuristic config when nothing is tuned for this shape (M is a bucket: a power of two).
+
+    M = 1: the GEMV. M = 2, 4: the GEMV with that many rows per program (the
+    weights are unpacked once; each row adds an FFMA per weight, so the
+    issue cost grows: 4.1, 6.0, 11.9 instructions per weight at 1, 2, 4 rows in
+    sm_90 SASS, ``benchmarks/compile_report.py``). M = 8 .. 64:
+    the tensor-core GEMM, split-K while the output tiles are few. M >= 128:
+    dequantize once, then a dense matmul.
+    """
     if m == 1:
-        cfg = KernelConfig("gemv", block_n=128, block_k=128, num_warps=4)
-        cfg = cfg.fitted(group_size, k_pad)
-        split = _split_for(triton.cdiv(n, cfg.block_n), k_pad // cfg.block_k, device)
-        return dataclasses.replace(cfg, split_k=split)
+        return _gemv(m, n, k_pad, group_size, device, block_n=128, block_k=128)
+    if m <= 4:
+        return _gemv(m, n, k_pad, group_size, device, block_n=256 // m, block_k=128)
+    if m >= DEQUANT_MIN_M:
+        return KernelConfig("dequant", block_n=32, block_k=128)
     block_m = 16 if m <= 16 else 32 if m <= 32 else 64
-    block_n = 64 if m <= 64 else 128
-    cfg = KernelConfig("gemm", block_n=block_n, block_k=64, block_m=block_m,
+    cfg = KernelConfig("gemm", block_n=64, block_k=64, block_m=block_m,
                        num_warps=4, num_stages=3).fitted(group_size, k_pad)
-    tiles_mn = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
-    split = _split_for(tiles_mn, k_pad // cfg.block_k, device) if m <= 64 else 1
-    return dataclasses.replace(cfg, split_k=split)
+    tiles_mn = triton.cdiv(m, block_m) * triton.cdiv(n, cfg.block_n)
+    return dataclasses.replace(cfg, split_k=_split_for(tiles_mn, k_pad // cfg.block_k, device))
 
 
 def candidate_configs(m: int, n: int, k_pad: int, group_size: int, device: torch.device) -> list[KernelConfig]:
     """The small set ``tune`` times for one (M bucket, N, K, group)."""
     base = default_config(m, n, k_pad, group_size, device)
     out = [base]
-    if m <= 4:  # CUDA-core GEMV: bigger tiles amortise the activation loads over more rows
+    if m == 1:  # CUDA-core GEMV: bigger tiles amortise the activation loads over more rows
         for block_n, warps in ((128, 4), (256, 4), (256, 8)):
             for block_k in (64, 128):
                 for prefetch in (False, True):
-                    cfg = KernelConfig("gemv", block_n, block_k, num_warps=warps, prefetch=prefetch)
-                    cfg = cfg.fitted(group_size, k_pad)
-                    split = _split_for(triton.cdiv(n, cfg.block_n), k_pad // cfg.block_k, device)
-                    out += [dataclasses.replace(cfg, split_k=s) for s in (split, 2 * split, 4 * split)]
-    if m <= 64:  # tensor-core GEMM with split-K, plain or with the weight tile as the MMA's A operand
+                    cfg = _gemv(m, n, k_pad, group_size, device, block_n, block_k, num_warps=warps,
+                                prefetch=prefetch)
+                    out += [dataclasses.replace(cfg, split_k=cfg.split_k * f) for f in (1, 2, 4)]
+    elif m <= GEMV_ROWS[-1]:  # several rows per GEMV program (sm_90 SASS: BLOCK_K 128 issues the least)
+        for block_n in (128 // m, 256 // m):
+            cfg = _gemv(m, n, k_pad, group_size, device, block_n, 128)
+            out += [dataclasses.replace(cfg, split_k=cfg.split_k * f) for f in (1, 2, 4)]
+    if 2 <= m <= 64:  # tensor-core GEMM with split-K, plain or with the weight tile as the MMA's A operand
         block_m = max(16, min(64, triton.next_power_of_2(m)))
         for block_n, block_k, swap in ((64, 128, False), (128, 64, False), (128, 128, False),
                                        (64, 128, True), (128, 64, True), (128, 128, True)):
@@ -143,10 +174,12 @@ def candidate_configs(m: int, n: int, k_pad: int, group_size: int, device: torch
             tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
             split = _split_for(tiles, k_pad // cfg.block_k, device)
             out += [dataclasses.replace(cfg, split_k=s) for s in (1, split, 2 * split)]
-    else:  # (BLOCK_M, BLOCK_N, warps, stages): the ones that compile without heavy spills on sm_90
+    if m > 64:  # (BLOCK_M, BLOCK_N, warps, stages): the ones that compile without heavy spills on sm_90
         for block_m, block_n, warps, stages in ((64, 128, 4, 3), (64, 256, 8, 3), (128, 64, 8, 3), (128, 128, 8, 3)):
             out.append(KernelConfig("gemm", block_n, 64, block_m=block_m, num_warps=warps,
                                     num_stages=stages).fitted(group_size, k_pad))
+    if m >= 32:  # dequantize once + dense matmul
+        out += [KernelConfig("dequant", 32, 128), KernelConfig("dequant", 16, 256), KernelConfig("dequant", 64, 64)]
     seen, unique = set(), []
     for cfg in out:
         cfg = cfg.fitted(group_size, k_pad)
@@ -185,8 +218,10 @@ def load_tuned(path: str) -> int:
         entries = {}
         for row in table["configs"]:
             cfg = KernelConfig(**row["config"])
-            if cfg.kind not in ("gemv", "gemm") or min(cfg.block_n, cfg.block_k, cfg.split_k, cfg.block_m) < 1:
+            if cfg.kind not in KINDS or min(cfg.block_n, cfg.block_k, cfg.split_k, cfg.block_m) < 1:
                 raise ValueError(f"bad config {cfg}")
+            if cfg.kind == "gemv" and cfg.block_m not in GEMV_ROWS:
+                raise ValueError(f"bad config {cfg}: GEMV rows per program must be one of {GEMV_ROWS}")
             entries[(table["device"], row["m_bucket"], row["n"], row["k_pad"], row["group_size"])] = cfg
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{path}: not a tuned kernel-config table ({type(err).__name__}: {err})") from err

@@ -18,9 +18,13 @@ zero point and the scale leave the inner sum: a tile's words share one group, so
 ``sum_k x_k (q_k - z) s = (s * 2**85) * sum_k x_k q_k 2**-85 - (s z) * sum_k x_k``.
 Everything accumulates in fp32. EVEN_K (K == K_pad) drops the activation masks.
 
-Grid: (cdiv(N, BLOCK_N), SPLIT_K, M). With SPLIT_K == 1 the program stores the
-output row in the activation dtype; otherwise it stores an fp32 partial sum
-into ``out[split, m, :]`` and ``splitk_reduce`` adds the splits.
+A program handles ROWS activation rows (1, 2, 4 or 8; ``KernelConfig.block_m``):
+the weight tile is loaded and unpacked once and each nibble plane costs one
+FFMA per row, so a few rows (M = 2 .. 8) cost little more than one.
+
+Grid: (cdiv(N, BLOCK_N), SPLIT_K, cdiv(M, ROWS)). With SPLIT_K == 1 the program
+stores its output rows in the activation dtype; otherwise it stores fp32
+partial sums into ``out[split, m, :]`` and ``splitk_reduce`` adds the splits.
 """
 
 from __future__ import annotations
@@ -43,26 +47,53 @@ def _load_tile(q_ptr, s_ptr, z_ptr, offs_n, offs_j, mask_n, t, t_end, stride_q, 
 
 
 @triton.jit
+def _load_x(x_rows, pre_ptr, k, mask_r, K, HAS_PRE_SCALE: tl.constexpr, EVEN_K: tl.constexpr, EVEN_M: tl.constexpr):
+    """fp32 ``x[rows, k] * pre[k]``: [BLOCK_K8] for one row (x_rows a pointer), [ROWS, BLOCK_K8] for x_rows [ROWS, 1]."""
+    if EVEN_K and EVEN_M:
+        xi = tl.load(x_rows + k).to(tl.float32)
+    elif EVEN_K:
+        xi = tl.load(x_rows + k, mask=mask_r, other=0.0).to(tl.float32)
+    else:
+        xi = tl.load(x_rows + k, mask=mask_r & (k < K), other=0.0).to(tl.float32)
+    if HAS_PRE_SCALE:
+        if EVEN_K:
+            xi = xi * tl.load(pre_ptr + k).to(tl.float32)
+        else:
+            xi = xi * tl.load(pre_ptr + k, mask=k < K, other=0.0).to(tl.float32)
+    return xi
+
+
+@triton.jit
 def _int4_gemv_kernel(
     x_ptr, q_ptr, s_ptr, z_ptr, pre_ptr, out_ptr,
-    N, K, TILES, TILES_PER_SPLIT,
+    M, N, K, TILES, TILES_PER_SPLIT,
     stride_xm, stride_q, stride_s, stride_om, stride_osplit,
     GROUP_SIZE: tl.constexpr,
     HAS_PRE_SCALE: tl.constexpr,
     EVEN_K: tl.constexpr,
+    EVEN_M: tl.constexpr,
     PREFETCH: tl.constexpr,
+    ROWS: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid_split = tl.program_id(1)
-    m = tl.program_id(2)
+    pid_m = tl.program_id(2)
     BLOCK_K8: tl.constexpr = BLOCK_K // 8
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     offs_j = tl.arange(0, BLOCK_K8)
-    x_row = x_ptr + m * stride_xm
-    acc = tl.zeros((BLOCK_N, BLOCK_K8), dtype=tl.float32)
+    rows = pid_m * ROWS + tl.arange(0, ROWS)
+    # One row keeps 2-d tiles [BLOCK_N, BLOCK_K8]: the 3-d form costs it layout conversions on sm_90.
+    if ROWS == 1:
+        x_rows = x_ptr + pid_m * stride_xm
+        mask_r = (offs_j * 0 + pid_m) < M  # always true (the grid has M programs); a tensor for the masks
+        acc = tl.zeros((BLOCK_N, BLOCK_K8), dtype=tl.float32)
+    else:
+        x_rows = x_ptr + rows[:, None] * stride_xm  # [ROWS, 1]
+        mask_r = (rows < M)[:, None]
+        acc = tl.zeros((ROWS, BLOCK_N, BLOCK_K8), dtype=tl.float32)
     t_start = pid_split * TILES_PER_SPLIT
     t_end = tl.minimum(t_start + TILES_PER_SPLIT, TILES)
     if PREFETCH:  # registers double-buffer the weight tile: tile t+1 loads while tile t computes
@@ -80,19 +111,11 @@ def _int4_gemv_kernel(
         s_big = (s * 38685626227668133590597632.0)[:, None]  # s * 2**85
         s_zero = (s * z)[:, None]
         high = words >> 20  # nibbles 5, 6, 7 now in bits 0..11
-        dot = tl.zeros((BLOCK_N, BLOCK_K8), dtype=tl.float32)
-        x_sum = tl.zeros((BLOCK_K8,), dtype=tl.float32)
+        dot = tl.zeros(acc.shape, dtype=tl.float32)
+        x_sum = tl.zeros((BLOCK_K8,) if ROWS == 1 else (ROWS, BLOCK_K8), dtype=tl.float32)
         for i in tl.static_range(8):
             k = k0 + offs_j * 8 + i
-            if EVEN_K:
-                xi = tl.load(x_row + k).to(tl.float32)
-            else:
-                xi = tl.load(x_row + k, mask=k < K, other=0.0).to(tl.float32)
-            if HAS_PRE_SCALE:
-                if EVEN_K:
-                    xi = xi * tl.load(pre_ptr + k).to(tl.float32)
-                else:
-                    xi = xi * tl.load(pre_ptr + k, mask=k < K, other=0.0).to(tl.float32)
+            xi = _load_x(x_rows, pre_ptr, k, mask_r, K, HAS_PRE_SCALE, EVEN_K, EVEN_M)
             x_sum += xi
             if i < 5:
                 q_tiny = (words & (0xF << (4 * i))).to(tl.float32, bitcast=True)
@@ -100,11 +123,21 @@ def _int4_gemv_kernel(
             else:
                 q_tiny = (high & (0xF << (4 * (i - 5)))).to(tl.float32, bitcast=True)
                 xi = xi * (18446744073709551616.0 / (1 << (4 * (i - 5))))
-            dot += xi[None, :] * q_tiny
-        acc += s_big * dot - s_zero * x_sum[None, :]
-    y = tl.sum(acc, axis=1)
-    out = out_ptr + pid_split * stride_osplit + m * stride_om + offs_n
-    tl.store(out, y.to(out_ptr.dtype.element_ty), mask=mask_n)
+            if ROWS == 1:
+                dot += xi[None, :] * q_tiny
+            else:
+                dot += xi[:, None, :] * q_tiny[None, :, :]
+        if ROWS == 1:
+            acc += s_big * dot - s_zero * x_sum[None, :]
+        else:
+            acc += s_big[None, :, :] * dot - s_zero[None, :, :] * x_sum[:, None, :]
+    out = out_ptr + pid_split * stride_osplit
+    if ROWS == 1:
+        tl.store(out + pid_m * stride_om + offs_n, tl.sum(acc, axis=1).to(out_ptr.dtype.element_ty), mask=mask_n)
+    else:
+        y = tl.sum(acc, axis=2)  # [ROWS, BLOCK_N]
+        tl.store(out + rows[:, None] * stride_om + offs_n[None, :], y.to(out_ptr.dtype.element_ty),
+                 mask=mask_r & mask_n[None, :])
 
 
 @triton.jit

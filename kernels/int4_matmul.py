@@ -7,8 +7,10 @@ the activation dtype; ``zero_point`` uint8 [N, K_pad / G].
 
 ``launch_int4_linear`` picks a ``KernelConfig`` (``configs.select_config``:
 tuned table, else heuristic) by M: M == 1 goes to the CUDA-core split-K GEMV
-(``int4_gemv.py``), larger M to the tensor-core GEMM (``int4_gemm.py``, with
-split-K while M is small). A split-K launch writes fp32 partials and a second,
+(``int4_gemv.py``, which also takes a few rows per program), larger M to the
+tensor-core GEMM (``int4_gemm.py``, with split-K while M is small), and large
+M (``kind="dequant"``) to a dequantize kernel (``int4_dequant.py``) followed by
+one dense ``torch.mm``. A split-K launch writes fp32 partials and a second,
 small kernel adds them in a fixed order (deterministic, no atomics).
 """
 
@@ -20,6 +22,7 @@ import torch
 import triton
 
 from awq_ao.kernels.configs import KernelConfig, select_config
+from awq_ao.kernels.int4_dequant import _int4_dequant_kernel
 from awq_ao.kernels.int4_gemm import _int4_gemm_kernel
 from awq_ao.kernels.int4_gemv import _int4_gemv_kernel, _splitk_reduce_kernel
 from awq_ao.kernels.int4_planes import MAGIC_BITS
@@ -48,16 +51,18 @@ def int4_linear(
         raise ValueError(f"x has {k} features, the weight expects {in_features}")
     if x.stride(1) != 1:
         x = x.contiguous()
-    y = torch.empty((m, qdata.shape[0]), dtype=x.dtype, device=x.device) if out is None else out
-    launch_int4_linear(x, qdata, scale, zero_point, act_pre_scale, y, group_size, in_features, config=config)
-    return y
+    return launch_int4_linear(x, qdata, scale, zero_point, act_pre_scale, out, group_size, in_features,
+                              config=config)
 
 
 def launch_int4_linear(
     x, qdata, scale, zero_point, act_pre_scale, y, group_size, in_features,
     launcher=None, config: Optional[KernelConfig] = None,
-):
-    """Launch the kernel(s) into ``y`` [M, N]; ``launcher`` wraps each kernel (``torch.library.wrap_triton``)."""
+) -> torch.Tensor:
+    """Launch the kernel(s) for x [M, K]; returns y [M, N] (``y`` itself when given, else a new tensor).
+
+    ``launcher`` wraps each kernel (``torch.library.wrap_triton``).
+    """
     m = x.shape[0]
     n = qdata.shape[0]
     k_pad = qdata.shape[1] * 2
@@ -67,6 +72,12 @@ def launch_int4_linear(
         config = config.fitted(group_size, k_pad)
     wrap = (lambda kernel: kernel) if launcher is None else launcher
     words = qdata.view(torch.int32)
+    has_pre = act_pre_scale is not None
+    pre = act_pre_scale if has_pre else scale
+    if config.kind == "dequant":
+        return _dequant_then_mm(x, words, scale, zero_point, pre, has_pre, y, group_size, in_features, config, wrap)
+    if y is None:
+        y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     tiles = k_pad // config.block_k
     tiles_per_split = triton.cdiv(tiles, config.split_k)
     split = triton.cdiv(tiles, tiles_per_split)
@@ -75,24 +86,21 @@ def launch_int4_linear(
     else:
         out = torch.empty((split, m, n), dtype=torch.float32, device=x.device)
         stride_split = out.stride(0)
-    has_pre = act_pre_scale is not None
-    pre = act_pre_scale if has_pre else scale
-    common = (n, in_features, tiles, tiles_per_split)
-    if config.kind == "gemm":
-        common = (m, *common, MAGIC_BITS)
+    common = (m, n, in_features, tiles, tiles_per_split)
     strides = (x.stride(0), words.stride(0), scale.stride(0), out.stride(-2), stride_split)
     if config.kind == "gemv":
-        grid = (triton.cdiv(n, config.block_n), split, m)
+        grid = (triton.cdiv(n, config.block_n), split, triton.cdiv(m, config.block_m))
         wrap(_int4_gemv_kernel)[grid](
             x, words, scale, zero_point, pre, out, *common, *strides,
             GROUP_SIZE=group_size, HAS_PRE_SCALE=has_pre, EVEN_K=in_features == k_pad,
-            PREFETCH=config.prefetch, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
+            EVEN_M=m % config.block_m == 0, PREFETCH=config.prefetch, ROWS=config.block_m,
+            BLOCK_N=config.block_n, BLOCK_K=config.block_k,
             num_warps=config.num_warps, num_stages=config.num_stages,
         )
     else:
         grid = (triton.cdiv(n, config.block_n), triton.cdiv(m, config.block_m), split)
         wrap(_int4_gemm_kernel)[grid](
-            x, words, scale, zero_point, pre, out, *common, *strides,
+            x, words, scale, zero_point, pre, out, *common, MAGIC_BITS, *strides,
             GROUP_SIZE=group_size, HAS_PRE_SCALE=has_pre, EVEN_K=in_features == k_pad,
             DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32", SWAP_AB=config.swap_ab,
             BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
@@ -102,3 +110,19 @@ def launch_int4_linear(
         wrap(_splitk_reduce_kernel)[(triton.cdiv(m * n, REDUCE_BLOCK),)](
             out, y, m * n, split, out.stride(0), BLOCK=REDUCE_BLOCK,
         )
+    return y
+
+
+def _dequant_then_mm(x, words, scale, zero_point, pre, has_pre, y, group_size, in_features, config, wrap):
+    """Large M: write ``dequantize(W) * pre`` [N, K] in x.dtype once, then one dense matmul (cuBLAS)."""
+    n = words.shape[0]
+    w = torch.empty((n, in_features), dtype=x.dtype, device=x.device)
+    grid = (triton.cdiv(n, config.block_n), triton.cdiv(in_features, config.block_k))
+    wrap(_int4_dequant_kernel)[grid](
+        words, scale, zero_point, pre, w, n, in_features, words.stride(0), scale.stride(0), w.stride(0),
+        GROUP_SIZE=group_size, HAS_PRE_SCALE=has_pre, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
+        num_warps=config.num_warps, num_stages=config.num_stages,
+    )
+    if y is None:
+        return torch.mm(x, w.t())
+    return torch.mm(x, w.t(), out=y)

@@ -21,11 +21,20 @@ def test_fitted_keeps_tiles_inside_a_group_and_split_inside_k():
     assert KernelConfig("gemm", 64, 128, block_m=16).fitted(8, 64).kind == "gemv"
 
 
-@pytest.mark.parametrize("m,kind", [(1, "gemv"), (2, "gemm"), (16, "gemm"), (512, "gemm")])
-def test_default_config_kind_by_m(m, kind):
+@pytest.mark.parametrize("m,kind,rows", [(1, "gemv", 1), (2, "gemv", 2), (4, "gemv", 4), (8, "gemm", 16),
+                                         (16, "gemm", 16), (64, "gemm", 64), (128, "dequant", 1), (512, "dequant", 1)])
+def test_default_config_kind_by_m(m, kind, rows):
     cfg = configs.default_config(m, 4096, 4096, 128, CPU)
-    assert cfg.kind == kind
-    assert cfg.block_k <= 128 and 128 % cfg.block_k == 0
+    assert cfg.kind == kind and cfg.block_m == rows
+    if kind != "dequant":
+        assert cfg.block_k <= 128 and 128 % cfg.block_k == 0
+
+
+def test_dequant_config_ignores_the_group_and_never_splits():
+    cfg = KernelConfig("dequant", block_n=16, block_k=256, split_k=4)
+    assert cfg.fitted(32, 4096) == KernelConfig("dequant", block_n=16, block_k=256)
+    # a GEMM tile too thin for tl.dot falls back to the GEMV, with a row count the GEMV takes
+    assert KernelConfig("gemm", 64, 128, block_m=16).fitted(8, 64).block_m in configs.GEMV_ROWS
 
 
 def test_default_config_splits_k_when_output_tiles_are_few():
@@ -35,11 +44,13 @@ def test_default_config_splits_k_when_output_tiles_are_few():
 
 
 def test_candidates_are_fitted_unique_and_include_the_default():
-    for m in (1, 4, 16, 64, 512):
+    for m in (1, 2, 4, 8, 16, 32, 64, 128, 512):
         cands = configs.candidate_configs(m, 1000, 4224, 64, CPU)
         assert configs.default_config(m, 1000, 4224, 64, CPU) in cands
         assert len(cands) == len(set(cands))
         assert all(c == c.fitted(64, 4224) for c in cands)
+        assert all(c.block_m in configs.GEMV_ROWS and c.block_m <= m for c in cands if c.kind == "gemv")
+        assert any(c.kind == "dequant" for c in cands) == (m >= 32)
 
 
 def test_tuned_table_round_trip(tmp_path, monkeypatch):
@@ -77,6 +88,8 @@ def test_bundled_tables_load():
                                             "config": {"kind": "gemv", "block_n": 0, "block_k": 8}}]}),
     json.dumps({"device": "X", "configs": [{"m_bucket": 1, "n": 1, "k_pad": 8, "group_size": 8,
                                             "config": {"kind": "magic", "block_n": 8, "block_k": 8}}]}),
+    json.dumps({"device": "X", "configs": [{"m_bucket": 8, "n": 1, "k_pad": 8, "group_size": 8,
+                                            "config": {"kind": "gemv", "block_n": 8, "block_k": 8, "block_m": 8}}]}),
 ])
 def test_bad_tuned_table_is_refused_by_name(tmp_path, monkeypatch, content):
     monkeypatch.setattr(configs, "_TUNED", {})

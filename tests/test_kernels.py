@@ -30,6 +30,10 @@ PATHS = {
     "gemm": KernelConfig("gemm", block_n=32, block_k=64, block_m=16),
     "gemm-splitk": KernelConfig("gemm", block_n=16, block_k=32, block_m=16, split_k=2),
     "gemm-swap-ab": KernelConfig("gemm", block_n=32, block_k=32, block_m=16, split_k=2, swap_ab=True),
+    "gemv-2-rows": KernelConfig("gemv", block_n=32, block_k=64, block_m=2),
+    "gemv-4-rows-splitk-prefetch": KernelConfig("gemv", block_n=16, block_k=32, block_m=4, split_k=3, prefetch=True),
+    "dequant-mm": KernelConfig("dequant", block_n=16, block_k=64),
+    "dequant-mm-wide": KernelConfig("dequant", block_n=8, block_k=256),
 }
 
 
@@ -75,9 +79,9 @@ def test_group_sizes(group_size, path):
     assert run_case(torch.float16, 3, 40, 2 * group_size, group_size, False, PATHS[path]) < TOL[torch.float16]
 
 
-@pytest.mark.parametrize("m", [1, 6])
+@pytest.mark.parametrize("m", [1, 3, 6, 130])
 def test_default_dispatch(m):
-    """No config given: the heuristic picks GEMV for one row, GEMM above."""
+    """No config given: the heuristic picks the GEMV (1 to 4 rows), the GEMM, or dequantize + mm (M >= 128)."""
     assert run_case(torch.float16, m, 48, 200, 64, True) < TOL[torch.float16]
 
 
@@ -85,6 +89,25 @@ def test_default_dispatch(m):
 def test_other_bits_and_groups(bits, group_size):
     err = run_case(torch.float16, 5, 24, 200, group_size, False, bits=bits)
     assert err < TOL[torch.float16]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("block_n,block_k", [(16, 64), (8, 256)])
+def test_dequant_kernel_is_bit_exact(dtype, block_n, block_k):
+    """The large-M path's dense weight equals quant.dequantize bit for bit (tails in N and K, any tile vs group)."""
+    import triton
+
+    from awq_ao.kernels.int4_dequant import _int4_dequant_kernel
+
+    n, k, group_size = 37, 200, 64
+    q, s, z = quant.quantize(torch.randn(n, k, generator=torch.Generator().manual_seed(3)), 4, group_size,
+                             scale_dtype=dtype)
+    words, s, z = quant.pack_int4(q).view(torch.int32).to(DEVICE), s.to(DEVICE), z.to(DEVICE)
+    w = torch.full((n, k), float("nan"), dtype=dtype, device=DEVICE)
+    _int4_dequant_kernel[(triton.cdiv(n, block_n), triton.cdiv(k, block_k))](
+        words, s, z, s, w, n, k, words.stride(0), s.stride(0), w.stride(0),
+        GROUP_SIZE=group_size, HAS_PRE_SCALE=False, BLOCK_N=block_n, BLOCK_K=block_k)
+    assert torch.equal(w.cpu(), quant.dequantize(q, s.cpu(), z.cpu(), group_size, k, dtype))
 
 
 def test_split_k_is_deterministic():
