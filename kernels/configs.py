@@ -45,16 +45,20 @@ class KernelConfig:
     swap_ab: bool = False  # gemm only: compute y.T = W x.T (weight tile as the MMA's A operand)
 
     def fitted(self, group_size: int, k_pad: int) -> "KernelConfig":
-        """This config with BLOCK_K dividing the group and split-K no larger than the K tiles.
+        """This config made valid for the group and K: BLOCK_K divides K_pad and either divides the
+        group or (GEMV only) is a multiple of it; split-K is no larger than the K tiles.
 
         ``dequant`` configs take any tile (their kernel reads a scale per element) and never split K.
         """
         if self.kind == "dequant":
             return dataclasses.replace(self, split_k=1, block_m=1, prefetch=False, swap_ab=False)
-        block_k = min(self.block_k, group_size)
         kind, block_m = self.kind, self.block_m
-        if kind == "gemm" and block_k < 16:  # tl.dot needs K >= 16: groups of 8 take the GEMV
+        if kind == "gemm" and min(self.block_k, group_size) < 16:  # tl.dot needs K >= 16: the GEMV takes it
             kind, block_m = "gemv", min(block_m, 4)
+        block_k = min(self.block_k, group_size)
+        if kind == "gemv":  # whole groups per tile, as many as divide K_pad
+            while block_k * 2 <= self.block_k and k_pad % (block_k * 2) == 0:
+                block_k *= 2
         tiles = k_pad // block_k
         return dataclasses.replace(self, kind=kind, block_k=block_k, block_m=block_m,
                                    split_k=max(1, min(self.split_k, tiles)))
@@ -156,11 +160,10 @@ def candidate_configs(m: int, n: int, k_pad: int, group_size: int, device: torch
     out = [base]
     if m == 1:  # CUDA-core GEMV: bigger tiles amortise the activation loads over more rows
         for block_n, warps in ((128, 4), (256, 4), (256, 8)):
-            for block_k in (64, 128):
-                for prefetch in (False, True):
-                    cfg = _gemv(m, n, k_pad, group_size, device, block_n, block_k, num_warps=warps,
-                                prefetch=prefetch)
-                    out += [dataclasses.replace(cfg, split_k=cfg.split_k * f) for f in (1, 2, 4)]
+            for block_k, prefetch in ((64, False), (64, True), (128, False), (128, True), (256, False)):
+                cfg = _gemv(m, n, k_pad, group_size, device, block_n, block_k, num_warps=warps,
+                            prefetch=prefetch)
+                out += [dataclasses.replace(cfg, split_k=cfg.split_k * f) for f in (1, 2, 4)]
     elif m <= GEMV_ROWS[-1]:  # several rows per GEMV program (sm_90 SASS: BLOCK_K 128 issues the least)
         for block_n in (128 // m, 256 // m):
             cfg = _gemv(m, n, k_pad, group_size, device, block_n, 128)

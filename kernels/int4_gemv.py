@@ -5,8 +5,9 @@ Weight layout (the canonical one of ``awq_ao/quant.py``, read here as int32):
 a row holds columns 8j .. 8j+7, column 8j+i in bits 4i .. 4i+3. A program
 loads a [BLOCK_N, BLOCK_K / 8] tile of words: each row's words are contiguous,
 so a warp reads whole 32-byte sectors with 16-byte vector loads. ``scale`` and
-``zero_point`` are [N, K_pad / G]; a tile never straddles a group (BLOCK_K
-divides G), so each row needs one scale and one zero per tile.
+``zero_point`` are [N, K_pad / G]. BLOCK_K either divides G (one scale and zero
+per row per tile) or is a multiple of G (one per row per word, gathered: the
+same arithmetic, more bytes per row per tile for small groups).
 
 Dequantization costs one AND per weight. A nibble masked in place,
 ``w & (0xF << 4p)`` read as a float, is the subnormal ``q * 16**p * 2**-149``,
@@ -14,13 +15,14 @@ exactly; fp32 FMAs keep subnormals (Triton does not flush them), so
 ``x * 2**(64 - 4p)`` times that float is ``x * q * 2**-85``, rounded once as a
 normal float (no overflow below |x| = 2**64, no underflow above 2**-41). Nibbles
 0..4 are masked in place, 5..7 after one shift of the word by 20 bits. The
-zero point and the scale leave the inner sum: a tile's words share one group, so
-``sum_k x_k (q_k - z) s = (s * 2**85) * sum_k x_k q_k 2**-85 - (s z) * sum_k x_k``.
+zero point and the scale leave the inner sum: a word's 8 columns share one group, so
+``sum_k x_k (q_k - z) s = (s * 2**85) * sum_k x_k q_k 2**-85 - (s z) * sum_k x_k``
+per word, summed over the words once at the end.
 Everything accumulates in fp32. EVEN_K (K == K_pad) drops the activation masks.
 
-A program handles ROWS activation rows (1, 2, 4 or 8; ``KernelConfig.block_m``):
+A program handles ROWS activation rows (1, 2 or 4; ``KernelConfig.block_m``):
 the weight tile is loaded and unpacked once and each nibble plane costs one
-FFMA per row, so a few rows (M = 2 .. 8) cost little more than one.
+FFMA per row.
 
 Grid: (cdiv(N, BLOCK_N), SPLIT_K, cdiv(M, ROWS)). With SPLIT_K == 1 the program
 stores its output rows in the activation dtype; otherwise it stores fp32
@@ -36,13 +38,22 @@ import triton.language as tl
 @triton.jit
 def _load_tile(q_ptr, s_ptr, z_ptr, offs_n, offs_j, mask_n, t, t_end, stride_q, stride_s,
                BLOCK_K: tl.constexpr, GROUP_SIZE: tl.constexpr):
-    """Words [BLOCK_N, BLOCK_K / 8] (int32), scale and zero [BLOCK_N] (fp32) of K tile t (zeros if t >= t_end)."""
+    """K tile t (zeros if t >= t_end): words [BLOCK_N, BLOCK_K / 8] int32, and fp32 scale and zero.
+
+    Scale and zero are [BLOCK_N, 1] when the tile lies in one group (BLOCK_K <=
+    G), else [BLOCK_N, BLOCK_K / 8]: the group of each word.
+    """
     k0 = t * BLOCK_K
     mask = mask_n & ((offs_n * 0 + t) < t_end)
     words = tl.load(q_ptr + offs_n[:, None] * stride_q + (k0 // 8 + offs_j)[None, :], mask=mask[:, None], other=0)
-    g = k0 // GROUP_SIZE
-    s = tl.load(s_ptr + offs_n * stride_s + g, mask=mask, other=0.0).to(tl.float32)
-    z = tl.load(z_ptr + offs_n * stride_s + g, mask=mask, other=0).to(tl.float32)
+    if BLOCK_K <= GROUP_SIZE:
+        g = k0 // GROUP_SIZE
+        s = tl.load(s_ptr + offs_n * stride_s + g, mask=mask, other=0.0).to(tl.float32)[:, None]
+        z = tl.load(z_ptr + offs_n * stride_s + g, mask=mask, other=0).to(tl.float32)[:, None]
+    else:
+        sz = offs_n[:, None] * stride_s + ((k0 + offs_j * 8) // GROUP_SIZE)[None, :]
+        s = tl.load(s_ptr + sz, mask=mask[:, None], other=0.0).to(tl.float32)
+        z = tl.load(z_ptr + sz, mask=mask[:, None], other=0).to(tl.float32)
     return words, s, z
 
 
@@ -108,8 +119,8 @@ def _int4_gemv_kernel(
         else:
             words, s, z = _load_tile(q_ptr, s_ptr, z_ptr, offs_n, offs_j, mask_n, t, t_end,
                                      stride_q, stride_s, BLOCK_K, GROUP_SIZE)
-        s_big = (s * 38685626227668133590597632.0)[:, None]  # s * 2**85
-        s_zero = (s * z)[:, None]
+        s_big = s * 38685626227668133590597632.0  # s * 2**85
+        s_zero = s * z
         high = words >> 20  # nibbles 5, 6, 7 now in bits 0..11
         dot = tl.zeros(acc.shape, dtype=tl.float32)
         x_sum = tl.zeros((BLOCK_K8,) if ROWS == 1 else (ROWS, BLOCK_K8), dtype=tl.float32)

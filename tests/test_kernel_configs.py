@@ -30,6 +30,14 @@ def test_default_config_kind_by_m(m, kind, rows):
         assert cfg.block_k <= 128 and 128 % cfg.block_k == 0
 
 
+def test_gemv_tiles_may_span_whole_groups_that_divide_k():
+    assert KernelConfig("gemv", 64, 256).fitted(64, 4096).block_k == 256  # 4 groups per tile
+    assert KernelConfig("gemv", 64, 256).fitted(64, 4224).block_k == 128  # 4224 = 33 x 128: 2 groups
+    assert KernelConfig("gemv", 64, 256).fitted(64, 4160).block_k == 64  # 65 groups: one per tile
+    assert KernelConfig("gemv", 64, 32).fitted(64, 4096).block_k == 32  # inside a group, as asked
+    assert KernelConfig("gemm", 64, 256, block_m=16).fitted(64, 4096).block_k == 64  # the GEMM stays in a group
+
+
 def test_dequant_config_ignores_the_group_and_never_splits():
     cfg = KernelConfig("dequant", block_n=16, block_k=256, split_k=4)
     assert cfg.fitted(32, 4096) == KernelConfig("dequant", block_n=16, block_k=256)

@@ -32,6 +32,7 @@ PATHS = {
     "gemm-swap-ab": KernelConfig("gemm", block_n=32, block_k=32, block_m=16, split_k=2, swap_ab=True),
     "gemv-2-rows": KernelConfig("gemv", block_n=32, block_k=64, block_m=2),
     "gemv-4-rows-splitk-prefetch": KernelConfig("gemv", block_n=16, block_k=32, block_m=4, split_k=3, prefetch=True),
+    "gemv-2-rows-multigroup": KernelConfig("gemv", block_n=16, block_k=256, block_m=2, split_k=2),
     "dequant-mm": KernelConfig("dequant", block_n=16, block_k=64),
     "dequant-mm-wide": KernelConfig("dequant", block_n=8, block_k=256),
 }
@@ -77,6 +78,16 @@ def test_every_path_matches_reference(path, dtype, with_pre):
 @pytest.mark.parametrize("path", ["gemv", "gemm"])
 def test_group_sizes(group_size, path):
     assert run_case(torch.float16, 3, 40, 2 * group_size, group_size, False, PATHS[path]) < TOL[torch.float16]
+
+
+@pytest.mark.parametrize("rows", [1, 2, 4])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gemv_tile_spanning_groups(rows, dtype):
+    """BLOCK_K = 4 groups of 32: each word takes its own group's scale and zero (K tail, pre-scale, split-K)."""
+    cfg = KernelConfig("gemv", block_n=16, block_k=128, block_m=rows, split_k=2)
+    assert cfg.fitted(32, 512).block_k == 128
+    err = run_case(dtype, 2 * rows + 1, 40, 500, 32, True, cfg)
+    assert err < TOL[dtype]
 
 
 @pytest.mark.parametrize("m", [1, 3, 6, 130])
