@@ -161,6 +161,8 @@ def candidate_configs(m: int, n: int, k_pad: int, group_size: int, device: torch
     if m == 1:  # CUDA-core GEMV: bigger tiles amortise the activation loads over more rows
         for block_n, warps in ((128, 4), (256, 4), (256, 8)):
             for block_k, prefetch in ((64, False), (64, True), (128, False), (128, True), (256, False)):
+                if block_n * block_k > 256 * 32 * warps:  # over 256 weights per thread: spills on sm_90
+                    continue
                 cfg = _gemv(m, n, k_pad, group_size, device, block_n, block_k, num_warps=warps,
                             prefetch=prefetch)
                 out += [dataclasses.replace(cfg, split_k=cfg.split_k * f) for f in (1, 2, 4)]

@@ -10,9 +10,10 @@ Same packed layout as the other kernels (``qdata.view(int32)`` [N, K_pad / 8],
 column 8j+i of a row in bits 4i .. 4i+3 of word j). A program writes a
 [BLOCK_N, BLOCK_K] tile of ``w[n, k] = (q - z) * s (* pre[k])`` for k < K,
 computed in fp32 and rounded once to w's dtype: without ``pre`` it is bit for
-bit ``awq_ao.quant.dequantize``. Each word is loaded by the 8 threads of its
-columns (one 32-byte sector per 64 columns; L1 serves the repeats), and the
-group's scale and zero point likewise, so any BLOCK_K works with any group.
+bit ``awq_ao.quant.dequantize``. The tile is handled as [BLOCK_N, BLOCK_K / 8,
+8]: one load per word, one scale and zero per word (its group's, so any
+BLOCK_K works with any group), 8 contiguous outputs per word (a 16-byte store
+in bf16).
 """
 
 from __future__ import annotations
@@ -32,15 +33,17 @@ def _int4_dequant_kernel(
     BLOCK_K: tl.constexpr,
 ):
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
-    mask_k = offs_k < K
-    mask = (offs_n < N)[:, None] & mask_k[None, :]
-    words = tl.load(q_ptr + offs_n[:, None] * stride_q + (offs_k // 8)[None, :], mask=mask, other=0)
-    q = (words >> ((offs_k % 8) * 4)[None, :]) & 0xF
-    sz = offs_n[:, None] * stride_s + (offs_k // GROUP_SIZE)[None, :]
-    s = tl.load(s_ptr + sz, mask=mask, other=0.0).to(tl.float32)
-    z = tl.load(z_ptr + sz, mask=mask, other=0).to(tl.float32)
-    w = (q.to(tl.float32) - z) * s
+    offs_j = tl.program_id(1) * (BLOCK_K // 8) + tl.arange(0, BLOCK_K // 8)  # words
+    nibble = tl.arange(0, 8)
+    mask_nj = (offs_n < N)[:, None] & (offs_j * 8 < K)[None, :]
+    words = tl.load(q_ptr + offs_n[:, None] * stride_q + offs_j[None, :], mask=mask_nj, other=0)
+    sz = offs_n[:, None] * stride_s + (offs_j * 8 // GROUP_SIZE)[None, :]
+    s = tl.load(s_ptr + sz, mask=mask_nj, other=0.0).to(tl.float32)
+    z = tl.load(z_ptr + sz, mask=mask_nj, other=0).to(tl.float32)
+    q = (words[:, :, None] >> (nibble * 4)[None, None, :]) & 0xF  # [BLOCK_N, BLOCK_K / 8, 8]
+    w = (q.to(tl.float32) - z[:, :, None]) * s[:, :, None]
+    k = offs_j[None, :, None] * 8 + nibble[None, None, :]  # [1, BLOCK_K / 8, 8]
     if HAS_PRE_SCALE:
-        w = w * tl.load(pre_ptr + offs_k, mask=mask_k, other=0.0).to(tl.float32)[None, :]
-    tl.store(w_ptr + offs_n[:, None] * stride_w + offs_k[None, :], w.to(w_ptr.dtype.element_ty), mask=mask)
+        w = w * tl.load(pre_ptr + k, mask=k < K, other=0.0).to(tl.float32)
+    mask = (offs_n < N)[:, None, None] & (k < K)
+    tl.store(w_ptr + offs_n[:, None, None] * stride_w + k, w.to(w_ptr.dtype.element_ty), mask=mask)
