@@ -2,6 +2,9 @@
 
     python benchmarks/compile_report.py                       # sm_90, the default candidates of 4096 x 4096
     python benchmarks/compile_report.py --arch 90 --dtype fp16
+    # another Triton (the device machine's 3.6): install its wheel aside and put it first
+    pip install --no-deps --target /tmp/triton36 triton==3.6.0
+    PYTHONPATH=/tmp/triton36 python benchmarks/compile_report.py --m 1 2 4
 
 Triton's wheel carries ptxas and cuobjdump, so kernels compile to SASS here.
 For each launch config: registers, stack (spills), shared memory, and the

@@ -141,10 +141,11 @@ def default_config(m: int, n: int, k_pad: int, group_size: int, device: torch.de
     the tensor-core GEMM, split-K while the output tiles are few. M >= 128:
     dequantize once, then a dense matmul.
     """
+    block_k = min(128, group_size)  # tiles spanning groups are left to the tuner (Triton 3.6 gathers their scales)
     if m == 1:
-        return _gemv(m, n, k_pad, group_size, device, block_n=128, block_k=128)
+        return _gemv(m, n, k_pad, group_size, device, block_n=128, block_k=block_k)
     if m <= 4:
-        return _gemv(m, n, k_pad, group_size, device, block_n=256 // m, block_k=128)
+        return _gemv(m, n, k_pad, group_size, device, block_n=256 // m, block_k=block_k)
     if m >= DEQUANT_MIN_M:
         return KernelConfig("dequant", block_n=32, block_k=128)
     block_m = 16 if m <= 16 else 32 if m <= 32 else 64

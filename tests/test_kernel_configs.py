@@ -38,6 +38,12 @@ def test_gemv_tiles_may_span_whole_groups_that_divide_k():
     assert KernelConfig("gemm", 64, 256, block_m=16).fitted(64, 4096).block_k == 64  # the GEMM stays in a group
 
 
+@pytest.mark.parametrize("group_size", [32, 64, 128])
+@pytest.mark.parametrize("m", [1, 2, 4])
+def test_default_gemv_tile_stays_inside_a_group(m, group_size):
+    assert configs.default_config(m, 4096, 4096, group_size, CPU).block_k == min(128, group_size)
+
+
 def test_dequant_config_ignores_the_group_and_never_splits():
     cfg = KernelConfig("dequant", block_n=16, block_k=256, split_k=4)
     assert cfg.fitted(32, 4096) == KernelConfig("dequant", block_n=16, block_k=256)
