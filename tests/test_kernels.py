@@ -168,7 +168,7 @@ def test_cuda_linear_compiled(dtype, mode):
     lin.weight = torch.nn.Parameter(AWQInt4Tensor.from_float(lin.weight.detach(), 4, 64), requires_grad=False)
     compiled = torch.compile(lin, fullgraph=True, mode=mode)
     with torch.no_grad():
-        for m in (1, 16, 64):
+        for m in (1, 3, 16, 64, 200):  # GEMV, GEMV with rows, GEMM, GEMM, dequantize + mm
             x = torch.randn(m, 256, dtype=dtype, device="cuda")
             expected = torch.nn.functional.linear(x, lin.weight.dequantize(), lin.bias)
             assert rel_err(compiled(x), expected) < TOL[dtype]
