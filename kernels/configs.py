@@ -66,6 +66,13 @@ class KernelConfig:
 
 KINDS = ("gemv", "gemm", "dequant")
 GEMV_ROWS = (1, 2, 4)  # rows per GEMV program: a power of two (tl.arange); at 8 the GEMV issues more than the GEMM
+# (BLOCK_N, warps, BLOCK_K, prefetch) the tuner tries at M = 1; none spills on sm_90 (compile_report.py)
+GEMV_M1_TILES = tuple(
+    (block_n, warps, block_k, prefetch)
+    for block_n, warps in ((128, 4), (256, 4), (256, 8))
+    for block_k, prefetch in ((64, False), (64, True), (128, False), (128, True), (256, False))
+    if block_n * block_k <= 256 * 32 * warps  # over 256 weights per thread spills
+) + ((128, 2, 64, False), (128, 2, 128, False), (64, 1, 128, False))  # small CTAs, 8 rows per thread
 DEQUANT_MIN_M = 128  # from this M bucket on, the default dequantizes once and calls a dense matmul
 
 
@@ -159,14 +166,10 @@ def candidate_configs(m: int, n: int, k_pad: int, group_size: int, device: torch
     """The small set ``tune`` times for one (M bucket, N, K, group)."""
     base = default_config(m, n, k_pad, group_size, device)
     out = [base]
-    if m == 1:  # CUDA-core GEMV: bigger tiles amortise the activation loads over more rows
-        for block_n, warps in ((128, 4), (256, 4), (256, 8)):
-            for block_k, prefetch in ((64, False), (64, True), (128, False), (128, True), (256, False)):
-                if block_n * block_k > 256 * 32 * warps:  # over 256 weights per thread: spills on sm_90
-                    continue
-                cfg = _gemv(m, n, k_pad, group_size, device, block_n, block_k, num_warps=warps,
-                            prefetch=prefetch)
-                out += [dataclasses.replace(cfg, split_k=cfg.split_k * f) for f in (1, 2, 4)]
+    if m == 1:  # CUDA-core GEMV: more rows per thread amortise the activation work (sm_90: 8 rows ~3.5 instr/weight)
+        for block_n, warps, block_k, prefetch in GEMV_M1_TILES:
+            cfg = _gemv(m, n, k_pad, group_size, device, block_n, block_k, num_warps=warps, prefetch=prefetch)
+            out += [dataclasses.replace(cfg, split_k=cfg.split_k * f) for f in (1, 2, 4)]
     elif m <= GEMV_ROWS[-1]:  # several rows per GEMV program (sm_90 SASS: BLOCK_K 128 issues the least)
         for block_n in (128 // m, 256 // m):
             cfg = _gemv(m, n, k_pad, group_size, device, block_n, 128)
