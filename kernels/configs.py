@@ -41,7 +41,7 @@ class KernelConfig:
     block_m: int = 1  # gemm: the M tile; gemv: activation rows per program (1, 2 or 4)
     num_warps: int = 4
     num_stages: int = 2
-    prefetch: bool = False  # gemv only: double-buffer the next weight tile in registers
+    prefetch: bool = False  # gemv: double-buffer the next weight tile in registers; gemm: its scale and zero
     swap_ab: bool = False  # gemm only: compute y.T = W x.T (weight tile as the MMA's A operand)
 
     def fitted(self, group_size: int, k_pad: int) -> "KernelConfig":
@@ -156,8 +156,9 @@ def default_config(m: int, n: int, k_pad: int, group_size: int, device: torch.de
     if m >= DEQUANT_MIN_M:
         return KernelConfig("dequant", block_n=32, block_k=128)
     block_m = 16 if m <= 16 else 32 if m <= 32 else 64
-    cfg = KernelConfig("gemm", block_n=64, block_k=64, block_m=block_m,
-                       num_warps=4, num_stages=3).fitted(group_size, k_pad)
+    # the tile the H200 tuning picked for every M from 2 to 64, with the scale / zero prefetch added since
+    cfg = KernelConfig("gemm", block_n=64, block_k=128, block_m=block_m, num_warps=4, num_stages=3,
+                       swap_ab=True, prefetch=True).fitted(group_size, k_pad)
     tiles_mn = triton.cdiv(m, block_m) * triton.cdiv(n, cfg.block_n)
     return dataclasses.replace(cfg, split_k=_split_for(tiles_mn, k_pad // cfg.block_k, device))
 
@@ -178,15 +179,16 @@ def candidate_configs(m: int, n: int, k_pad: int, group_size: int, device: torch
         block_m = max(16, min(64, triton.next_power_of_2(m)))
         for block_n, block_k, swap in ((64, 128, False), (128, 64, False), (128, 128, False),
                                        (64, 128, True), (128, 64, True), (128, 128, True)):
-            cfg = KernelConfig("gemm", block_n, block_k, block_m=block_m, num_warps=4,
-                               num_stages=3, swap_ab=swap).fitted(group_size, k_pad)
-            tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
-            split = _split_for(tiles, k_pad // cfg.block_k, device)
-            out += [dataclasses.replace(cfg, split_k=s) for s in (1, split, 2 * split)]
-    if m > 64:  # (BLOCK_M, BLOCK_N, warps, stages): the ones that compile without heavy spills on sm_90
-        for block_m, block_n, warps, stages in ((64, 128, 4, 3), (64, 256, 8, 3), (128, 64, 8, 3), (128, 128, 8, 3)):
-            out.append(KernelConfig("gemm", block_n, 64, block_m=block_m, num_warps=warps,
-                                    num_stages=stages).fitted(group_size, k_pad))
+            for prefetch in (False, True):
+                cfg = KernelConfig("gemm", block_n, block_k, block_m=block_m, num_warps=4, num_stages=3,
+                                   swap_ab=swap, prefetch=prefetch).fitted(group_size, k_pad)
+                tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
+                split = _split_for(tiles, k_pad // cfg.block_k, device)
+                out += [dataclasses.replace(cfg, split_k=s) for s in (1, split, 2 * split)]
+    if m > 64:  # (BLOCK_M, BLOCK_N, warps): the two that compile without spills and with the fewest instructions
+        for block_m, block_n, warps in ((64, 128, 4), (64, 256, 8)):
+            out.append(KernelConfig("gemm", block_n, 64, block_m=block_m, num_warps=warps, num_stages=3,
+                                    prefetch=True).fitted(group_size, k_pad))
     if m >= 32:  # dequantize once + dense matmul
         out += [KernelConfig("dequant", 32, 128), KernelConfig("dequant", 16, 256), KernelConfig("dequant", 64, 64)]
     seen, unique = set(), []

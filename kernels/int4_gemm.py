@@ -14,6 +14,11 @@ the group size, so a tile has one scale and one zero per row). Per tile:
   with the integer tile, fp32 accumulate;
 * multiply the partial product by the row's scale and add it to the accumulator.
 
+Triton's pipeliner streams the words and the activation tile through shared
+memory ahead of use (``num_stages``), but not the scale, zero and pre-scale
+loads, which feed no ``tl.dot``: each tile would wait a full memory round trip
+for them. PREFETCH loads them one tile ahead into registers.
+
 SWAP_AB computes ``y.T = W x.T`` instead: the dequantized weight tile becomes
 the first (register) operand of the MMA, and a small M becomes its narrow
 dimension (Hopper's wgmma takes N = 8 .. 256 but M = 64 per warp group).
@@ -54,6 +59,27 @@ def dequant_tile(words, z, magic_bits, DTYPE: tl.constexpr, WIDE: tl.constexpr):
 
 
 @triton.jit
+def _tile_params(s_ptr, z_ptr, pre_ptr, offs_n, mask_n, offs_k, t, t_end, K, stride_s,
+                 BLOCK_K: tl.constexpr, GROUP_SIZE: tl.constexpr, HAS_PRE_SCALE: tl.constexpr):
+    """K tile t's row scale and zero [BLOCK_N] and act_pre_scale [BLOCK_K] (zeros if t >= t_end), as stored.
+
+    They stay in their stored dtypes (the loop converts them where it uses
+    them): converting here would make a prefetching loop wait for the loads in
+    the iteration that issues them. Without a pre-scale, ``pre`` is the scale.
+    """
+    live_n = mask_n & ((offs_n * 0 + t) < t_end)
+    g = (t * BLOCK_K) // GROUP_SIZE
+    s = tl.load(s_ptr + offs_n * stride_s + g, mask=live_n, other=0.0)
+    z = tl.load(z_ptr + offs_n * stride_s + g, mask=live_n, other=0)
+    if HAS_PRE_SCALE:
+        k = t * BLOCK_K + offs_k
+        pre = tl.load(pre_ptr + k, mask=(k < K) & ((offs_k * 0 + t) < t_end), other=0.0)
+    else:
+        pre = s
+    return s, z, pre
+
+
+@triton.jit
 def _int4_gemm_kernel(
     x_ptr, q_ptr, s_ptr, z_ptr, pre_ptr, out_ptr,
     M, N, K, TILES, TILES_PER_SPLIT, magic_bits,
@@ -63,6 +89,7 @@ def _int4_gemm_kernel(
     EVEN_K: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     SWAP_AB: tl.constexpr,
+    PREFETCH: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -86,7 +113,17 @@ def _int4_gemm_kernel(
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     t_start = pid_split * TILES_PER_SPLIT
     t_end = tl.minimum(t_start + TILES_PER_SPLIT, TILES)
+    if PREFETCH:  # registers hold the next tile's scale, zero and column factor while this tile computes
+        next_s, next_z, next_pre = _tile_params(s_ptr, z_ptr, pre_ptr, offs_n, mask_n, offs_k, t_start, t_end,
+                                                K, stride_s, BLOCK_K, GROUP_SIZE, HAS_PRE_SCALE)
     for t in range(t_start, t_end):
+        if PREFETCH:
+            s, z, pre = next_s, next_z, next_pre
+            next_s, next_z, next_pre = _tile_params(s_ptr, z_ptr, pre_ptr, offs_n, mask_n, offs_k, t + 1, t_end,
+                                                    K, stride_s, BLOCK_K, GROUP_SIZE, HAS_PRE_SCALE)
+        else:
+            s, z, pre = _tile_params(s_ptr, z_ptr, pre_ptr, offs_n, mask_n, offs_k, t, t_end,
+                                     K, stride_s, BLOCK_K, GROUP_SIZE, HAS_PRE_SCALE)
         k0 = t * BLOCK_K
         k = k0 + offs_k
         if EVEN_K:
@@ -94,16 +131,12 @@ def _int4_gemm_kernel(
         else:
             x = tl.load(x_ptr + offs_m[:, None] * stride_xm + k[None, :],
                         mask=mask_m[:, None] & (k < K)[None, :], other=0.0)
-        factor = col_factor
-        if HAS_PRE_SCALE:
-            factor = factor * tl.load(pre_ptr + k, mask=k < K, other=0.0).to(tl.float32)
+        factor = col_factor * pre.to(tl.float32) if HAS_PRE_SCALE else col_factor
         x = (x.to(tl.float32) * factor[None, :]).to(dtype)
         words = tl.load(q_ptr + offs_n[:, None] * stride_q + (k0 // 8 + offs_j)[None, :],
                         mask=mask_n[:, None], other=0)
-        g = k0 // GROUP_SIZE
-        s = tl.load(s_ptr + offs_n * stride_s + g, mask=mask_n, other=0.0).to(tl.float32)
-        z = tl.load(z_ptr + offs_n * stride_s + g, mask=mask_n, other=0).to(tl.float32)
-        w = dequant_tile(words, z, magic_bits, dtype, WIDE)  # [BLOCK_N, BLOCK_K]
+        s = s.to(tl.float32)
+        w = dequant_tile(words, z.to(tl.float32), magic_bits, dtype, WIDE)  # [BLOCK_N, BLOCK_K]
         if SWAP_AB:  # y.T = W x.T: the dequantized tile is the register operand, x the small one
             part = tl.dot(w, tl.trans(x), input_precision=DOT_PRECISION, out_dtype=tl.float32)
             acc += part * s[:, None]

@@ -38,22 +38,24 @@ import triton.language as tl
 @triton.jit
 def _load_tile(q_ptr, s_ptr, z_ptr, offs_n, offs_j, mask_n, t, t_end, stride_q, stride_s,
                BLOCK_K: tl.constexpr, GROUP_SIZE: tl.constexpr):
-    """K tile t (zeros if t >= t_end): words [BLOCK_N, BLOCK_K / 8] int32, and fp32 scale and zero.
+    """K tile t (zeros if t >= t_end): words [BLOCK_N, BLOCK_K / 8] int32, scale and zero as stored.
 
     Scale and zero are [BLOCK_N, 1] when the tile lies in one group (BLOCK_K <=
-    G), else [BLOCK_N, BLOCK_K / 8]: the group of each word.
+    G), else [BLOCK_N, BLOCK_K / 8]: the group of each word. They stay in their
+    stored dtypes (the caller converts them where it uses them): converting here
+    would make a prefetching loop wait for the load in the iteration that issues it.
     """
     k0 = t * BLOCK_K
     mask = mask_n & ((offs_n * 0 + t) < t_end)
     words = tl.load(q_ptr + offs_n[:, None] * stride_q + (k0 // 8 + offs_j)[None, :], mask=mask[:, None], other=0)
     if BLOCK_K <= GROUP_SIZE:
         g = k0 // GROUP_SIZE
-        s = tl.load(s_ptr + offs_n * stride_s + g, mask=mask, other=0.0).to(tl.float32)[:, None]
-        z = tl.load(z_ptr + offs_n * stride_s + g, mask=mask, other=0).to(tl.float32)[:, None]
+        s = tl.load(s_ptr + offs_n * stride_s + g, mask=mask, other=0.0)[:, None]
+        z = tl.load(z_ptr + offs_n * stride_s + g, mask=mask, other=0)[:, None]
     else:
         sz = offs_n[:, None] * stride_s + ((k0 + offs_j * 8) // GROUP_SIZE)[None, :]
-        s = tl.load(s_ptr + sz, mask=mask[:, None], other=0.0).to(tl.float32)
-        z = tl.load(z_ptr + sz, mask=mask[:, None], other=0).to(tl.float32)
+        s = tl.load(s_ptr + sz, mask=mask[:, None], other=0.0)
+        z = tl.load(z_ptr + sz, mask=mask[:, None], other=0)
     return words, s, z
 
 
@@ -119,8 +121,9 @@ def _int4_gemv_kernel(
         else:
             words, s, z = _load_tile(q_ptr, s_ptr, z_ptr, offs_n, offs_j, mask_n, t, t_end,
                                      stride_q, stride_s, BLOCK_K, GROUP_SIZE)
+        s = s.to(tl.float32)
         s_big = s * 38685626227668133590597632.0  # s * 2**85
-        s_zero = s * z
+        s_zero = s * z.to(tl.float32)
         high = words >> 20  # nibbles 5, 6, 7 now in bits 0..11
         dot = tl.zeros(acc.shape, dtype=tl.float32)
         x_sum = tl.zeros((BLOCK_K8,) if ROWS == 1 else (ROWS, BLOCK_K8), dtype=tl.float32)

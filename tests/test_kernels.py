@@ -30,6 +30,8 @@ PATHS = {
     "gemm": KernelConfig("gemm", block_n=32, block_k=64, block_m=16),
     "gemm-splitk": KernelConfig("gemm", block_n=16, block_k=32, block_m=16, split_k=2),
     "gemm-swap-ab": KernelConfig("gemm", block_n=32, block_k=32, block_m=16, split_k=2, swap_ab=True),
+    "gemm-splitk-prefetch": KernelConfig("gemm", block_n=16, block_k=32, block_m=16, split_k=3, prefetch=True),
+    "gemm-swap-ab-prefetch": KernelConfig("gemm", block_n=32, block_k=32, block_m=16, swap_ab=True, prefetch=True),
     "gemv-2-rows": KernelConfig("gemv", block_n=32, block_k=64, block_m=2),
     "gemv-4-rows-splitk-prefetch": KernelConfig("gemv", block_n=16, block_k=32, block_m=4, split_k=3, prefetch=True),
     "gemv-2-rows-multigroup": KernelConfig("gemv", block_n=16, block_k=256, block_m=2, split_k=2),
