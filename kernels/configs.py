@@ -66,12 +66,13 @@ class KernelConfig:
 
 KINDS = ("gemv", "gemm", "dequant")
 GEMV_ROWS = (1, 2, 4)  # rows per GEMV program: a power of two (tl.arange); at 8 the GEMV issues more than the GEMM
-# (BLOCK_N, warps, BLOCK_K, prefetch) the tuner tries at M = 1; none spills on sm_90 (compile_report.py)
+# (BLOCK_N, warps, BLOCK_K, prefetch) the tuner tries at M = 1; none spills on sm_90 with Triton 3.6
+# (benchmarks/results/sass_sm90_triton36.md; BLOCK_K 256 did, and is left out). With groups of 32 or
+# 64, BLOCK_K 128 spans whole groups.
 GEMV_M1_TILES = tuple(
     (block_n, warps, block_k, prefetch)
     for block_n, warps in ((128, 4), (256, 4), (256, 8))
-    for block_k, prefetch in ((64, False), (64, True), (128, False), (128, True), (256, False))
-    if block_n * block_k <= 256 * 32 * warps  # over 256 weights per thread spills
+    for block_k, prefetch in ((64, False), (64, True), (128, False), (128, True))
 ) + ((128, 2, 64, False), (128, 2, 128, False), (64, 1, 128, False))  # small CTAs, 8 rows per thread
 DEQUANT_MIN_M = 128  # from this M bucket on, the default dequantizes once and calls a dense matmul
 
