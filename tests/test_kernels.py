@@ -139,12 +139,13 @@ def test_wrong_in_features_is_refused():
         int4_linear(x, *[t.to(DEVICE) for t in (quant.pack_int4(q), s, z)], 32, 64)
 
 
-def test_triton_op_matches_reference():
+@pytest.mark.parametrize("m", [1, 2, 5, 130])  # GEMV, GEMV with 2 rows, GEMM, dequantize + mm
+def test_triton_op_matches_reference(m):
     """The torch.library.triton_op wrapper, eager (on CPU tensors it runs interpreted)."""
     qw = AWQInt4Tensor.from_float(torch.randn(48, 80, dtype=torch.float16), 4, 16,
                                   act_pre_scale=torch.rand(80, dtype=torch.float16) + 0.5)
     qw = qw.to(DEVICE)
-    x = torch.randn(5, 80, dtype=torch.float16, device=DEVICE)
+    x = torch.randn(m, 80, dtype=torch.float16, device=DEVICE)
     y = torch.ops.awq_ao.int4_linear_triton(x, qw.qdata, qw.scale, qw.zero_point, qw.act_pre_scale, 16, 80)
     q = quant.unpack_int4(qw.qdata.cpu())
     expected = reference(x.cpu(), q, qw.scale.cpu(), qw.zero_point.cpu(), 16, 80, qw.act_pre_scale.cpu())
