@@ -117,12 +117,28 @@ def bench_shape(n: int, k: int, m: int, l2_bytes: int) -> dict:
     return out
 
 
+def path_label(m: int, n: int, k: int, device: torch.device = torch.device("cuda")) -> str:
+    """The kernel and tile awq_ao runs for this shape, short: e.g. ``gemv 128x128 r2 s8 pf``."""
+    from awq_ao.kernels import select_config
+
+    k_pad = -(-k // GROUP) * GROUP
+    cfg = select_config(m, n, k_pad, GROUP, device)
+    label = f"{cfg.kind} {cfg.block_n}x{cfg.block_k}"
+    if cfg.kind == "gemm":
+        label += f" m{cfg.block_m}" + (" swap" if cfg.swap_ab else "")
+    if cfg.kind == "gemv" and cfg.block_m > 1:
+        label += f" r{cfg.block_m}"
+    if cfg.split_k > 1:
+        label += f" s{cfg.split_k}"
+    return label + (" pf" if cfg.prefetch else "")
+
+
 def run_table(shapes, m_values, copy_gbs: float) -> list[str]:
     l2_bytes = torch.cuda.get_device_properties(0).L2_cache_size
     rows = [
         "| shape | N x K | M | awq_ao us | bf16 us | tinygemm us | vs bf16 | vs tinygemm | awq_ao GB/s | bf16 GB/s "
-        "| awq_ao / copy BW |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| awq_ao / copy BW | awq_ao path |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, n, k in shapes:
         for m in m_values:
@@ -135,7 +151,7 @@ def run_table(shapes, m_values, copy_gbs: float) -> list[str]:
                 f"| {label} | {n} x {k} | {m} | {ours * 1e3:.1f} | {dense * 1e3:.1f} | "
                 f"{'n/a' if tiny is None else f'{tiny * 1e3:.1f}'} | {dense / ours:.2f}x | "
                 f"{'n/a' if tiny is None else f'{tiny / ours:.2f}x'} | {gbs:.0f} | {gbs_dense:.0f} | "
-                f"{gbs / copy_gbs:.0%} |"
+                f"{gbs / copy_gbs:.0%} | {path_label(m, n, k)} |"
             )
             print(rows[-1], flush=True)
     return rows

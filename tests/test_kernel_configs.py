@@ -138,3 +138,18 @@ def test_tune_kernels_refuses_clearly_without_a_gpu_or_int4_weights():
     expected = "needs a CUDA GPU" if not torch.cuda.is_available() else "no AWQInt4Tensor weights on CUDA"
     with pytest.raises((RuntimeError, ValueError), match=expected):
         awq_ao.tune_kernels(model)
+
+
+def test_bench_table_names_the_path_taken():
+    """benchmarks/bench_kernels.py labels each row with the kernel and tile select_config picked."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks", "bench_kernels.py")
+    spec = importlib.util.spec_from_file_location("bench_kernels", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.path_label(1, 4096, 4096, CPU).startswith("gemv 128x128")
+    assert " r2 " in bench.path_label(2, 4096, 4096, CPU) + " "
+    assert bench.path_label(16, 4096, 4096, CPU).startswith("gemm 64x128 m16 swap")
+    assert bench.path_label(512, 4096, 4096, CPU) == "dequant 32x128"
