@@ -27,7 +27,7 @@ from awq_ao.kernels.int4_gemm import _int4_gemm_kernel
 from awq_ao.kernels.int4_gemv import _int4_gemv_kernel, _splitk_reduce_kernel
 from awq_ao.kernels.int4_planes import MAGIC_BITS
 
-REDUCE_BLOCK = 1024
+REDUCE_BLOCK = 128  # one output per thread: N = 4096 gets 32 programs (1024 gave 4, each looping)
 
 
 def int4_linear(
@@ -108,7 +108,7 @@ def launch_int4_linear(
         )
     if split > 1:
         wrap(_splitk_reduce_kernel)[(triton.cdiv(m * n, REDUCE_BLOCK),)](
-            out, y, m * n, split, out.stride(0), BLOCK=REDUCE_BLOCK,
+            out, y, m * n, out.stride(0), SPLIT_K=split, BLOCK=REDUCE_BLOCK,
         )
     return y
 
