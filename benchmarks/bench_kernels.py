@@ -130,7 +130,7 @@ def path_label(m: int, n: int, k: int, device: torch.device = torch.device("cuda
         label += f" r{cfg.block_m}"
     if cfg.split_k > 1:
         label += f" s{cfg.split_k}"
-    return label + (" pf" if cfg.prefetch else "")
+    return label + ("" if not cfg.prefetch else " pf" if cfg.prefetch == 1 else f" pf{cfg.prefetch}")
 
 
 def run_table(shapes, m_values, copy_gbs: float) -> list[str]:

@@ -108,7 +108,7 @@ def report(cfg: KernelConfig, dt: str, group: int, arch: int) -> str:
     count, ops = loop_mix(sass)
     weights_per_thread = cfg.block_n * cfg.block_k / (32 * cfg.num_warps)
     top = ", ".join(f"{op} {n}" for op, n in ops.most_common(6))
-    kind = cfg.kind + (" prefetch" if cfg.prefetch else "") + (" swap" if cfg.swap_ab else "")
+    kind = cfg.kind + ("" if not cfg.prefetch else " prefetch" if cfg.prefetch == 1 else f" prefetch{cfg.prefetch}") + (" swap" if cfg.swap_ab else "")
     return (f"| {kind} | {cfg.block_m} | {cfg.block_n} | {cfg.block_k} | {cfg.num_warps} | {cfg.num_stages} | "
             f"{regs} | {stack} | {kernel.metadata.shared} | {count / weights_per_thread:.2f} | {top} |")
 

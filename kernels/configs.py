@@ -41,7 +41,7 @@ class KernelConfig:
     block_m: int = 1  # gemm: the M tile; gemv: activation rows per program (1, 2 or 4)
     num_warps: int = 4
     num_stages: int = 2
-    prefetch: bool = False  # gemv: double-buffer the next weight tile in registers; gemm: its scale and zero
+    prefetch: int = 0  # gemv: weight tiles loaded ahead in registers (0, 1, 2); gemm: next scale and zero (0, 1)
     swap_ab: bool = False  # gemm only: compute y.T = W x.T (weight tile as the MMA's A operand)
 
     def fitted(self, group_size: int, k_pad: int) -> "KernelConfig":
@@ -51,7 +51,7 @@ class KernelConfig:
         ``dequant`` configs take any tile (their kernel reads a scale per element) and never split K.
         """
         if self.kind == "dequant":
-            return dataclasses.replace(self, split_k=1, block_m=1, prefetch=False, swap_ab=False)
+            return dataclasses.replace(self, split_k=1, block_m=1, prefetch=0, swap_ab=False)
         kind, block_m = self.kind, self.block_m
         if kind == "gemm" and min(self.block_k, group_size) < 16:  # tl.dot needs K >= 16: the GEMV takes it
             kind, block_m = "gemv", min(block_m, 4)
@@ -60,7 +60,8 @@ class KernelConfig:
             while block_k * 2 <= self.block_k and k_pad % (block_k * 2) == 0:
                 block_k *= 2
         tiles = k_pad // block_k
-        return dataclasses.replace(self, kind=kind, block_k=block_k, block_m=block_m,
+        prefetch = min(int(self.prefetch), 2 if kind == "gemv" else 1)  # the GEMM prefetches one tile
+        return dataclasses.replace(self, kind=kind, block_k=block_k, block_m=block_m, prefetch=prefetch,
                                    split_k=max(1, min(self.split_k, tiles)))
 
 
@@ -72,8 +73,9 @@ GEMV_ROWS = (1, 2, 4)  # rows per GEMV program: a power of two (tl.arange); at 8
 GEMV_M1_TILES = tuple(
     (block_n, warps, block_k, prefetch)
     for block_n, warps in ((128, 4), (256, 4), (256, 8))
-    for block_k, prefetch in ((64, False), (64, True), (128, False), (128, True))
-) + ((128, 2, 64, False), (128, 2, 128, False), (64, 1, 128, False))  # small CTAs, 8 rows per thread
+    for block_k, prefetch in ((64, 0), (64, 1), (128, 0), (128, 1))
+) + ((128, 2, 64, 0), (128, 2, 128, 0), (64, 1, 128, 0)  # small CTAs, 8 rows per thread
+     ) + ((128, 4, 128, 2), (256, 8, 128, 2), (256, 4, 64, 2))  # two tiles in flight per CTA
 DEQUANT_MIN_M = 128  # from this M bucket on, the default dequantizes once and calls a dense matmul
 
 
@@ -159,7 +161,7 @@ def default_config(m: int, n: int, k_pad: int, group_size: int, device: torch.de
     block_m = 16 if m <= 16 else 32 if m <= 32 else 64
     # the tile the H200 tuning picked for every M from 2 to 64, with the scale / zero prefetch added since
     cfg = KernelConfig("gemm", block_n=64, block_k=128, block_m=block_m, num_warps=4, num_stages=3,
-                       swap_ab=True, prefetch=True).fitted(group_size, k_pad)
+                       swap_ab=True, prefetch=1).fitted(group_size, k_pad)
     tiles_mn = triton.cdiv(m, block_m) * triton.cdiv(n, cfg.block_n)
     return dataclasses.replace(cfg, split_k=_split_for(tiles_mn, k_pad // cfg.block_k, device))
 
@@ -180,7 +182,7 @@ def candidate_configs(m: int, n: int, k_pad: int, group_size: int, device: torch
         block_m = max(16, min(64, triton.next_power_of_2(m)))
         for block_n, block_k, swap in ((64, 128, False), (128, 64, False), (128, 128, False),
                                        (64, 128, True), (128, 64, True), (128, 128, True)):
-            for prefetch in (False, True):
+            for prefetch in (0, 1):
                 cfg = KernelConfig("gemm", block_n, block_k, block_m=block_m, num_warps=4, num_stages=3,
                                    swap_ab=swap, prefetch=prefetch).fitted(group_size, k_pad)
                 tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
@@ -189,7 +191,7 @@ def candidate_configs(m: int, n: int, k_pad: int, group_size: int, device: torch
     if m > 64:  # (BLOCK_M, BLOCK_N, warps): the two that compile without spills and with the fewest instructions
         for block_m, block_n, warps in ((64, 128, 4), (64, 256, 8)):
             out.append(KernelConfig("gemm", block_n, 64, block_m=block_m, num_warps=warps, num_stages=3,
-                                    prefetch=True).fitted(group_size, k_pad))
+                                    prefetch=1).fitted(group_size, k_pad))
     if m >= 32:  # dequantize once + dense matmul
         out += [KernelConfig("dequant", 32, 128), KernelConfig("dequant", 16, 256), KernelConfig("dequant", 64, 64)]
     seen, unique = set(), []
@@ -232,6 +234,9 @@ def load_tuned(path: str) -> int:
             cfg = KernelConfig(**row["config"])
             if cfg.kind not in KINDS or min(cfg.block_n, cfg.block_k, cfg.split_k, cfg.block_m) < 1:
                 raise ValueError(f"bad config {cfg}")
+            if cfg.prefetch not in (0, 1, 2):
+                raise ValueError(f"bad config {cfg}: prefetch is 0, 1 or 2 tiles")
+            cfg = dataclasses.replace(cfg, prefetch=int(cfg.prefetch))  # JSON true / false from older tables
             if cfg.kind == "gemv" and cfg.block_m not in GEMV_ROWS:
                 raise ValueError(f"bad config {cfg}: GEMV rows per program must be one of {GEMV_ROWS}")
             entries[(table["device"], row["m_bucket"], row["n"], row["k_pad"], row["group_size"])] = cfg

@@ -109,12 +109,21 @@ def _int4_gemv_kernel(
         acc = tl.zeros((ROWS, BLOCK_N, BLOCK_K8), dtype=tl.float32)
     t_start = pid_split * TILES_PER_SPLIT
     t_end = tl.minimum(t_start + TILES_PER_SPLIT, TILES)
-    if PREFETCH:  # registers double-buffer the weight tile: tile t+1 loads while tile t computes
+    # PREFETCH tiles ahead in registers (0, 1 or 2): tile t + PREFETCH loads while tile t computes
+    if PREFETCH >= 1:
         next_words, next_s, next_z = _load_tile(q_ptr, s_ptr, z_ptr, offs_n, offs_j, mask_n, t_start,
                                                 t_end, stride_q, stride_s, BLOCK_K, GROUP_SIZE)
+    if PREFETCH >= 2:
+        next2_words, next2_s, next2_z = _load_tile(q_ptr, s_ptr, z_ptr, offs_n, offs_j, mask_n, t_start + 1,
+                                                   t_end, stride_q, stride_s, BLOCK_K, GROUP_SIZE)
     for t in range(t_start, t_end):
         k0 = t * BLOCK_K
-        if PREFETCH:
+        if PREFETCH >= 2:
+            words, s, z = next_words, next_s, next_z
+            next_words, next_s, next_z = next2_words, next2_s, next2_z
+            next2_words, next2_s, next2_z = _load_tile(q_ptr, s_ptr, z_ptr, offs_n, offs_j, mask_n, t + 2,
+                                                       t_end, stride_q, stride_s, BLOCK_K, GROUP_SIZE)
+        elif PREFETCH >= 1:
             words, s, z = next_words, next_s, next_z
             next_words, next_s, next_z = _load_tile(q_ptr, s_ptr, z_ptr, offs_n, offs_j, mask_n, t + 1,
                                                     t_end, stride_q, stride_s, BLOCK_K, GROUP_SIZE)

@@ -44,6 +44,12 @@ def test_default_gemv_tile_stays_inside_a_group(m, group_size):
     assert configs.default_config(m, 4096, 4096, group_size, CPU).block_k == min(128, group_size)
 
 
+def test_prefetch_depth_is_fitted_to_the_kernel():
+    assert KernelConfig("gemv", 64, 64, prefetch=2).fitted(64, 256).prefetch == 2
+    assert KernelConfig("gemm", 64, 64, block_m=16, prefetch=2).fitted(64, 256).prefetch == 1
+    assert KernelConfig("gemv", 64, 64, prefetch=True).fitted(64, 256).prefetch == 1  # older tables' JSON true
+
+
 def test_dequant_config_ignores_the_group_and_never_splits():
     cfg = KernelConfig("dequant", block_n=16, block_k=256, split_k=4)
     assert cfg.fitted(32, 4096) == KernelConfig("dequant", block_n=16, block_k=256)
@@ -104,6 +110,8 @@ def test_bundled_tables_load():
                                             "config": {"kind": "magic", "block_n": 8, "block_k": 8}}]}),
     json.dumps({"device": "X", "configs": [{"m_bucket": 8, "n": 1, "k_pad": 8, "group_size": 8,
                                             "config": {"kind": "gemv", "block_n": 8, "block_k": 8, "block_m": 8}}]}),
+    json.dumps({"device": "X", "configs": [{"m_bucket": 1, "n": 1, "k_pad": 8, "group_size": 8,
+                                            "config": {"kind": "gemv", "block_n": 8, "block_k": 8, "prefetch": 3}}]}),
 ])
 def test_bad_tuned_table_is_refused_by_name(tmp_path, monkeypatch, content):
     monkeypatch.setattr(configs, "_TUNED", {})

@@ -33,6 +33,7 @@ PATHS = {
     "gemm-splitk-prefetch": KernelConfig("gemm", block_n=16, block_k=32, block_m=16, split_k=3, prefetch=True),
     "gemm-swap-ab-prefetch": KernelConfig("gemm", block_n=32, block_k=32, block_m=16, swap_ab=True, prefetch=True),
     "gemv-2-rows": KernelConfig("gemv", block_n=32, block_k=64, block_m=2),
+    "gemv-prefetch-2-splitk": KernelConfig("gemv", block_n=16, block_k=32, split_k=3, prefetch=2),
     "gemv-4-rows-splitk-prefetch": KernelConfig("gemv", block_n=16, block_k=32, block_m=4, split_k=3, prefetch=True),
     "gemv-2-rows-multigroup": KernelConfig("gemv", block_n=16, block_k=256, block_m=2, split_k=2),
     "dequant-mm": KernelConfig("dequant", block_n=16, block_k=64),
