@@ -133,7 +133,8 @@ def path_label(m: int, n: int, k: int, device: torch.device = torch.device("cuda
     return label + ("" if not cfg.prefetch else " pf" if cfg.prefetch == 1 else f" pf{cfg.prefetch}")
 
 
-def run_table(shapes, m_values, copy_gbs: float) -> list[str]:
+def run_table(shapes, m_values, copy_gbs: float, sink=None) -> list[str]:
+    """The markdown rows; each is also printed and passed to ``sink`` (if given) as soon as it is timed."""
     l2_bytes = torch.cuda.get_device_properties(0).L2_cache_size
     rows = [
         "| shape | N x K | M | awq_ao us | bf16 us | tinygemm us | vs bf16 | vs tinygemm | awq_ao GB/s | bf16 GB/s "
@@ -154,15 +155,21 @@ def run_table(shapes, m_values, copy_gbs: float) -> list[str]:
                 f"{gbs / copy_gbs:.0%} | {path_label(m, n, k)} |"
             )
             print(rows[-1], flush=True)
+            if sink is not None:
+                sink(rows[-1])
     return rows
 
 
-def tune_for(shapes, m_values, verbose: bool = False) -> None:
+def tune_for(shapes, m_values, save_to: str = None, verbose: bool = False) -> None:
+    """Tune shape by shape; with ``save_to``, rewrite the JSON table after each (a run cut short keeps its work)."""
     from awq_ao import kernels
 
-    results = kernels.tune([(m, n, k, GROUP) for _, n, k in shapes for m in m_values], verbose=verbose)
-    for (bucket, n, k, group), (cfg, ms) in results.items():
-        print(f"tuned M<={bucket} N={n} K={k} g={group}: {cfg} {ms * 1e3:.1f} us", flush=True)
+    for label, n, k in shapes:
+        results = kernels.tune([(m, n, k, GROUP) for m in m_values], verbose=verbose)
+        for (bucket, n_, k_, group), (cfg, ms) in results.items():
+            print(f"tuned {label} M<={bucket} N={n_} K={k_} g={group}: {cfg} {ms * 1e3:.1f} us", flush=True)
+        if save_to:
+            kernels.save_tuned(save_to, torch.cuda.get_device_name())
 
 
 def main(argv=None) -> int:
@@ -175,14 +182,10 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("error: bench_kernels.py needs a CUDA GPU (the CPU path has benchmarks/bench_cpu_linear.py)")
         return 2
-    from awq_ao import kernels
-
     shapes, m_values = (QUICK_SHAPES, QUICK_M) if args.quick else (SHAPES, M_VALUES)
     name = torch.cuda.get_device_name()
     if args.tune:
-        tune_for(shapes, m_values)
-        if args.save_tuned:
-            kernels.save_tuned(args.save_tuned, name)
+        tune_for(shapes, m_values, save_to=args.save_tuned)
     copy_gbs = copy_bandwidth_gbs()
     header = [
         f"# int4 linear kernels on {name}",
@@ -194,13 +197,14 @@ def main(argv=None) -> int:
         "",
     ]
     print("\n".join(header), flush=True)
-    rows = run_table(shapes, m_values, copy_gbs)
     out = args.out or os.path.join(
         os.path.dirname(os.path.abspath(__file__)), "results",
         f"kernels_{name.replace(' ', '_').lower()}.md",
     )
-    with open(out, "w") as f:
-        f.write("\n".join(header + rows) + "\n")
+    with open(out, "w") as f:  # written row by row: a run cut short keeps the rows it timed
+        f.write("\n".join(header) + "\n")
+        f.flush()
+        run_table(shapes, m_values, copy_gbs, sink=lambda row: (f.write(row + "\n"), f.flush()))
     print(f"wrote {out}")
     return 0
 

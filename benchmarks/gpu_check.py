@@ -141,13 +141,42 @@ def module_checks(device) -> int:
     return failures
 
 
+class _Tee:
+    """Write to the console and to a log file, flushing both: a run cut short keeps its log."""
+
+    def __init__(self, stream, path: str):
+        self.stream, self.file = stream, open(path, "a")
+
+    def write(self, text: str) -> int:
+        self.stream.write(text)
+        self.file.write(text)
+        self.file.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+        self.file.flush()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--quick", action="store_true", help="small shapes only (for the interpreter)")
     parser.add_argument("--no-bench", action="store_true", help="correctness only")
-    parser.add_argument("--out", default=None, help="folder for the tuned JSON and the timing table")
+    parser.add_argument("--out", default=None,
+                        help="folder for gpu_check.log, the tuned JSON and the timing table (each written as it goes)")
     args = parser.parse_args(argv)
+    console = sys.stdout
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        sys.stdout = _Tee(console, os.path.join(args.out, "gpu_check.log"))
+    try:
+        return _run(args)
+    finally:
+        sys.stdout = console
+
+
+def _run(args) -> int:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("error: no CUDA device; for a dry run use TRITON_INTERPRET=1 ... --device cpu --quick")
