@@ -6,7 +6,7 @@
 """
 
 from awq_ao import ops  # noqa: F401  (registers the torch.library ops)
-from awq_ao.calibration import calibrate, samples_from_text
+from awq_ao.calibration import calibrate, calibrate_and_quantize, samples_from_text
 from awq_ao.config import AWQConfig, AWQLinearCalibration, awq_config, quantize_
 from awq_ao.formats import export_awq, load_awq, load_quantized, load_quantized_state_dict, load_state_dict, save_quantized, save_state_dict
 from awq_ao.eval import perplexity
@@ -21,6 +21,7 @@ __all__ = [
     "AWQLinearCalibration",
     "awq_config",
     "calibrate",
+    "calibrate_and_quantize",
     "export_awq",
     "load_awq",
     "load_quantized",

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
+from awq_ao.formats.native import _DTYPES
 from awq_ao.models.decode_prep import prepare_for_decode
 from awq_ao.models.llama import Transformer
 from awq_ao.tensor import AWQInt4Tensor
@@ -195,9 +196,7 @@ def peak_memory_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def default_dtype(device: str) -> torch.dtype:
-    """The fastest correct dtype: bf16 on CPU (the int4 kernel's dtype) and on CUDA."""
-    return torch.bfloat16
+DEFAULT_DTYPE = torch.bfloat16  # the fastest correct dtype on CPU (the int4 kernel's) and on CUDA
 
 
 def encode_prompt(tokenizer, prompt: str, chat: bool) -> list[int]:
@@ -213,26 +212,18 @@ def encode_prompt(tokenizer, prompt: str, chat: bool) -> list[int]:
 def quantize_model(checkpoint: str, dtype: torch.dtype, method: str, bits: int, group_size: int,
                    calibration_text: Optional[str], samples: int, seq_len: int):
     """Load ``checkpoint`` in transformers (fp32), calibrate (``awq``), cast to ``dtype``, quantize, convert."""
-    import warnings
-
     import awq_ao
     from awq_ao.models.loading import from_hf_model, load_hf_model
 
     hf_model, tokenizer = load_hf_model(checkpoint, torch.float32)
-    config = awq_ao.awq_config(bits=bits, group_size=group_size)
+    data = None
     if method == "awq":
         data = awq_ao.samples_from_text(calibration_text, tokenizer, n_samples=samples, seq_len=seq_len)
-        awq_ao.calibrate(hf_model, data, config)  # in fp32: the searches see unrounded activations
-    hf_model.to(dtype)
-    with warnings.catch_warnings():
-        if method == "rtn":
-            warnings.simplefilter("ignore")  # round-to-nearest is what was asked for
-        awq_ao.quantize_(hf_model, config)
+    awq_ao.calibrate_and_quantize(hf_model, awq_ao.awq_config(bits=bits, group_size=group_size), data, dtype)
     return from_hf_model(hf_model), tokenizer
 
 
-_DTYPE_NAMES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
-                "fp16": torch.float16, "float32": torch.float32, "fp32": torch.float32}
+_DTYPE_NAMES = {**_DTYPES, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -275,7 +266,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
-    dtype = _DTYPE_NAMES[args.dtype] if args.dtype else default_dtype(device.type)
+    dtype = _DTYPE_NAMES[args.dtype] if args.dtype else DEFAULT_DTYPE
     start = time.perf_counter()
     try:
         if args.quantize == "none":

@@ -30,7 +30,6 @@ import platform
 import statistics
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -122,16 +121,12 @@ def build_rows(args, device) -> list[Row]:
     print(f"[setup] {rows[-1].name}", flush=True)
 
     hf_awq = copy.deepcopy(hf32).to(torch.bfloat16).cpu()
-    config = awq_ao.awq_config(bits=4, group_size=64)
-    label = "RTN"
+    label, data = "RTN", None
     if not args.rtn:
         data = awq_ao.samples_from_text(os.path.join(args.shared, "data", "wikitext-2", "valid.txt"), tokenizer,
                                         n_samples=args.calib_samples, seq_len=args.calib_seq_len)
-        awq_ao.calibrate(hf_awq, data, config, progress=False)
         label = "AWQ"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        awq_ao.quantize_(hf_awq, config)
+    awq_ao.calibrate_and_quantize(hf_awq, awq_ao.awq_config(bits=4, group_size=64), data, progress=False)
     hf_awq.to(device)
     for int8_head in (False, True):
         model = from_hf_model(copy.deepcopy(hf_awq))
@@ -173,9 +168,7 @@ def profile_step(args, device) -> str:
     torch._inductor.config.cpp.enable_kernel_profile = True
     hf, tokenizer = load_hf_model(os.path.join(args.shared, "models", "SmolLM2-135M-Instruct.Q4_1.gguf"),
                                   torch.bfloat16)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        awq_ao.quantize_(hf, awq_ao.awq_config(bits=4, group_size=64))
+    awq_ao.calibrate_and_quantize(hf, awq_ao.awq_config(bits=4, group_size=64))  # round-to-nearest
     model = prepare_for_decode(from_hf_model(hf.to(device)), unwrap=not args.no_unwrap)
     prompt = torch.tensor([tokenizer.encode(PROMPT)], device=device)
     fn = compile_decode(device.type)

@@ -1,6 +1,6 @@
 """Launch configurations of the int4 kernels: defaults, tuned tables, and the tuner.
 
-A ``KernelConfig`` names the kernel (``"gemv"``: CUDA cores, 1 to 8 activation
+A ``KernelConfig`` names the kernel (``"gemv"``: CUDA cores, 1, 2 or 4 activation
 rows per program; ``"gemm"``: ``tl.dot`` tiles; ``"dequant"``: write the dense
 weight once, then ``torch.mm``) and its tile sizes, split-K factor, warps and
 pipeline stages. ``select_config(m, n, k, group_size, device)`` picks
@@ -236,7 +236,6 @@ def load_tuned(path: str) -> int:
                 raise ValueError(f"bad config {cfg}")
             if cfg.prefetch not in (0, 1, 2):
                 raise ValueError(f"bad config {cfg}: prefetch is 0, 1 or 2 tiles")
-            cfg = dataclasses.replace(cfg, prefetch=int(cfg.prefetch))  # JSON true / false from older tables
             if cfg.kind == "gemv" and cfg.block_m not in GEMV_ROWS:
                 raise ValueError(f"bad config {cfg}: GEMV rows per program must be one of {GEMV_ROWS}")
             entries[(table["device"], row["m_bucket"], row["n"], row["k_pad"], row["group_size"])] = cfg

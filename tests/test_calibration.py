@@ -265,3 +265,23 @@ def test_asymmetric_clip_never_loses_to_symmetric():
 
     assert err(asym) <= err(sym) * (1 + 1e-5)
     assert (asym[..., 0] != asym[..., 1]).any()
+
+
+def test_calibrate_and_quantize_is_calibrate_cast_quantize():
+    """The helper equals the three steps; without data it quantizes round-to-nearest without the warning."""
+    import warnings
+
+    model = tiny("llama")
+    data = tokens(n=2)
+    config = CONFIG
+    by_hand = copy.deepcopy(model)
+    awq_ao.calibrate(by_hand, data, config, progress=False)
+    awq_ao.quantize_(by_hand.to(torch.bfloat16), config)
+    helped = awq_ao.calibrate_and_quantize(copy.deepcopy(model), config, data, torch.bfloat16, progress=False)
+    ids = data[:1]
+    with torch.no_grad():
+        assert torch.equal(helped(ids).logits, by_hand(ids).logits)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rtn = awq_ao.calibrate_and_quantize(copy.deepcopy(model), config)
+    assert isinstance(rtn.model.layers[0].mlp.down_proj.weight, awq_ao.AWQInt4Tensor)

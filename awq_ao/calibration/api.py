@@ -22,7 +22,7 @@ from awq_ao import quant
 from awq_ao.calibration import apply, mappings, search
 from awq_ao.calibration.data import CalibrationData, as_token_batches
 from awq_ao.calibration.runner import capture_block_inputs, run_block
-from awq_ao.config import AWQConfig, AWQLinearCalibration, awq_config
+from awq_ao.config import AWQConfig, AWQLinearCalibration, awq_config, quantize_
 
 GQA_CHOICES = ("auto", "fold", "pre_scale")
 
@@ -233,3 +233,24 @@ def calibrate_block(block, arch, stats, config, head_layout, gqa, n_grid, clip_g
             pre = None if s_pre is None else (1.0 / s_pre).to(lin.weight.dtype)
             lin.awq_calibration = AWQLinearCalibration(bits, group_size, zp, clip_ratio=ratio, act_pre_scale=pre)
     return rows
+
+
+def calibrate_and_quantize(model: nn.Module, config: AWQConfig, calibration_data=None,
+                           dtype: Optional[torch.dtype] = None, **calibrate_kwargs) -> nn.Module:
+    """``calibrate`` (skipped without data), cast to ``dtype`` (if given), then ``quantize_``; in place.
+
+    Calibrate in fp32 and pass ``dtype=torch.bfloat16``: the searches then see
+    unrounded activations. Without ``calibration_data`` the model is quantized
+    round-to-nearest, as asked, so its warning is not shown.
+    """
+    import warnings
+
+    if calibration_data is not None:
+        calibrate(model, calibration_data, config, **calibrate_kwargs)
+    if dtype is not None:
+        model.to(dtype)
+    with warnings.catch_warnings():
+        if calibration_data is None:
+            warnings.simplefilter("ignore")
+        quantize_(model, config)
+    return model

@@ -171,7 +171,7 @@ def load_awq(path: str, dtype: torch.dtype = torch.float16, kind: str = "transfo
     from torch import nn
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from awq_ao.formats.native import check_keys
+    from awq_ao.formats.native import check_keys, check_shape
     from awq_ao.models.loading import _safetensors_files, read_safetensors
 
     qc = awq_quantization_config(path)
@@ -189,7 +189,7 @@ def load_awq(path: str, dtype: torch.dtype = torch.float16, kind: str = "transfo
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     state = read_safetensors(_safetensors_files(path), device)
-    expected = {k: v for k, v in model.state_dict().items()}
+    expected = dict(model.state_dict())
     for name, module in list(model.named_modules()):
         if f"{name}.qweight" not in state:
             continue
@@ -208,9 +208,7 @@ def load_awq(path: str, dtype: torch.dtype = torch.float16, kind: str = "transfo
         state.pop("lm_head.weight", None)
     check_keys(expected, state, path, ignored_suffixes=("rotary_emb.inv_freq",))
     for key, value in state.items():
-        if tuple(value.shape) != tuple(expected[key].shape):
-            raise ValueError(f"tensor {key!r} in {path} has shape {tuple(value.shape)}, "
-                             f"the model expects {tuple(expected[key].shape)}")
+        check_shape(key, value, expected[key], path)
         with torch.no_grad():
             expected[key].copy_(value)
     if tied:

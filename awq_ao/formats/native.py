@@ -186,6 +186,13 @@ def check_keys(expected, state, source: str, ignored_suffixes: tuple = ()) -> No
         raise ValueError(f"{source} has unexpected tensor {unexpected[0]!r} for this model")
 
 
+def check_shape(key: str, value, current, source: str) -> None:
+    """A ValueError naming ``key`` when ``value`` and the model's ``current`` tensor differ in shape."""
+    if tuple(value.shape) != tuple(current.shape):
+        raise ValueError(f"tensor {key!r} in {source} has shape {tuple(value.shape)}, "
+                         f"the model expects {tuple(current.shape)}")
+
+
 def load_quantized_state_dict(model: nn.Module, path: str, strict: bool = True) -> nn.Module:
     """Load a checkpoint into a model built in float (e.g. freshly from its config).
 
@@ -202,11 +209,7 @@ def load_quantized_state_dict(model: nn.Module, path: str, strict: bool = True) 
         if key not in expected:
             continue
         current = expected[key]
-        if tuple(value.shape) != tuple(current.shape):
-            raise ValueError(
-                f"tensor {key!r} has shape {tuple(value.shape)} in the checkpoint, "
-                f"the model expects {tuple(current.shape)}"
-            )
+        check_shape(key, value, current, f"checkpoint {path}")
         if value.dtype != current.dtype:
             raise ValueError(
                 f"tensor {key!r} has dtype {value.dtype} in the checkpoint, the model expects {current.dtype}"

@@ -300,8 +300,7 @@ class Transformer(nn.Module):
         self.config = config  # the transformers config it came from (calibration reads model_type, heads)
         self.model = DecoderStack(args)
         self.lm_head = nn.Linear(args.dim, args.vocab_size, bias=False)
-        if args.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
+        self.tie_weights()
         self.max_seq_length = 0
         self.fused = False
         # Built by setup_caches for max_seq_length positions (fp32 rope, bool mask); never saved.

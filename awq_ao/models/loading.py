@@ -19,7 +19,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from awq_ao.formats.native import check_keys
+from awq_ao.formats.native import check_keys, check_shape
 from awq_ao.models.llama import Transformer
 
 
@@ -33,9 +33,7 @@ def _load_into(model: Transformer, state: dict, source: str) -> Transformer:
     for key, value in state.items():
         if key not in expected:
             continue
-        if tuple(value.shape) != tuple(expected[key].shape):
-            raise ValueError(f"tensor {key!r} in {source} has shape {tuple(value.shape)}, "
-                             f"the model expects {tuple(expected[key].shape)}")
+        check_shape(key, value, expected[key], source)
         module_name, _, leaf = key.rpartition(".")
         setattr(model.get_submodule(module_name), leaf, nn.Parameter(value, requires_grad=False))
     model.tie_weights()
