@@ -74,8 +74,8 @@ def compile_config(cfg: KernelConfig, dt: str, group: int, arch: int):
                           options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
 
 
-def loop_mix(sass: str) -> tuple[int, collections.Counter]:
-    """Instruction count and opcode mix of the longest backward-branch loop (of all, if none)."""
+def main_loop(sass: str) -> list[str]:
+    """The instructions of the longest backward-branch loop (all of them, if there is none)."""
     lines = [ln for ln in sass.splitlines() if re.match(r"\s+/\*[0-9a-f]{4,}\*/", ln)]
 
     def addr(ln):
@@ -87,10 +87,38 @@ def loop_mix(sass: str) -> tuple[int, collections.Counter]:
         if hit and int(hit.group(1), 16) < addr(ln):
             body = [x for x in lines if int(hit.group(1), 16) <= addr(x) <= addr(ln)]
             best = max(best, body, key=len)
-    best = best or lines
-    ops = collections.Counter(
-        re.sub(r"^@!?U?P[T\d] ", "", ln.split("*/")[1].strip()).split()[0].split(".")[0] for ln in best)
-    return len(best), ops
+    return [ln.split("*/")[1].strip() for ln in best or lines]
+
+
+def _opcode(ins: str) -> str:
+    return re.sub(r"^@!?U?P[T\d] ", "", ins).split()[0]
+
+
+def loop_mix(body: list[str]) -> tuple[int, collections.Counter]:
+    """Instruction count and opcode mix of a loop body."""
+    return len(body), collections.Counter(_opcode(ins).split(".")[0] for ins in body)
+
+
+def shortest_load_use(body: list[str]) -> int:
+    """Fewest instructions between a global load (LDG) in the loop and the first instruction reading its
+    register, counting around the loop's back edge; -1 when the loop has no LDG.
+
+    A short gap means the loop waits for memory within the iteration that issued the load; a load
+    prefetched for the next tile shows a gap near the loop's length.
+    """
+    best = -1
+    for i, ins in enumerate(body):
+        if not _opcode(ins).startswith("LDG."):
+            continue
+        dest = re.sub(r"^@!?U?P[T\d] ", "", ins).split()[1].rstrip(",")
+        reads = re.compile(rf"\b{dest}\b")
+        for gap in range(1, len(body) + 1):
+            operands = re.sub(r"^@!?U?P[T\d] ", "", body[(i + gap) % len(body)]).split(None, 1)[1:]
+            sources = operands[0].split(",", 1)[1:] if operands else []
+            if sources and reads.search(sources[0]):
+                best = gap if best < 0 else min(best, gap)
+                break
+    return best
 
 
 def report(cfg: KernelConfig, dt: str, group: int, arch: int) -> str:
@@ -105,12 +133,14 @@ def report(cfg: KernelConfig, dt: str, group: int, arch: int) -> str:
                               capture_output=True, text=True).stdout
     regs = re.search(r"REG:(\d+)", usage).group(1)
     stack = re.search(r"STACK:(\d+)", usage).group(1)
-    count, ops = loop_mix(sass)
+    body = main_loop(sass)
+    count, ops = loop_mix(body)
     weights_per_thread = cfg.block_n * cfg.block_k / (32 * cfg.num_warps)
     top = ", ".join(f"{op} {n}" for op, n in ops.most_common(6))
     kind = cfg.kind + ("" if not cfg.prefetch else " prefetch" if cfg.prefetch == 1 else f" prefetch{cfg.prefetch}") + (" swap" if cfg.swap_ab else "")
     return (f"| {kind} | {cfg.block_m} | {cfg.block_n} | {cfg.block_k} | {cfg.num_warps} | {cfg.num_stages} | "
-            f"{regs} | {stack} | {kernel.metadata.shared} | {count / weights_per_thread:.2f} | {top} |")
+            f"{regs} | {stack} | {kernel.metadata.shared} | {count / weights_per_thread:.2f} | "
+            f"{shortest_load_use(body)} | {top} |")
 
 
 def main(argv=None) -> int:
@@ -131,8 +161,9 @@ def main(argv=None) -> int:
             if cfg not in seen:
                 seen.append(cfg)
     print(f"sm_{args.arch}, {args.dtype}, group {args.group}, triton {triton.__version__}")
-    print("| kind | BM | BN | BK | warps | stages | regs | stack | smem | loop instr / weight / thread | top ops |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| kind | BM | BN | BK | warps | stages | regs | stack | smem | loop instr / weight / thread "
+          "| shortest LDG -> use (instr) | top ops |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for cfg in seen:
         try:
             print(report(cfg, TYPES[args.dtype], args.group, args.arch), flush=True)

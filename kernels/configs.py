@@ -146,8 +146,8 @@ def default_config(m: int, n: int, k_pad: int, group_size: int, device: torch.de
 
     M = 1: the GEMV. M = 2, 4: the GEMV with that many rows per program (the
     weights are unpacked once; each row adds an FFMA per weight, so the
-    issue cost grows: 4.1, 6.0, 11.9 instructions per weight at 1, 2, 4 rows in
-    sm_90 SASS, ``benchmarks/compile_report.py``). M = 8 .. 64:
+    issue cost grows: 4.1, 6.3, 11.9 instructions per weight at 1, 2, 4 rows in
+    sm_90 SASS, ``benchmarks/results/sass_sm90_triton36.md``). M = 8 .. 64:
     the tensor-core GEMM, split-K while the output tiles are few. M >= 128:
     dequantize once, then a dense matmul.
     """

@@ -161,3 +161,20 @@ def test_bench_table_names_the_path_taken():
     assert " r2 " in bench.path_label(2, 4096, 4096, CPU) + " "
     assert bench.path_label(16, 4096, 4096, CPU).startswith("gemm 64x128 m16 swap")
     assert bench.path_label(512, 4096, 4096, CPU) == "dequant 32x128"
+
+
+def test_compile_report_measures_load_to_use_around_the_loop():
+    """benchmarks/compile_report.py's gap column: same-iteration use vs use after the back edge."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks", "compile_report.py")
+    spec = importlib.util.spec_from_file_location("compile_report", path)
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    load = "LDG.E.U8 R5, desc[UR4][R2.64] ;"
+    use = "LOP3.LUT R6, R5, 0xff, RZ, 0xc0, !PT ;"
+    other = "IADD3 R1, R1, 0x1, RZ ;"
+    assert report.shortest_load_use([load, other, other, use, other]) == 3  # waits in its own iteration
+    assert report.shortest_load_use([use, other, other, load, other]) == 2  # used after the back edge
+    assert report.shortest_load_use([other, use]) == -1  # no global load
