@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
@@ -186,19 +187,21 @@ def _run(args) -> int:
 
         print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}")
     torch.manual_seed(0)
+    start = time.perf_counter()
     failures = correctness(device, args.quick)
-    print(f"kernel correctness: {failures} failed", flush=True)
+    print(f"kernel correctness: {failures} failed ({time.perf_counter() - start:.0f} s)", flush=True)
     if device.type == "cuda":
         failures += module_checks(device)
+        print(f"module checks done ({time.perf_counter() - start:.0f} s)", flush=True)
     if device.type == "cuda" and not args.no_bench:
         import bench_kernels
 
         out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
         name = torch.cuda.get_device_name().replace(" ", "_").lower()
-        bench_argv = ["--tune", "--save-tuned", os.path.join(out, f"tuned_{name}.json"),
+        bench_argv = ["--tune", "--verbose", "--save-tuned", os.path.join(out, f"tuned_{name}.json"),
                       "--out", os.path.join(out, f"kernels_{name}.md")]
         bench_kernels.main(bench_argv + (["--quick"] if args.quick else []))
-    print(f"{failures} failed", flush=True)
+    print(f"{failures} failed ({time.perf_counter() - start:.0f} s)", flush=True)
     return 1 if failures else 0
 
 
