@@ -182,11 +182,15 @@ def main(argv=None) -> int:
     parser.add_argument("--save-tuned", default=None, help="write the tuned configs to this JSON file")
     parser.add_argument("--verbose", action="store_true", help="print every candidate's time while tuning")
     parser.add_argument("--out", default=None, help="write the markdown table here (default: benchmarks/results/)")
+    parser.add_argument("--shapes", type=int, default=None,
+                        help="only the first N shapes of the list (the issue's goal shapes come first)")
+    parser.add_argument("--m", type=int, nargs="+", default=None, help="only these M values")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("error: bench_kernels.py needs a CUDA GPU (the CPU path has benchmarks/bench_cpu_linear.py)")
         return 2
     shapes, m_values = (QUICK_SHAPES, QUICK_M) if args.quick else (SHAPES, M_VALUES)
+    shapes, m_values = shapes[: args.shapes], args.m or m_values
     name = torch.cuda.get_device_name()
     copy_gbs = copy_bandwidth_gbs()
     header = [
@@ -195,7 +199,8 @@ def main(argv=None) -> int:
         f"{datetime.date.today().isoformat()}, torch {torch.__version__}, group {GROUP}, bf16 activations, "
         f"{'tuned configs' if args.tune else 'configs from kernels/tuned or the heuristic'}.",
         f"Device-to-device copy bandwidth measured here: {copy_gbs:.0f} GB/s (read + write).",
-        "Command: `python benchmarks/bench_kernels.py" + (" --tune" if args.tune else "") + (" --quick" if args.quick else "") + "`",
+        "Command: `python benchmarks/bench_kernels.py" + (" --tune" if args.tune else "") + (" --quick" if args.quick else "")
+        + (f" --shapes {args.shapes}" if args.shapes else "") + (f" --m {' '.join(map(str, args.m))}" if args.m else "") + "`",
         "",
     ]
     print("\n".join(header), flush=True)

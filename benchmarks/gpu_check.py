@@ -1,6 +1,7 @@
 """The prepared GPU check: correctness of every CUDA path, then tuning and the timing table.
 
     python benchmarks/gpu_check.py --out DIR          # on a CUDA machine (writes log, tuned JSON, table)
+    python benchmarks/gpu_check.py --out DIR --shapes 4 --m 1 16   # a short run: fewer shapes and M values
     TRITON_INTERPRET=1 python benchmarks/gpu_check.py --device cpu --quick   # dry run, no GPU
 
 Correctness (fresh random data per case, output poisoned with NaN first, error
@@ -100,13 +101,13 @@ def report(label: str, err: float, ok: bool) -> int:
     return 0 if ok else 1
 
 
-def correctness(device, quick: bool) -> int:
+def correctness(device, quick: bool, m_values=None) -> int:
     on_gpu = device.type == "cuda"
     failures = 0
     dtypes = [torch.bfloat16, torch.float16] if on_gpu else [torch.float16, torch.float32]
     # 1. every candidate config the tuner may pick
     if on_gpu and not quick:
-        for m in (1, 2, 4, 16, 64, 128, 512):
+        for m in m_values or (1, 2, 4, 16, 64, 128, 512):
             for cfg in configs.candidate_configs(m, 4096, 4096, 128, device):
                 try:
                     err, ok = check_kernel(device, torch.bfloat16, m, 4096, 4096, 128, config=cfg)
@@ -164,6 +165,9 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--quick", action="store_true", help="small shapes only (for the interpreter)")
     parser.add_argument("--no-bench", action="store_true", help="correctness only")
+    parser.add_argument("--m", type=int, nargs="+", default=None,
+                        help="only these M values for the candidate checks and the table (a short run)")
+    parser.add_argument("--shapes", type=int, default=None, help="only the first N shapes of the table")
     parser.add_argument("--out", default=None,
                         help="folder for gpu_check.log, the tuned JSON and the timing table (each written as it goes)")
     args = parser.parse_args(argv)
@@ -188,7 +192,7 @@ def _run(args) -> int:
         print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}")
     torch.manual_seed(0)
     start = time.perf_counter()
-    failures = correctness(device, args.quick)
+    failures = correctness(device, args.quick, args.m)
     print(f"kernel correctness: {failures} failed ({time.perf_counter() - start:.0f} s)", flush=True)
     if device.type == "cuda":
         failures += module_checks(device)
@@ -200,7 +204,8 @@ def _run(args) -> int:
         name = torch.cuda.get_device_name().replace(" ", "_").lower()
         bench_argv = ["--tune", "--verbose", "--save-tuned", os.path.join(out, f"tuned_{name}.json"),
                       "--out", os.path.join(out, f"kernels_{name}.md")]
-        bench_kernels.main(bench_argv + (["--quick"] if args.quick else []))
+        bench_argv += (["--quick"] if args.quick else []) + (["--shapes", str(args.shapes)] if args.shapes else [])
+        bench_kernels.main(bench_argv + (["--m", *map(str, args.m)] if args.m else []))
     print(f"{failures} failed ({time.perf_counter() - start:.0f} s)", flush=True)
     return 1 if failures else 0
 

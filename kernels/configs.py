@@ -144,18 +144,17 @@ def _gemv(m: int, n: int, k_pad: int, group_size: int, device: torch.device, blo
 def default_config(m: int, n: int, k_pad: int, group_size: int, device: torch.device) -> KernelConfig:
     """A heuristic config when nothing is tuned for this shape (M is a bucket: a power of two).
 
-    M = 1: the GEMV. M = 2, 4: the GEMV with that many rows per program (the
-    weights are unpacked once; each row adds an FFMA per weight, so the
-    issue cost grows: 4.1, 6.3, 11.9 instructions per weight at 1, 2, 4 rows in
-    sm_90 SASS, ``benchmarks/results/sass_sm90_triton36.md``). M = 8 .. 64:
-    the tensor-core GEMM, split-K while the output tiles are few. M >= 128:
-    dequantize once, then a dense matmul.
+    M = 1: the GEMV. M = 2 .. 64: the tensor-core GEMM, split-K while the
+    output tiles are few (the GEMV with 2 or 4 rows per program adds an FFMA
+    per weight per row: 6.3 and 11.9 instructions per weight in sm_90 SASS,
+    against 3.6 for the GEMM's packed unpacking at M = 16; on the H200 the
+    tuner picked the GEMM for M = 2 and 4 on every Llama-3-8B shape,
+    ``benchmarks/results/kernels_nvidia_h200.md``; the multi-row GEMV stays a
+    tuner candidate). M >= 128: dequantize once, then a dense matmul.
     """
     block_k = min(128, group_size)  # tiles spanning groups are left to the tuner (Triton 3.6 gathers their scales)
     if m == 1:
         return _gemv(m, n, k_pad, group_size, device, block_n=128, block_k=block_k)
-    if m <= 4:
-        return _gemv(m, n, k_pad, group_size, device, block_n=256 // m, block_k=block_k)
     if m >= DEQUANT_MIN_M:
         return KernelConfig("dequant", block_n=32, block_k=128)
     block_m = 16 if m <= 16 else 32 if m <= 32 else 64
@@ -174,7 +173,14 @@ def candidate_configs(m: int, n: int, k_pad: int, group_size: int, device: torch
         for block_n, warps, block_k, prefetch in GEMV_M1_TILES:
             cfg = _gemv(m, n, k_pad, group_size, device, block_n, block_k, num_warps=warps, prefetch=prefetch)
             out += [dataclasses.replace(cfg, split_k=cfg.split_k * f) for f in (1, 2, 4)]
-    elif m <= GEMV_ROWS[-1]:  # several rows per GEMV program (sm_90 SASS: BLOCK_K 128 issues the least)
+        # the GEMM's packed unpacking issues fewer instructions per weight than the GEMV (3.6 / 2.7 against
+        # 4.1 in sm_90 SASS) though 15 of its 16 MMA rows are padding: let the tuner time it at M = 1 too
+        for block_n in (64, 128):
+            cfg = KernelConfig("gemm", block_n, 128, block_m=16, num_warps=4, num_stages=3, swap_ab=True,
+                               prefetch=1).fitted(group_size, k_pad)
+            split = _split_for(triton.cdiv(n, block_n), k_pad // cfg.block_k, device)
+            out += [dataclasses.replace(cfg, split_k=s) for s in (split, 2 * split)]
+    if 2 <= m <= GEMV_ROWS[-1]:  # several rows per GEMV program (sm_90 SASS: BLOCK_K 128 issues the least)
         for block_n in (128 // m, 256 // m):
             cfg = _gemv(m, n, k_pad, group_size, device, block_n, 128)
             out += [dataclasses.replace(cfg, split_k=cfg.split_k * f) for f in (1, 2, 4)]
@@ -188,6 +194,11 @@ def candidate_configs(m: int, n: int, k_pad: int, group_size: int, device: torch
                 tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
                 split = _split_for(tiles, k_pad // cfg.block_k, device)
                 out += [dataclasses.replace(cfg, split_k=s) for s in (1, split, 2 * split)]
+        if m <= 16:  # the fewest instructions per weight of the packed unpacking (sm_90: 2.7, 8 warps)
+            cfg = KernelConfig("gemm", 256, 128, block_m=16, num_warps=8, num_stages=3, swap_ab=True,
+                               prefetch=1).fitted(group_size, k_pad)
+            split = _split_for(triton.cdiv(n, 256), k_pad // cfg.block_k, device)
+            out += [dataclasses.replace(cfg, split_k=s) for s in (split, 2 * split)]
     if m > 64:  # (BLOCK_M, BLOCK_N, warps): the two that compile without spills and with the fewest instructions
         for block_m, block_n, warps in ((64, 128, 4), (64, 256, 8)):
             out.append(KernelConfig("gemm", block_n, 64, block_m=block_m, num_warps=warps, num_stages=3,

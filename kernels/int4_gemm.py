@@ -5,13 +5,16 @@ column 8j+i of a row in bits 4i .. 4i+3 of word j). A program owns a
 [BLOCK_M, BLOCK_N] output tile and walks K in tiles of BLOCK_K (which divides
 the group size, so a tile has one scale and one zero per row). Per tile:
 
-* load the [BLOCK_N, BLOCK_K / 8] words, turn each of the 8 nibble planes into
-  ``(q - z) * 16**p`` exactly (``int4_planes.nibble_plane``: the WIDE scheme
-  for bf16 / fp32, pairs for fp16), cast them to the activation dtype (exact:
-  at most 4 significant bits) and interleave the planes back into column
-  order, in registers;
-* scale the activation tile's columns by ``16**-p`` (exact), ``tl.dot`` it
-  with the integer tile, fp32 accumulate;
+* load the [BLOCK_N, BLOCK_K / 8] words and turn them into ``q - z`` exactly,
+  in registers. bf16 and fp16 (PACKED16): two weights per 32-bit operation,
+  straight in the activation dtype (``int4_planes.nibble_pair16``; on CUDA
+  in PTX: a shift per nibble pair, then per weight half a LOP3 and half a
+  packed FMA), in "pair order" (columns 0, 4, 1, 5, 2, 6, 3, 7 of each word,
+  so a pair never leaves its register) with the activation tile permuted to
+  match. fp32: each of the 8 nibble planes as ``(q - z) * 16**p``
+  (``int4_planes.nibble_plane``) interleaved back into column order, and the
+  activation tile's columns scaled by ``16**-p`` (exact);
+* ``tl.dot`` the activation tile with the integer tile, fp32 accumulate;
 * multiply the partial product by the row's scale and add it to the accumulator.
 
 Triton's pipeliner streams the words and the activation tile through shared
@@ -34,7 +37,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from awq_ao.kernels.int4_planes import column_factor, nibble_plane
+from awq_ao.kernels.int4_planes import column_factor, nibble_pair16, nibble_plane
 
 
 @triton.jit
@@ -44,17 +47,66 @@ def _interleave4(a, b, c, d):
 
 
 @triton.jit
-def dequant_tile(words, z, magic_bits, DTYPE: tl.constexpr, WIDE: tl.constexpr):
-    """words int32 [BN, BK8], z fp32 [BN] -> [BN, 8 * BK8] in DTYPE, column order, ``(q - z) * 16**p``."""
+def _pair_asm(w, neg_zero_magic, magic_pair, DTYPE: tl.constexpr):
+    """PTX for ``nibble_pair16`` on words already shifted: LOP3 ``(w & 0x000F000F) | magic``, one packed FMA."""
+    if DTYPE == tl.bfloat16:
+        low, high = tl.inline_asm_elementwise(
+            "{ .reg .b32 t, one, nz; mov.b32 one, 1065369472; mov.b32 nz, {$3, $3}; "
+            "lop3.b32 t, $2, 983055, $4, 0xEA; fma.rn.bf16x2 t, t, one, nz; mov.b32 {$0, $1}, t; }",
+            "=h,=h,r,h,r", [w, neg_zero_magic, magic_pair], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=1)
+    else:
+        low, high = tl.inline_asm_elementwise(
+            "{ .reg .b32 t, one, nz; mov.b32 one, 1006648320; mov.b32 nz, {$3, $3}; "
+            "lop3.b32 t, $2, 983055, $4, 0xEA; fma.rn.f16x2 t, t, one, nz; mov.b32 {$0, $1}, t; }",
+            "=h,=h,r,h,r", [w, neg_zero_magic, magic_pair], dtype=(tl.float16, tl.float16), is_pure=True, pack=1)
+    return low, high
+
+
+@triton.jit
+def dequant_tile16(words, z, magic_pair, DTYPE: tl.constexpr, USE_ASM: tl.constexpr):
+    """words int32 [BN, BK8], z fp32 [BN] -> [BN, 8 * BK8] bf16 / fp16 ``q - z`` (packed 16-bit), in pair order.
+
+    Pair order: within each word, the columns come as (0, 4, 1, 5, 2, 6, 3, 7),
+    so each 32-bit pair the unpacking makes (columns i and i + 4) stays one
+    register of the MMA operand; ``pair_order`` permutes the activation tile
+    to match. USE_ASM (CUDA): one shift, one LOP3 and one packed FMA per pair in
+    PTX; else the same arithmetic in Triton ops (the interpreter runs no PTX).
+    """
+    zero_magic = (z + (128.0 if DTYPE == tl.bfloat16 else 1024.0)).to(DTYPE)[:, None]
+    bn: tl.constexpr = words.shape[0]
+    j: tl.constexpr = words.shape[1]
+    if USE_ASM:
+        neg = -zero_magic
+        c0, c4 = _pair_asm(words, neg, magic_pair, DTYPE)
+        c1, c5 = _pair_asm(words >> 4, neg, magic_pair, DTYPE)
+        c2, c6 = _pair_asm(words >> 8, neg, magic_pair, DTYPE)
+        c3, c7 = _pair_asm(words >> 12, neg, magic_pair, DTYPE)
+    else:
+        c0, c4 = nibble_pair16(words, 0, zero_magic, magic_pair, DTYPE)
+        c1, c5 = nibble_pair16(words, 1, zero_magic, magic_pair, DTYPE)
+        c2, c6 = nibble_pair16(words, 2, zero_magic, magic_pair, DTYPE)
+        c3, c7 = nibble_pair16(words, 3, zero_magic, magic_pair, DTYPE)
+    low = tl.permute(tl.join(tl.join(c0, c4), tl.join(c1, c5)), (0, 1, 3, 2))  # [BN, J, s0, h]
+    high = tl.permute(tl.join(tl.join(c2, c6), tl.join(c3, c7)), (0, 1, 3, 2))
+    w = tl.permute(tl.join(low, high), (0, 1, 4, 2, 3))  # [BN, J, s1, s0, h]: column 8j + 4h + 2 s1 + s0
+    return tl.reshape(w, (bn, 8 * j))
+
+
+@triton.jit
+def pair_order(x):
+    """x [BM, BK] in column order -> the same columns in ``dequant_tile16``'s order (0, 4, 1, 5, 2, 6, 3, 7 per 8)."""
+    x = tl.reshape(x, (x.shape[0], x.shape[1] // 8, 2, 2, 2))  # [BM, J, h, s1, s0]
+    return tl.reshape(tl.permute(x, (0, 1, 3, 4, 2)), (x.shape[0], x.shape[1] * 8))
+
+
+@triton.jit
+def dequant_tile(words, z, magic_bits):
+    """words int32 [BN, BK8], z fp32 [BN] -> [BN, 8 * BK8] fp32, column order, ``(q - z) * 16**p``."""
     z = z[:, None]
-    even = _interleave4(
-        nibble_plane(words, 0, z, magic_bits, WIDE).to(DTYPE), nibble_plane(words, 2, z, magic_bits, WIDE).to(DTYPE),
-        nibble_plane(words, 4, z, magic_bits, WIDE).to(DTYPE), nibble_plane(words, 6, z, magic_bits, WIDE).to(DTYPE),
-    )
-    odd = _interleave4(
-        nibble_plane(words, 1, z, magic_bits, WIDE).to(DTYPE), nibble_plane(words, 3, z, magic_bits, WIDE).to(DTYPE),
-        nibble_plane(words, 5, z, magic_bits, WIDE).to(DTYPE), nibble_plane(words, 7, z, magic_bits, WIDE).to(DTYPE),
-    )
+    even = _interleave4(nibble_plane(words, 0, z, magic_bits), nibble_plane(words, 2, z, magic_bits),
+                        nibble_plane(words, 4, z, magic_bits), nibble_plane(words, 6, z, magic_bits))
+    odd = _interleave4(nibble_plane(words, 1, z, magic_bits), nibble_plane(words, 3, z, magic_bits),
+                       nibble_plane(words, 5, z, magic_bits), nibble_plane(words, 7, z, magic_bits))
     return tl.interleave(even, odd)
 
 
@@ -90,6 +142,8 @@ def _int4_gemm_kernel(
     DOT_PRECISION: tl.constexpr,
     SWAP_AB: tl.constexpr,
     PREFETCH: tl.constexpr,
+    PACKED16: tl.constexpr,
+    USE_ASM: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -105,8 +159,8 @@ def _int4_gemm_kernel(
     offs_j = tl.arange(0, BLOCK_K8)
     mask_m = offs_m < M
     mask_n = offs_n < N
-    WIDE: tl.constexpr = dtype != tl.float16  # fp16 overflows at (q - z) * 16**4
-    col_factor = column_factor(offs_k, WIDE)
+    if not PACKED16:
+        col_factor = column_factor(offs_k)
     if SWAP_AB:
         acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     else:
@@ -131,12 +185,20 @@ def _int4_gemm_kernel(
         else:
             x = tl.load(x_ptr + offs_m[:, None] * stride_xm + k[None, :],
                         mask=mask_m[:, None] & (k < K)[None, :], other=0.0)
-        factor = col_factor * pre.to(tl.float32) if HAS_PRE_SCALE else col_factor
-        x = (x.to(tl.float32) * factor[None, :]).to(dtype)
+        if not PACKED16:
+            factor = col_factor * pre.to(tl.float32) if HAS_PRE_SCALE else col_factor
+            x = (x.to(tl.float32) * factor[None, :]).to(dtype)
+        else:
+            if HAS_PRE_SCALE:
+                x = (x.to(tl.float32) * pre.to(tl.float32)[None, :]).to(dtype)
+            x = pair_order(x)
         words = tl.load(q_ptr + offs_n[:, None] * stride_q + (k0 // 8 + offs_j)[None, :],
                         mask=mask_n[:, None], other=0)
         s = s.to(tl.float32)
-        w = dequant_tile(words, z.to(tl.float32), magic_bits, dtype, WIDE)  # [BLOCK_N, BLOCK_K]
+        if PACKED16:
+            w = dequant_tile16(words, z.to(tl.float32), magic_bits, dtype, USE_ASM)  # [BLOCK_N, BLOCK_K]
+        else:
+            w = dequant_tile(words, z.to(tl.float32), magic_bits)
         if SWAP_AB:  # y.T = W x.T: the dequantized tile is the register operand, x the small one
             part = tl.dot(w, tl.trans(x), input_precision=DOT_PRECISION, out_dtype=tl.float32)
             acc += part * s[:, None]

@@ -25,7 +25,9 @@ from awq_ao.kernels.configs import KernelConfig, select_config
 from awq_ao.kernels.int4_dequant import _int4_dequant_kernel
 from awq_ao.kernels.int4_gemm import _int4_gemm_kernel
 from awq_ao.kernels.int4_gemv import _int4_gemv_kernel, _splitk_reduce_kernel
-from awq_ao.kernels.int4_planes import MAGIC_BITS
+from awq_ao.kernels.int4_planes import MAGIC_BITS, MAGIC_PAIR_BF16, MAGIC_PAIR_FP16
+
+_GEMM_MAGIC = {torch.bfloat16: MAGIC_PAIR_BF16, torch.float16: MAGIC_PAIR_FP16, torch.float32: MAGIC_BITS}
 
 REDUCE_BLOCK = 128  # one output per thread: N = 4096 gets 32 programs (1024 gave 4, each looping)
 
@@ -100,10 +102,11 @@ def launch_int4_linear(
     else:
         grid = (triton.cdiv(n, config.block_n), triton.cdiv(m, config.block_m), split)
         wrap(_int4_gemm_kernel)[grid](
-            x, words, scale, zero_point, pre, out, *common, MAGIC_BITS, *strides,
+            x, words, scale, zero_point, pre, out, *common, _GEMM_MAGIC[x.dtype], *strides,
             GROUP_SIZE=group_size, HAS_PRE_SCALE=has_pre, EVEN_K=in_features == k_pad,
             DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32", SWAP_AB=config.swap_ab,
-            PREFETCH=config.prefetch, BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
+            PREFETCH=config.prefetch, PACKED16=x.dtype != torch.float32, USE_ASM=x.is_cuda,
+            BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
             num_warps=config.num_warps, num_stages=config.num_stages,
         )
     if split > 1:

@@ -1,29 +1,35 @@
 """Integer-to-float unpacking of int4 words without conversion instructions; shared by the kernels.
 
 A word (int32) holds columns 8j .. 8j+7, column 8j+i in bits 4i .. 4i+3.
-OR-ing a nibble that sits at bit position 4p into the bits of the float 2**23
-(0x4B000000) gives the float ``2**23 + q * 16**p`` exactly (one LOP3 on the
-GPU, where an integer-to-float conversion runs at a quarter of the FMA rate).
-Subtracting ``2**23 + z * 16**p`` leaves ``(q - z) * 16**p`` exactly, and the
-kernels multiply that column's activation by ``16**-p`` (exact: a power of two).
 
-Two schemes, chosen by the dtype the planes are cast to:
+fp32 planes (``nibble_plane``, the GEMM's fp32 path): OR-ing a nibble that
+sits at bit position 4p into the bits of the float 2**23 (0x4B000000) gives
+the float ``2**23 + q * 16**p`` exactly (one LOP3 on the GPU, where an
+integer-to-float conversion runs at a quarter of the FMA rate). Subtracting
+``2**23 + z * 16**p`` leaves ``(q - z) * 16**p`` exactly, and the kernel
+multiplies that column's activation by ``16**-p`` (exact: a power of two).
+Nibbles 0..4 are used in place (p = i), nibbles 5..7 after one shift of the
+word by 20 bits (p = i - 5): one shift per word, one LOP3 per weight.
 
-* WIDE (fp32, bf16): nibbles 0..4 in place (p = i), nibbles 5..7 after one
-  shift of the word by 20 bits (p = i - 5): one shift per word, one LOP3 per
-  weight. ``(q - z) * 16**4`` stays exact in bf16 (4 significant bits).
-* pairs (fp16, whose range ends at 65504): the word is shifted by 8 bits per
-  pair of nibbles, p = i % 2.
+Packed 16-bit pairs (``nibble_pair16``, the GEMM's bf16 and fp16 operands):
+the same trick in 16-bit halves, two weights per 32-bit operation. ``(w >>
+4i) & 0x000F000F`` puts nibbles i and i + 4 in the low bits of each half;
+OR-ing the 16-bit magic (128.0 in bf16, 1024.0 in fp16: the mantissa's last
+bit is 1) gives ``magic + q`` in each half, and subtracting ``magic + z``
+(exact in either dtype: at most 8 significant bits) leaves ``q - z`` exactly,
+as one packed HADD2 per pair on sm_90: no factor 16**p, no fp32 round trip.
 """
 
 import triton
 import triton.language as tl
 
 MAGIC_BITS = 0x4B000000  # the float 2**23, passed to the kernels as an argument
+MAGIC_PAIR_BF16 = 0x43004300  # two bf16 128.0 (7 mantissa bits: the nibble lands in the low 4, exponent 2**7)
+MAGIC_PAIR_FP16 = 0x64006400  # two fp16 1024.0 (10 mantissa bits, exponent 2**10)
 
 
 @triton.jit
-def nibble_plane(words, i: tl.constexpr, z, magic_bits, WIDE: tl.constexpr):
+def nibble_plane(words, i: tl.constexpr, z, magic_bits):
     """Column 8j+i of every word as fp32 ``(q - z) * 16**p``, exact.
 
     words: int32 [..., J]; z: fp32 zero points, broadcastable to words;
@@ -31,29 +37,35 @@ def nibble_plane(words, i: tl.constexpr, z, magic_bits, WIDE: tl.constexpr):
     register and the mask is LOP3's immediate (as a constant, ptxas keeps
     re-materialising the masks instead).
     """
-    if WIDE:
-        if i < 5:
-            w = words
-            p: tl.constexpr = i
-        else:
-            w = words >> 20
-            p: tl.constexpr = i - 5
+    if i < 5:
+        w = words
+        p: tl.constexpr = i
     else:
-        if i < 2:
-            w = words
-        else:
-            w = words >> (8 * (i // 2))
-        p: tl.constexpr = i % 2
+        w = words >> 20
+        p: tl.constexpr = i - 5
     zero_magic = z * (1 << (4 * p)) + 8388608.0
     return ((w & (0xF << (4 * p))) | magic_bits).to(tl.float32, bitcast=True) - zero_magic
 
 
 @triton.jit
-def column_factor(k, WIDE: tl.constexpr):
+def column_factor(k):
     """fp32 ``16**-p`` for columns k: the inverse of their plane's factor."""
     i = k % 8
-    if WIDE:
-        p = tl.where(i < 5, i, i - 5)
-    else:
-        p = i % 2
+    p = tl.where(i < 5, i, i - 5)
     return tl.exp2(-4.0 * p.to(tl.float32))
+
+
+@triton.jit
+def nibble_pair16(words, i: tl.constexpr, zero_magic, magic_pair, DTYPE: tl.constexpr):
+    """Columns 8j+i and 8j+i+4 (i in 0..3) of every word as DTYPE (bf16 / fp16) ``q - z``, exact.
+
+    words: int32 [..., J]; zero_magic: ``magic + z`` in DTYPE, broadcastable to
+    words; magic_pair: the int32 ``MAGIC_PAIR_BF16`` / ``MAGIC_PAIR_FP16``
+    (a run-time argument, for the reason ``nibble_plane`` gives). Returns two
+    [..., J] tensors in DTYPE.
+    """
+    w = words if i == 0 else words >> (4 * i)
+    pair = (w & 0x000F000F) | magic_pair
+    low = (pair & 0xFFFF).to(tl.uint16).to(DTYPE, bitcast=True)
+    high = (pair >> 16).to(tl.uint16).to(DTYPE, bitcast=True)
+    return low - zero_magic, high - zero_magic
