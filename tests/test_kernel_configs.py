@@ -160,7 +160,7 @@ def test_bench_table_names_the_path_taken():
     assert bench.path_label(1, 4096, 4096, CPU).startswith("gemv 128x128")
     assert bench.path_label(2, 4096, 4096, CPU).startswith("gemm 64x128 m16 swap")
     assert bench.path_label(16, 4096, 4096, CPU).startswith("gemm 64x128 m16 swap")
-    assert bench.path_label(512, 4096, 4096, CPU) == "dequant 32x128"
+    assert bench.path_label(512, 4096, 4096, CPU) == "dequant 16x256"
 
 
 def test_compile_report_measures_load_to_use_around_the_loop():
