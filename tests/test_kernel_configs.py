@@ -150,13 +150,7 @@ def test_tune_kernels_refuses_clearly_without_a_gpu_or_int4_weights():
 
 def test_bench_table_names_the_path_taken():
     """benchmarks/bench_kernels.py labels each row with the kernel and tile select_config picked."""
-    import importlib.util
-    import os
-
-    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks", "bench_kernels.py")
-    spec = importlib.util.spec_from_file_location("bench_kernels", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _benchmark_module("bench_kernels")
     assert bench.path_label(1, 4096, 4096, CPU).startswith("gemv 128x128")
     assert bench.path_label(2, 4096, 4096, CPU).startswith("gemm 64x128 m16 swap")
     assert bench.path_label(16, 4096, 4096, CPU).startswith("gemm 64x128 m16 swap")
@@ -165,13 +159,7 @@ def test_bench_table_names_the_path_taken():
 
 def test_compile_report_measures_load_to_use_around_the_loop():
     """benchmarks/compile_report.py's gap column: same-iteration use vs use after the back edge."""
-    import importlib.util
-    import os
-
-    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks", "compile_report.py")
-    spec = importlib.util.spec_from_file_location("compile_report", path)
-    report = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(report)
+    report = _benchmark_module("compile_report")
     load = "LDG.E.U8 R5, desc[UR4][R2.64] ;"
     use = "LOP3.LUT R6, R5, 0xff, RZ, 0xc0, !PT ;"
     other = "IADD3 R1, R1, 0x1, RZ ;"
@@ -210,3 +198,29 @@ def test_gemm_packed_unpacking_compiles_to_sm90_sass(dt, fma):
     assert has_fma == "True"
     per_weight = float(row.split("|")[10])
     assert per_weight < 4.0, row
+
+
+def test_bench_layout_reads_every_word_once_in_each_layout():
+    """benchmarks/bench_layout.py (the next layout experiment): the tiled copy holds each tile as one
+    contiguous block, and its read kernel sums every word exactly once in every layout (interpreter)."""
+    bench = _benchmark_module("bench_layout")
+    words = torch.randint(-2**31, 2**31 - 1, (256, 64), dtype=torch.int32)
+    tiled = bench.to_tiled(words)
+    assert tiled.shape == (2, 4, 128, 16) and tiled.is_contiguous()
+    assert torch.equal(tiled[1, 2], words[128:256, 32:48])
+    expected = int(words.sum(dtype=torch.int64)) & 0xFFFFFFFF
+    for layout, tile_k, src in (("row-major", 128, words), ("row-major", 256, words), ("tiled", 128, tiled)):
+        got = int(bench.read_sum(src, layout, tile_k, split=2).sum(dtype=torch.int64)) & 0xFFFFFFFF
+        assert got == expected, (layout, tile_k)
+
+
+def _benchmark_module(name: str):
+    """Import benchmarks/<name>.py (the benchmarks are scripts, not a package)."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
