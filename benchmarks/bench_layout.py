@@ -17,6 +17,9 @@ the GEMV) and does nothing else, over
 * ``tiled``: each [BLOCK_N, 128] tile stored contiguously (8 KB for 128 rows),
   tiles of a row block in K order, the repacked layout the kernels could use.
 
+Then the real M=1 GEMV (``kernels/int4_gemv.py``, 128 x 128 tile, split-K and its reduce) on the
+stored layout and on the tiled copy (its TILED addressing; outputs must be bit-identical).
+
 Each is timed like ``bench_kernels.py`` (CUDA graph over rotated copies, so
 the bytes come from HBM), next to bf16 ``F.linear`` at M=1 and a device copy.
 If ``tiled`` reads near the bf16 GEMV's rate and ``row-major 128`` near
@@ -84,6 +87,36 @@ def read_sum(words: torch.Tensor, layout: str, tile_k: int, split: int, out: tor
     return out
 
 
+def gemv(x, words, scale, zero, group: int, split: int, tiled: bool, y=None, partials=None) -> torch.Tensor:
+    """y [1, N] = x [1, K] @ dequantize(W).T with the 128 x 128 GEMV on the stored words [N, K/8] or on
+    ``to_tiled(words)``; the same split-K and reduce as ``awq_ao.kernels.int4_matmul``."""
+    from awq_ao.kernels.int4_gemv import _int4_gemv_kernel, _splitk_reduce_kernel
+    from awq_ao.kernels.int4_matmul import REDUCE_BLOCK
+
+    k = x.shape[1]
+    n = words.shape[0] * (BLOCK_N if tiled else 1)
+    tiles = k // TILE_K
+    per_split = triton.cdiv(tiles, split)
+    split = triton.cdiv(tiles, per_split)
+    if y is None:
+        y = torch.empty((1, n), dtype=x.dtype, device=x.device)
+    if partials is None:
+        partials = torch.empty((split, 1, n), dtype=torch.float32, device=x.device)
+    if tiled:  # row, row block, tile strides of the [N/128, K/128, 128, 16] copy
+        stride_q, stride_block, stride_tile = TILE_K // 8, words.stride(0), words.stride(1)
+    else:
+        stride_q, stride_block, stride_tile = words.stride(0), BLOCK_N * words.stride(0), TILE_K // 8
+    _int4_gemv_kernel[(n // BLOCK_N, split, 1)](
+        x, words, scale, zero, scale, partials, 1, n, k, tiles, per_split,
+        x.stride(0), stride_q, scale.stride(0), partials.stride(1), partials.stride(0), stride_block, stride_tile,
+        GROUP_SIZE=group, HAS_PRE_SCALE=False, EVEN_K=True, EVEN_M=True, PREFETCH=0, ROWS=1, TILED=tiled,
+        BLOCK_N=BLOCK_N, BLOCK_K=TILE_K, num_warps=4, num_stages=2,
+    )
+    _splitk_reduce_kernel[(triton.cdiv(n, REDUCE_BLOCK),)](partials, y, n, partials.stride(0), SPLIT_K=split,
+                                                           BLOCK=REDUCE_BLOCK)
+    return y
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda")
@@ -109,9 +142,22 @@ def main(argv=None) -> int:
                 return 1
             if device.type == "cuda":
                 rows.append((f"{layout} {tile_k}", split, _time_reads(src, layout, tile_k, split)))
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float16  # the interpreter has no bf16
+        x = torch.randn(1, k, dtype=dtype, device=device)
+        scale = (torch.rand(n, k // 128, device=device) * 0.01 + 1e-3).to(dtype)
+        zero = torch.randint(0, 16, (n, k // 128), dtype=torch.uint8, device=device)
+        split = max(1, min(16, (k // TILE_K) // 4))
+        y_stored = gemv(x, words, scale, zero, 128, split, tiled=False)
+        y_tiled = gemv(x, tiled, scale, zero, 128, split, tiled=True)
+        if not torch.equal(y_stored, y_tiled):
+            print(f"FAIL GEMV on the tiled copy differs from the stored layout ({n} x {k})")
+            return 1
         if device.type != "cuda":
-            print(f"{n} x {k}: every layout read every word once (checksums agree)")
+            print(f"{n} x {k}: every layout read every word once (checksums agree); the GEMV on the tiled copy "
+                  "equals the stored layout's bit for bit")
             continue
+        for label, src, is_tiled in (("GEMV stored", words, False), ("GEMV tiled", tiled, True)):
+            rows.append((label, split, _time_gemv(x, src, scale, zero, split, is_tiled)))
         nbytes = words.numel() * 4
         dense_ms = _time_dense(n, k)
         print(f"\n{n} x {k}: {nbytes / 1e6:.1f} MB of int4 words; bf16 F.linear M=1 reads {2 * n * k / 1e6:.0f} MB "
@@ -128,6 +174,14 @@ def _time_reads(words, layout, tile_k, split) -> float:
     copies = [words.clone() for _ in range(copies_for(words.numel() * 4, l2_bytes()))]
     outs = [read_sum(c, layout, tile_k, split) for c in copies]
     return graph_time_ms([lambda c=c, o=o: read_sum(c, layout, tile_k, split, o) for c, o in zip(copies, outs)])
+
+
+def _time_gemv(x, words, scale, zero, split, tiled) -> float:
+    from awq_ao.kernels.timing import copies_for, graph_time_ms, l2_bytes
+
+    copies = [words.clone() for _ in range(copies_for(words.numel() * 4, l2_bytes()))]
+    outs = [gemv(x, c, scale, zero, 128, split, tiled) for c in copies]
+    return graph_time_ms([lambda c=c, y=y: gemv(x, c, scale, zero, 128, split, tiled, y=y) for c, y in zip(copies, outs)])
 
 
 def _time_dense(n, k) -> float:

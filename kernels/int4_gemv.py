@@ -36,9 +36,14 @@ import triton.language as tl
 
 
 @triton.jit
-def _load_tile(q_ptr, s_ptr, z_ptr, offs_n, offs_j, mask_n, t, t_end, stride_q, stride_s,
-               BLOCK_K: tl.constexpr, GROUP_SIZE: tl.constexpr):
+def _load_tile(q_ptr, q_block, s_ptr, z_ptr, offs_n, offs_j, mask_n, t, t_end, stride_q, stride_qtile, stride_s,
+               BLOCK_K: tl.constexpr, GROUP_SIZE: tl.constexpr, TILED: tl.constexpr):
     """K tile t (zeros if t >= t_end): words [BLOCK_N, BLOCK_K / 8] int32, scale and zero as stored.
+
+    The stored layout: word j of row n in tile t at ``q_ptr + n * stride_q + t * BLOCK_K / 8 + j``.
+    TILED (``benchmarks/bench_layout.py``'s experiment, a copy with each [BLOCK_N, BLOCK_K] tile
+    contiguous): word j of row r of the program's block at ``q_block + t * stride_qtile + r *
+    stride_q + j``. A constexpr, so the stored layout's code is unchanged.
 
     Scale and zero are [BLOCK_N, 1] when the tile lies in one group (BLOCK_K <=
     G), else [BLOCK_N, BLOCK_K / 8]: the group of each word. They stay in their
@@ -47,7 +52,13 @@ def _load_tile(q_ptr, s_ptr, z_ptr, offs_n, offs_j, mask_n, t, t_end, stride_q, 
     """
     k0 = t * BLOCK_K
     mask = mask_n & ((offs_n * 0 + t) < t_end)
-    words = tl.load(q_ptr + offs_n[:, None] * stride_q + (k0 // 8 + offs_j)[None, :], mask=mask[:, None], other=0)
+    if TILED:
+        rows = tl.arange(0, offs_n.shape[0])  # the program's rows, counted from its block's first
+        words = tl.load(q_block + t * stride_qtile + rows[:, None] * stride_q + offs_j[None, :],
+                        mask=mask[:, None], other=0)
+    else:
+        words = tl.load(q_ptr + offs_n[:, None] * stride_q + (k0 // 8 + offs_j)[None, :], mask=mask[:, None],
+                        other=0)
     if BLOCK_K <= GROUP_SIZE:
         g = k0 // GROUP_SIZE
         s = tl.load(s_ptr + offs_n * stride_s + g, mask=mask, other=0.0)[:, None]
@@ -80,13 +91,14 @@ def _load_x(x_rows, pre_ptr, k, mask_r, K, HAS_PRE_SCALE: tl.constexpr, EVEN_K: 
 def _int4_gemv_kernel(
     x_ptr, q_ptr, s_ptr, z_ptr, pre_ptr, out_ptr,
     M, N, K, TILES, TILES_PER_SPLIT,
-    stride_xm, stride_q, stride_s, stride_om, stride_osplit,
+    stride_xm, stride_q, stride_s, stride_om, stride_osplit, stride_qblock, stride_qtile,
     GROUP_SIZE: tl.constexpr,
     HAS_PRE_SCALE: tl.constexpr,
     EVEN_K: tl.constexpr,
     EVEN_M: tl.constexpr,
     PREFETCH: tl.constexpr,
     ROWS: tl.constexpr,
+    TILED: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
@@ -109,27 +121,33 @@ def _int4_gemv_kernel(
         acc = tl.zeros((ROWS, BLOCK_N, BLOCK_K8), dtype=tl.float32)
     t_start = pid_split * TILES_PER_SPLIT
     t_end = tl.minimum(t_start + TILES_PER_SPLIT, TILES)
+    q_block = q_ptr + pid_n * stride_qblock
     # PREFETCH tiles ahead in registers (0, 1 or 2): tile t + PREFETCH loads while tile t computes
     if PREFETCH >= 1:
-        next_words, next_s, next_z = _load_tile(q_ptr, s_ptr, z_ptr, offs_n, offs_j, mask_n, t_start,
-                                                t_end, stride_q, stride_s, BLOCK_K, GROUP_SIZE)
+        next_words, next_s, next_z = _load_tile(
+            q_ptr, q_block, s_ptr, z_ptr, offs_n, offs_j, mask_n, t_start, t_end,
+            stride_q, stride_qtile, stride_s, BLOCK_K, GROUP_SIZE, TILED)
     if PREFETCH >= 2:
-        next2_words, next2_s, next2_z = _load_tile(q_ptr, s_ptr, z_ptr, offs_n, offs_j, mask_n, t_start + 1,
-                                                   t_end, stride_q, stride_s, BLOCK_K, GROUP_SIZE)
+        next2_words, next2_s, next2_z = _load_tile(
+            q_ptr, q_block, s_ptr, z_ptr, offs_n, offs_j, mask_n, t_start + 1, t_end,
+            stride_q, stride_qtile, stride_s, BLOCK_K, GROUP_SIZE, TILED)
     for t in range(t_start, t_end):
         k0 = t * BLOCK_K
         if PREFETCH >= 2:
             words, s, z = next_words, next_s, next_z
             next_words, next_s, next_z = next2_words, next2_s, next2_z
-            next2_words, next2_s, next2_z = _load_tile(q_ptr, s_ptr, z_ptr, offs_n, offs_j, mask_n, t + 2,
-                                                       t_end, stride_q, stride_s, BLOCK_K, GROUP_SIZE)
+            next2_words, next2_s, next2_z = _load_tile(
+                q_ptr, q_block, s_ptr, z_ptr, offs_n, offs_j, mask_n, t + 2, t_end,
+                stride_q, stride_qtile, stride_s, BLOCK_K, GROUP_SIZE, TILED)
         elif PREFETCH >= 1:
             words, s, z = next_words, next_s, next_z
-            next_words, next_s, next_z = _load_tile(q_ptr, s_ptr, z_ptr, offs_n, offs_j, mask_n, t + 1,
-                                                    t_end, stride_q, stride_s, BLOCK_K, GROUP_SIZE)
+            next_words, next_s, next_z = _load_tile(
+                q_ptr, q_block, s_ptr, z_ptr, offs_n, offs_j, mask_n, t + 1, t_end,
+                stride_q, stride_qtile, stride_s, BLOCK_K, GROUP_SIZE, TILED)
         else:
-            words, s, z = _load_tile(q_ptr, s_ptr, z_ptr, offs_n, offs_j, mask_n, t, t_end,
-                                     stride_q, stride_s, BLOCK_K, GROUP_SIZE)
+            words, s, z = _load_tile(
+                q_ptr, q_block, s_ptr, z_ptr, offs_n, offs_j, mask_n, t, t_end,
+                stride_q, stride_qtile, stride_s, BLOCK_K, GROUP_SIZE, TILED)
         s = s.to(tl.float32)
         s_big = s * 38685626227668133590597632.0  # s * 2**85
         s_zero = s * z.to(tl.float32)

@@ -94,8 +94,9 @@ def launch_int4_linear(
         grid = (triton.cdiv(n, config.block_n), split, triton.cdiv(m, config.block_m))
         wrap(_int4_gemv_kernel)[grid](
             x, words, scale, zero_point, pre, out, *common, *strides,
+            config.block_n * words.stride(0), config.block_k // 8,  # the stored layout's row block and K tile
             GROUP_SIZE=group_size, HAS_PRE_SCALE=has_pre, EVEN_K=in_features == k_pad,
-            EVEN_M=m % config.block_m == 0, PREFETCH=config.prefetch, ROWS=config.block_m,
+            EVEN_M=m % config.block_m == 0, PREFETCH=config.prefetch, ROWS=config.block_m, TILED=False,
             BLOCK_N=config.block_n, BLOCK_K=config.block_k,
             num_warps=config.num_warps, num_stages=config.num_stages,
         )
