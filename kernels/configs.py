@@ -68,14 +68,16 @@ class KernelConfig:
 KINDS = ("gemv", "gemm", "dequant")
 GEMV_ROWS = (1, 2, 4)  # rows per GEMV program: a power of two (tl.arange); at 8 the GEMV issues more than the GEMM
 # (BLOCK_N, warps, BLOCK_K, prefetch) the tuner tries at M = 1; none spills on sm_90 with Triton 3.6
-# (benchmarks/results/sass_sm90_triton36.md; BLOCK_K 256 did, and is left out). With groups of 32 or
-# 64, BLOCK_K 128 spans whole groups.
+# (benchmarks/results/sass_sm90_triton36.md). A BLOCK_K above the group spans whole groups: 128 with
+# groups of 32 or 64, and the 256 / 512 tiles (128 / 256 contiguous bytes per row per tile: the
+# dequantize kernel ran 35% faster on its 128-byte tile than on a 64-byte one) with any group.
 GEMV_M1_TILES = tuple(
     (block_n, warps, block_k, prefetch)
     for block_n, warps in ((128, 4), (256, 4), (256, 8))
     for block_k, prefetch in ((64, 0), (64, 1), (128, 0), (128, 1))
 ) + ((128, 2, 64, 0), (128, 2, 128, 0), (64, 1, 128, 0)  # small CTAs, 8 rows per thread
-     ) + ((128, 4, 128, 2), (256, 8, 128, 2), (256, 4, 64, 2))  # two tiles in flight per CTA
+     ) + ((128, 4, 128, 2), (256, 8, 128, 2), (256, 4, 64, 2)  # two tiles in flight per CTA
+          ) + ((128, 4, 256, 0), (64, 4, 256, 0), (64, 2, 256, 0), (32, 4, 512, 0))  # long rows per tile
 DEQUANT_MIN_M = 128  # from this M bucket on, the default dequantizes once and calls a dense matmul
 
 
@@ -152,9 +154,8 @@ def default_config(m: int, n: int, k_pad: int, group_size: int, device: torch.de
     ``benchmarks/results/kernels_nvidia_h200.md``; the multi-row GEMV stays a
     tuner candidate). M >= 128: dequantize once, then a dense matmul.
     """
-    block_k = min(128, group_size)  # tiles spanning groups are left to the tuner (Triton 3.6 gathers their scales)
-    if m == 1:
-        return _gemv(m, n, k_pad, group_size, device, block_n=128, block_k=block_k)
+    if m == 1:  # BLOCK_K 128 whatever the group: spanning groups of 32 / 64 costs no more instructions
+        return _gemv(m, n, k_pad, group_size, device, block_n=128, block_k=128)
     if m >= DEQUANT_MIN_M:
         # 16 x 256 beat 32 x 128 and 64 x 64 by ~35% on every H200 shape (per-candidate times in
         # benchmarks/results/gpu_check_nvidia_h200.log)

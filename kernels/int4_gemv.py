@@ -6,8 +6,11 @@ a row holds columns 8j .. 8j+7, column 8j+i in bits 4i .. 4i+3. A program
 loads a [BLOCK_N, BLOCK_K / 8] tile of words: each row's words are contiguous,
 so a warp reads whole 32-byte sectors with 16-byte vector loads. ``scale`` and
 ``zero_point`` are [N, K_pad / G]. BLOCK_K either divides G (one scale and zero
-per row per tile) or is a multiple of G (one per row per word, gathered: the
-same arithmetic, more bytes per row per tile for small groups).
+per row per tile) or is a multiple of G: the tile's BLOCK_K / G scales and
+zeros of a row are loaded once and broadcast to their words (the same
+arithmetic and, in sm_90 SASS, about the same instructions per weight as a
+one-group tile; more contiguous bytes per row per tile: 128 columns for groups
+of 32 and 64, and 256 or 512 for any group).
 
 Dequantization costs one AND per weight. A nibble masked in place,
 ``w & (0xF << 4p)`` read as a float, is the subnormal ``q * 16**p * 2**-149``,
@@ -63,10 +66,14 @@ def _load_tile(q_ptr, q_block, s_ptr, z_ptr, offs_n, offs_j, mask_n, t, t_end, s
         g = k0 // GROUP_SIZE
         s = tl.load(s_ptr + offs_n * stride_s + g, mask=mask, other=0.0)[:, None]
         z = tl.load(z_ptr + offs_n * stride_s + g, mask=mask, other=0)[:, None]
-    else:
-        sz = offs_n[:, None] * stride_s + ((k0 + offs_j * 8) // GROUP_SIZE)[None, :]
+    else:  # the tile's groups: one load each per row, then each word takes its group's value
+        GROUPS: tl.constexpr = BLOCK_K // GROUP_SIZE
+        sz = offs_n[:, None] * stride_s + (k0 // GROUP_SIZE + tl.arange(0, GROUPS))[None, :]
         s = tl.load(s_ptr + sz, mask=mask[:, None], other=0.0)
         z = tl.load(z_ptr + sz, mask=mask[:, None], other=0)
+        shape: tl.constexpr = (offs_n.shape[0], GROUPS, GROUP_SIZE // 8)
+        s = tl.reshape(tl.broadcast_to(s[:, :, None], shape), (offs_n.shape[0], BLOCK_K // 8))
+        z = tl.reshape(tl.broadcast_to(z[:, :, None], shape), (offs_n.shape[0], BLOCK_K // 8))
     return words, s, z
 
 

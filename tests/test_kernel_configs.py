@@ -40,8 +40,13 @@ def test_gemv_tiles_may_span_whole_groups_that_divide_k():
 
 @pytest.mark.parametrize("group_size", [32, 64, 128])
 @pytest.mark.parametrize("m", [1, 2, 4])
-def test_default_gemv_tile_stays_inside_a_group(m, group_size):
-    assert configs.default_config(m, 4096, 4096, group_size, CPU).block_k == min(128, group_size)
+def test_default_tile_k_spans_groups_in_the_gemv_only(m, group_size):
+    """The M=1 GEMV reads 128 columns per tile whatever the group (smaller groups: whole groups per tile);
+    the GEMM's tile stays inside one group."""
+    cfg = configs.default_config(m, 4096, 4096, group_size, CPU)
+    assert cfg.block_k == (128 if m == 1 else min(128, group_size))
+    if group_size < 128:  # K_pad = 4160 = 65 x 64: the largest tile of whole groups dividing it is 64 columns
+        assert configs.default_config(1, 4096, 4160, group_size, CPU).block_k == 64
 
 
 def test_prefetch_depth_is_fitted_to_the_kernel():
