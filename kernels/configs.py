@@ -78,6 +78,11 @@ GEMV_M1_TILES = tuple(
 ) + ((128, 2, 64, 0), (128, 2, 128, 0), (64, 1, 128, 0)  # small CTAs, 8 rows per thread
      ) + ((128, 4, 128, 2), (256, 8, 128, 2), (256, 4, 64, 2)  # two tiles in flight per CTA
           ) + ((128, 4, 256, 0), (64, 4, 256, 0), (64, 2, 256, 0), (32, 4, 512, 0))  # long rows per tile
+# (BLOCK_N, swap_ab, warps, stages) of extra GEMM tiles for M <= 16 (BLOCK_K 128). The H200 GEMM stayed near
+# 1 TB/s whatever its instruction count, and larger tiles ran slower (kernel_notes.md), so these change
+# the structure instead: on 2 warps Triton emits mma.sync (HMMA), whose operand comes from registers,
+# not wgmma with the dequantized tile staged through shared memory; 5 stages keep more tiles in flight.
+SMALL_M_GEMM_TILES = ((64, True, 2, 3), (64, False, 2, 3), (64, True, 4, 5))
 DEQUANT_MIN_M = 128  # from this M bucket on, the default dequantizes once and calls a dense matmul
 
 
@@ -176,13 +181,8 @@ def candidate_configs(m: int, n: int, k_pad: int, group_size: int, device: torch
         for block_n, warps, block_k, prefetch in GEMV_M1_TILES:
             cfg = _gemv(m, n, k_pad, group_size, device, block_n, block_k, num_warps=warps, prefetch=prefetch)
             out += [dataclasses.replace(cfg, split_k=cfg.split_k * f) for f in (1, 2, 4)]
-        # the GEMM's packed unpacking issues fewer instructions per weight than the GEMV (3.6 / 2.7 against
-        # 4.1 in sm_90 SASS) though 15 of its 16 MMA rows are padding: let the tuner time it at M = 1 too
-        for block_n in (64, 128):
-            cfg = KernelConfig("gemm", block_n, 128, block_m=16, num_warps=4, num_stages=3, swap_ab=True,
-                               prefetch=1).fitted(group_size, k_pad)
-            split = _split_for(triton.cdiv(n, block_n), k_pad // cfg.block_k, device)
-            out += [dataclasses.replace(cfg, split_k=s) for s in (split, 2 * split)]
+        # (the GEMM is no candidate here: with the packed unpacking it issues fewer instructions per weight
+        # than the GEMV, yet ran 33.7 us against 21.6 at 8192 x 8192 on the H200, kernels_nvidia_h200_packed.md)
     if 2 <= m <= GEMV_ROWS[-1]:  # several rows per GEMV program (sm_90 SASS: BLOCK_K 128 issues the least)
         for block_n in (128 // m, 256 // m):
             cfg = _gemv(m, n, k_pad, group_size, device, block_n, 128)
@@ -197,11 +197,12 @@ def candidate_configs(m: int, n: int, k_pad: int, group_size: int, device: torch
                 tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
                 split = _split_for(tiles, k_pad // cfg.block_k, device)
                 out += [dataclasses.replace(cfg, split_k=s) for s in (1, split, 2 * split)]
-        if m <= 16:  # the fewest instructions per weight of the packed unpacking (sm_90: 2.7, 8 warps)
-            cfg = KernelConfig("gemm", 256, 128, block_m=16, num_warps=8, num_stages=3, swap_ab=True,
-                               prefetch=1).fitted(group_size, k_pad)
-            split = _split_for(triton.cdiv(n, 256), k_pad // cfg.block_k, device)
-            out += [dataclasses.replace(cfg, split_k=s) for s in (split, 2 * split)]
+        if m <= 16:
+            for block_n, swap, warps, stages in SMALL_M_GEMM_TILES:
+                cfg = KernelConfig("gemm", block_n, 128, block_m=16, num_warps=warps, num_stages=stages,
+                                   swap_ab=swap, prefetch=1).fitted(group_size, k_pad)
+                split = _split_for(triton.cdiv(n, block_n), k_pad // cfg.block_k, device)
+                out += [dataclasses.replace(cfg, split_k=s) for s in (split, 2 * split)]
     if m > 64:  # (BLOCK_M, BLOCK_N, warps): the two that compile without spills and with the fewest instructions
         for block_m, block_n, warps in ((64, 128, 4), (64, 256, 8)):
             out.append(KernelConfig("gemm", block_n, 64, block_m=block_m, num_warps=warps, num_stages=3,
