@@ -17,8 +17,9 @@ the GEMV) and does nothing else, over
 * ``tiled``: each [BLOCK_N, 128] tile stored contiguously (8 KB for 128 rows),
   tiles of a row block in K order, the repacked layout the kernels could use.
 
-Then the real M=1 GEMV (``kernels/int4_gemv.py``, 128 x 128 tile, split-K and its reduce) on the
-stored layout and on the tiled copy (its TILED addressing; outputs must be bit-identical).
+Then the library's kernels on the stored layout and on a tiled copy (their TILED addressing; the
+outputs must be bit-identical): the M=1 GEMV (128 x 128 tile) and the M=16 GEMM (the 64 x 128
+swapped tile the H200 tuning picks), each with split-K and its reduce.
 
 Each is timed like ``bench_kernels.py`` (CUDA graph over rotated copies, so
 the bytes come from HBM), next to bf16 ``F.linear`` at M=1 and a device copy.
@@ -29,6 +30,7 @@ If ``tiled`` reads near the bf16 GEMV's rate and ``row-major 128`` near
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -38,6 +40,8 @@ import triton
 import triton.language as tl
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from awq_ao.kernels import KernelConfig  # noqa: E402
 
 BLOCK_N = 128
 TILE_K = 128  # columns per tile of the tiled layout (the GEMV's BLOCK_K at group 128)
@@ -87,33 +91,43 @@ def read_sum(words: torch.Tensor, layout: str, tile_k: int, split: int, out: tor
     return out
 
 
-def gemv(x, words, scale, zero, group: int, split: int, tiled: bool, y=None, partials=None) -> torch.Tensor:
-    """y [1, N] = x [1, K] @ dequantize(W).T with the 128 x 128 GEMV on the stored words [N, K/8] or on
-    ``to_tiled(words)``; the same split-K and reduce as ``awq_ao.kernels.int4_matmul``."""
-    from awq_ao.kernels.int4_gemv import _int4_gemv_kernel, _splitk_reduce_kernel
-    from awq_ao.kernels.int4_matmul import REDUCE_BLOCK
+GEMV_CONFIG = KernelConfig("gemv", BLOCK_N, TILE_K)  # the M=1 default tile
+GEMM_CONFIG = KernelConfig("gemm", 64, TILE_K, block_m=16, num_stages=3, prefetch=1, swap_ab=True)  # M=16's
 
-    k = x.shape[1]
-    n = words.shape[0] * (BLOCK_N if tiled else 1)
+
+def linear(x, words, scale, zero, group: int, cfg: KernelConfig, tiled: bool, y=None) -> torch.Tensor:
+    """y [M, N] = x [M, K] @ dequantize(W).T with ``cfg`` (its split_k, BLOCK_K = 128) on the stored words
+    [N, K/8] or on ``to_tiled(words, cfg.block_n)``: the library's kernels, split-K and reduce, launched
+    as ``awq_ao.kernels.int4_matmul`` does, with the layout's strides and the kernels' TILED addressing."""
+    from awq_ao.kernels.int4_gemm import _int4_gemm_kernel
+    from awq_ao.kernels.int4_gemv import _int4_gemv_kernel, _splitk_reduce_kernel
+    from awq_ao.kernels.int4_matmul import _GEMM_MAGIC, REDUCE_BLOCK
+
+    m, k = x.shape
+    n = words.shape[0] * (cfg.block_n if tiled else 1)
     tiles = k // TILE_K
-    per_split = triton.cdiv(tiles, split)
+    per_split = triton.cdiv(tiles, cfg.split_k)
     split = triton.cdiv(tiles, per_split)
     if y is None:
-        y = torch.empty((1, n), dtype=x.dtype, device=x.device)
-    if partials is None:
-        partials = torch.empty((split, 1, n), dtype=torch.float32, device=x.device)
-    if tiled:  # row, row block, tile strides of the [N/128, K/128, 128, 16] copy
+        y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    partials = torch.empty((split, m, n), dtype=torch.float32, device=x.device)
+    if tiled:  # row, row block, tile strides of the [N/BN, K/128, BN, 16] copy
         stride_q, stride_block, stride_tile = TILE_K // 8, words.stride(0), words.stride(1)
     else:
-        stride_q, stride_block, stride_tile = words.stride(0), BLOCK_N * words.stride(0), TILE_K // 8
-    _int4_gemv_kernel[(n // BLOCK_N, split, 1)](
-        x, words, scale, zero, scale, partials, 1, n, k, tiles, per_split,
-        x.stride(0), stride_q, scale.stride(0), partials.stride(1), partials.stride(0), stride_block, stride_tile,
-        GROUP_SIZE=group, HAS_PRE_SCALE=False, EVEN_K=True, EVEN_M=True, PREFETCH=0, ROWS=1, TILED=tiled,
-        BLOCK_N=BLOCK_N, BLOCK_K=TILE_K, num_warps=4, num_stages=2,
-    )
-    _splitk_reduce_kernel[(triton.cdiv(n, REDUCE_BLOCK),)](partials, y, n, partials.stride(0), SPLIT_K=split,
-                                                           BLOCK=REDUCE_BLOCK)
+        stride_q, stride_block, stride_tile = words.stride(0), cfg.block_n * words.stride(0), TILE_K // 8
+    args = (x, words, scale, zero, scale, partials, m, n, k, tiles, per_split)
+    strides = (x.stride(0), stride_q, scale.stride(0), partials.stride(1), partials.stride(0), stride_block,
+               stride_tile)
+    common = dict(GROUP_SIZE=group, HAS_PRE_SCALE=False, EVEN_K=True, PREFETCH=cfg.prefetch, TILED=tiled,
+                  BLOCK_N=cfg.block_n, BLOCK_K=TILE_K, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    if cfg.kind == "gemv":
+        _int4_gemv_kernel[(n // cfg.block_n, split, m)](*args, *strides, EVEN_M=True, ROWS=1, **common)
+    else:
+        _int4_gemm_kernel[(n // cfg.block_n, triton.cdiv(m, cfg.block_m), split)](
+            *args, _GEMM_MAGIC[x.dtype], *strides, DOT_PRECISION="tf32", SWAP_AB=cfg.swap_ab,
+            PACKED16=x.dtype != torch.float32, USE_ASM=x.is_cuda, BLOCK_M=cfg.block_m, **common)
+    _splitk_reduce_kernel[(triton.cdiv(m * n, REDUCE_BLOCK),)](partials, y, m * n, partials.stride(0), SPLIT_K=split,
+                                                               BLOCK=REDUCE_BLOCK)
     return y
 
 
@@ -143,21 +157,25 @@ def main(argv=None) -> int:
             if device.type == "cuda":
                 rows.append((f"{layout} {tile_k}", split, _time_reads(src, layout, tile_k, split)))
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float16  # the interpreter has no bf16
-        x = torch.randn(1, k, dtype=dtype, device=device)
         scale = (torch.rand(n, k // 128, device=device) * 0.01 + 1e-3).to(dtype)
         zero = torch.randint(0, 16, (n, k // 128), dtype=torch.uint8, device=device)
         split = max(1, min(16, (k // TILE_K) // 4))
-        y_stored = gemv(x, words, scale, zero, 128, split, tiled=False)
-        y_tiled = gemv(x, tiled, scale, zero, 128, split, tiled=True)
-        if not torch.equal(y_stored, y_tiled):
-            print(f"FAIL GEMV on the tiled copy differs from the stored layout ({n} x {k})")
-            return 1
+        kernels = [("GEMV M=1", GEMV_CONFIG, 1), ("GEMM M=16", GEMM_CONFIG, 16)]
+        for label, cfg, m in kernels:
+            cfg = dataclasses.replace(cfg, split_k=split)
+            x = torch.randn(m, k, dtype=dtype, device=device)
+            tiled_n = to_tiled(words, cfg.block_n)
+            y = linear(x, words, scale, zero, 128, cfg, tiled=False)
+            if not torch.equal(y, linear(x, tiled_n, scale, zero, 128, cfg, tiled=True)):
+                print(f"FAIL {label} on the tiled copy differs from the stored layout ({n} x {k})")
+                return 1
+            if device.type == "cuda":
+                for layout, src, is_tiled in (("stored", words, False), (f"tiled {cfg.block_n}x128", tiled_n, True)):
+                    rows.append((f"{label} {layout}", split, _time_linear(x, src, scale, zero, cfg, is_tiled)))
         if device.type != "cuda":
-            print(f"{n} x {k}: every layout read every word once (checksums agree); the GEMV on the tiled copy "
-                  "equals the stored layout's bit for bit")
+            print(f"{n} x {k}: every layout read every word once (checksums agree); the GEMV and the GEMM on "
+                  "tiled copies equal the stored layout's results bit for bit")
             continue
-        for label, src, is_tiled in (("GEMV stored", words, False), ("GEMV tiled", tiled, True)):
-            rows.append((label, split, _time_gemv(x, src, scale, zero, split, is_tiled)))
         nbytes = words.numel() * 4
         dense_ms = _time_dense(n, k)
         print(f"\n{n} x {k}: {nbytes / 1e6:.1f} MB of int4 words; bf16 F.linear M=1 reads {2 * n * k / 1e6:.0f} MB "
@@ -176,12 +194,12 @@ def _time_reads(words, layout, tile_k, split) -> float:
     return graph_time_ms([lambda c=c, o=o: read_sum(c, layout, tile_k, split, o) for c, o in zip(copies, outs)])
 
 
-def _time_gemv(x, words, scale, zero, split, tiled) -> float:
+def _time_linear(x, words, scale, zero, cfg, tiled) -> float:
     from awq_ao.kernels.timing import copies_for, graph_time_ms, l2_bytes
 
     copies = [words.clone() for _ in range(copies_for(words.numel() * 4, l2_bytes()))]
-    outs = [gemv(x, c, scale, zero, 128, split, tiled) for c in copies]
-    return graph_time_ms([lambda c=c, y=y: gemv(x, c, scale, zero, 128, split, tiled, y=y) for c, y in zip(copies, outs)])
+    outs = [linear(x, c, scale, zero, 128, cfg, tiled) for c in copies]
+    return graph_time_ms([lambda c=c, y=y: linear(x, c, scale, zero, 128, cfg, tiled, y=y) for c, y in zip(copies, outs)])
 
 
 def _time_dense(n, k) -> float:

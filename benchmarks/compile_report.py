@@ -46,8 +46,7 @@ def _signature(kind: str, dt: str) -> dict:
     if kind == "gemm":
         sig["magic_bits"] = "i32"
     sig.update({name: "i32" for name in ("stride_xm", "stride_q", "stride_s", "stride_om", "stride_osplit")})
-    if kind == "gemv":
-        sig.update({"stride_qblock": "i32", "stride_qtile": "i32"})
+    sig.update({"stride_qblock": "i32", "stride_qtile": "i32"})
     return sig
 
 
@@ -65,7 +64,7 @@ def compile_config(cfg: KernelConfig, dt: str, group: int, arch: int):
         constexprs.update({"PREFETCH": cfg.prefetch, "EVEN_M": True, "ROWS": cfg.block_m, "TILED": False})
     if kind == "gemm":
         constexprs.update({"DOT_PRECISION": "ieee" if dt == "fp32" else "tf32", "BLOCK_M": cfg.block_m,
-                           "SWAP_AB": cfg.swap_ab, "PREFETCH": cfg.prefetch, "PACKED16": dt != "fp32", "USE_ASM": True})
+                           "SWAP_AB": cfg.swap_ab, "PREFETCH": cfg.prefetch, "PACKED16": dt != "fp32", "USE_ASM": True, "TILED": False})
     sig.update({name: "constexpr" for name in constexprs})
     names = list(sig)
     divisible = [n for n in names if n.endswith("_ptr") or n in ("N", "K", "stride_xm", "stride_q", "stride_om",

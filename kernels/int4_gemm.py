@@ -135,7 +135,7 @@ def _tile_params(s_ptr, z_ptr, pre_ptr, offs_n, mask_n, offs_k, t, t_end, K, str
 def _int4_gemm_kernel(
     x_ptr, q_ptr, s_ptr, z_ptr, pre_ptr, out_ptr,
     M, N, K, TILES, TILES_PER_SPLIT, magic_bits,
-    stride_xm, stride_q, stride_s, stride_om, stride_osplit,
+    stride_xm, stride_q, stride_s, stride_om, stride_osplit, stride_qblock, stride_qtile,
     GROUP_SIZE: tl.constexpr,
     HAS_PRE_SCALE: tl.constexpr,
     EVEN_K: tl.constexpr,
@@ -144,6 +144,7 @@ def _int4_gemm_kernel(
     PREFETCH: tl.constexpr,
     PACKED16: tl.constexpr,
     USE_ASM: tl.constexpr,
+    TILED: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -192,8 +193,13 @@ def _int4_gemm_kernel(
             if HAS_PRE_SCALE:
                 x = (x.to(tl.float32) * pre.to(tl.float32)[None, :]).to(dtype)
             x = pair_order(x)
-        words = tl.load(q_ptr + offs_n[:, None] * stride_q + (k0 // 8 + offs_j)[None, :],
-                        mask=mask_n[:, None], other=0)
+        if TILED:  # bench_layout.py's copy with each [BLOCK_N, BLOCK_K] tile contiguous (see int4_gemv._load_tile)
+            rows = tl.arange(0, BLOCK_N)
+            words = tl.load(q_ptr + pid_n * stride_qblock + t * stride_qtile + rows[:, None] * stride_q
+                            + offs_j[None, :], mask=mask_n[:, None], other=0)
+        else:
+            words = tl.load(q_ptr + offs_n[:, None] * stride_q + (k0 // 8 + offs_j)[None, :],
+                            mask=mask_n[:, None], other=0)
         s = s.to(tl.float32)
         if PACKED16:
             w = dequant_tile16(words, z.to(tl.float32), magic_bits, dtype, USE_ASM)  # [BLOCK_N, BLOCK_K]

@@ -89,12 +89,13 @@ def launch_int4_linear(
         out = torch.empty((split, m, n), dtype=torch.float32, device=x.device)
         stride_split = out.stride(0)
     common = (m, n, in_features, tiles, tiles_per_split)
-    strides = (x.stride(0), words.stride(0), scale.stride(0), out.stride(-2), stride_split)
+    # the last two: the stored layout's row block and K tile, used only by the kernels' TILED addressing
+    strides = (x.stride(0), words.stride(0), scale.stride(0), out.stride(-2), stride_split,
+               config.block_n * words.stride(0), config.block_k // 8)
     if config.kind == "gemv":
         grid = (triton.cdiv(n, config.block_n), split, triton.cdiv(m, config.block_m))
         wrap(_int4_gemv_kernel)[grid](
             x, words, scale, zero_point, pre, out, *common, *strides,
-            config.block_n * words.stride(0), config.block_k // 8,  # the stored layout's row block and K tile
             GROUP_SIZE=group_size, HAS_PRE_SCALE=has_pre, EVEN_K=in_features == k_pad,
             EVEN_M=m % config.block_m == 0, PREFETCH=config.prefetch, ROWS=config.block_m, TILED=False,
             BLOCK_N=config.block_n, BLOCK_K=config.block_k,
@@ -106,7 +107,7 @@ def launch_int4_linear(
             x, words, scale, zero_point, pre, out, *common, _GEMM_MAGIC[x.dtype], *strides,
             GROUP_SIZE=group_size, HAS_PRE_SCALE=has_pre, EVEN_K=in_features == k_pad,
             DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32", SWAP_AB=config.swap_ab,
-            PREFETCH=config.prefetch, PACKED16=x.dtype != torch.float32, USE_ASM=x.is_cuda,
+            PREFETCH=config.prefetch, PACKED16=x.dtype != torch.float32, USE_ASM=x.is_cuda, TILED=False,
             BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
             num_warps=config.num_warps, num_stages=config.num_stages,
         )

@@ -217,16 +217,18 @@ def test_bench_layout_reads_every_word_once_in_each_layout():
     for layout, tile_k, src in (("row-major", 128, words), ("row-major", 256, words), ("tiled", 128, tiled)):
         got = int(bench.read_sum(src, layout, tile_k, split=2).sum(dtype=torch.int64)) & 0xFFFFFFFF
         assert got == expected, (layout, tile_k)
-    # the real GEMV on the tiled copy (TILED addressing) gives the library's result bit for bit
+    # the library's GEMV and GEMM on tiled copies (TILED addressing) give int4_linear's results bit for bit
     from awq_ao.kernels import int4_linear
 
-    x = torch.randn(1, 512, dtype=torch.float16)
     scale = (torch.rand(256, 4) * 0.01 + 1e-3).to(torch.float16)
     zero = torch.randint(0, 16, (256, 4), dtype=torch.uint8)
-    expected_y = int4_linear(x, words.view(torch.uint8), scale, zero, 128, 512,
-                             config=KernelConfig("gemv", 128, 128, split_k=2))
-    assert torch.equal(bench.gemv(x, tiled, scale, zero, 128, 2, tiled=True), expected_y)
-    assert torch.equal(bench.gemv(x, words, scale, zero, 128, 2, tiled=False), expected_y)
+    for cfg, m in ((KernelConfig("gemv", 128, 128, split_k=2), 1),
+                   (KernelConfig("gemm", 64, 128, block_m=16, split_k=2, prefetch=1, swap_ab=True), 5)):
+        x = torch.randn(m, 512, dtype=torch.float16)
+        expected_y = int4_linear(x, words.view(torch.uint8), scale, zero, 128, 512, config=cfg)
+        tiled_n = bench.to_tiled(words, cfg.block_n)
+        assert torch.equal(bench.linear(x, tiled_n, scale, zero, 128, cfg, tiled=True), expected_y), cfg.kind
+        assert torch.equal(bench.linear(x, words, scale, zero, 128, cfg, tiled=False), expected_y), cfg.kind
 
 
 def _benchmark_module(name: str):
