@@ -97,38 +97,17 @@ GEMM_CONFIG = KernelConfig("gemm", 64, TILE_K, block_m=16, num_stages=3, prefetc
 
 def linear(x, words, scale, zero, group: int, cfg: KernelConfig, tiled: bool, y=None) -> torch.Tensor:
     """y [M, N] = x [M, K] @ dequantize(W).T with ``cfg`` (its split_k, BLOCK_K = 128) on the stored words
-    [N, K/8] or on ``to_tiled(words, cfg.block_n)``: the library's kernels, split-K and reduce, launched
-    as ``awq_ao.kernels.int4_matmul`` does, with the layout's strides and the kernels' TILED addressing."""
-    from awq_ao.kernels.int4_gemm import _int4_gemm_kernel
-    from awq_ao.kernels.int4_gemv import _int4_gemv_kernel, _splitk_reduce_kernel
-    from awq_ao.kernels.int4_matmul import _GEMM_MAGIC, REDUCE_BLOCK
+    [N, K/8] or on ``to_tiled(words, cfg.block_n)``: the library's launch (``int4_matmul.fused_linear``),
+    split-K and reduce included, with the tiled copy's strides and the kernels' TILED addressing."""
+    from awq_ao.kernels.int4_matmul import fused_linear
 
-    m, k = x.shape
-    n = words.shape[0] * (cfg.block_n if tiled else 1)
-    tiles = k // TILE_K
-    per_split = triton.cdiv(tiles, cfg.split_k)
-    split = triton.cdiv(tiles, per_split)
-    if y is None:
-        y = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    partials = torch.empty((split, m, n), dtype=torch.float32, device=x.device)
-    if tiled:  # row, row block, tile strides of the [N/BN, K/128, BN, 16] copy
-        stride_q, stride_block, stride_tile = TILE_K // 8, words.stride(0), words.stride(1)
+    k = x.shape[1]
+    if tiled:  # row, row block and K tile strides of the [N/BN, K/128, BN, 16] copy
+        n, strides = words.shape[0] * cfg.block_n, (TILE_K // 8, words.stride(0), words.stride(1))
     else:
-        stride_q, stride_block, stride_tile = words.stride(0), cfg.block_n * words.stride(0), TILE_K // 8
-    args = (x, words, scale, zero, scale, partials, m, n, k, tiles, per_split)
-    strides = (x.stride(0), stride_q, scale.stride(0), partials.stride(1), partials.stride(0), stride_block,
-               stride_tile)
-    common = dict(GROUP_SIZE=group, HAS_PRE_SCALE=False, EVEN_K=True, PREFETCH=cfg.prefetch, TILED=tiled,
-                  BLOCK_N=cfg.block_n, BLOCK_K=TILE_K, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    if cfg.kind == "gemv":
-        _int4_gemv_kernel[(n // cfg.block_n, split, m)](*args, *strides, EVEN_M=True, ROWS=1, **common)
-    else:
-        _int4_gemm_kernel[(n // cfg.block_n, triton.cdiv(m, cfg.block_m), split)](
-            *args, _GEMM_MAGIC[x.dtype], *strides, DOT_PRECISION="tf32", SWAP_AB=cfg.swap_ab,
-            PACKED16=x.dtype != torch.float32, USE_ASM=x.is_cuda, BLOCK_M=cfg.block_m, **common)
-    _splitk_reduce_kernel[(triton.cdiv(m * n, REDUCE_BLOCK),)](partials, y, m * n, partials.stride(0), SPLIT_K=split,
-                                                               BLOCK=REDUCE_BLOCK)
-    return y
+        n, strides = words.shape[0], None
+    return fused_linear(x, words, scale, zero, scale, False, y, group, k, n, k, cfg.fitted(group, k),
+                        lambda kernel: kernel, tiled_strides=strides)
 
 
 def main(argv=None) -> int:
@@ -155,7 +134,8 @@ def main(argv=None) -> int:
                 print(f"FAIL {layout} {tile_k}: checksum {got:#x} != {expected:#x}")
                 return 1
             if device.type == "cuda":
-                rows.append((f"{layout} {tile_k}", split, _time_reads(src, layout, tile_k, split)))
+                rows.append((f"{layout} {tile_k}", split, _time_over_copies(
+                    src, lambda w, o, layout=layout, tile_k=tile_k, split=split: read_sum(w, layout, tile_k, split, o))))
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float16  # the interpreter has no bf16
         scale = (torch.rand(n, k // 128, device=device) * 0.01 + 1e-3).to(dtype)
         zero = torch.randint(0, 16, (n, k // 128), dtype=torch.uint8, device=device)
@@ -171,7 +151,8 @@ def main(argv=None) -> int:
                 return 1
             if device.type == "cuda":
                 for layout, src, is_tiled in (("stored", words, False), (f"tiled {cfg.block_n}x128", tiled_n, True)):
-                    rows.append((f"{label} {layout}", split, _time_linear(x, src, scale, zero, cfg, is_tiled)))
+                    rows.append((f"{label} {layout}", split, _time_over_copies(
+                        src, lambda w, o, x=x, cfg=cfg, t=is_tiled: linear(x, w, scale, zero, 128, cfg, t, y=o))))
         if device.type != "cuda":
             print(f"{n} x {k}: every layout read every word once (checksums agree); the GEMV and the GEMM on "
                   "tiled copies equal the stored layout's results bit for bit")
@@ -186,20 +167,14 @@ def main(argv=None) -> int:
     return 0
 
 
-def _time_reads(words, layout, tile_k, split) -> float:
+def _time_over_copies(words, call) -> float:
+    """ms per ``call(words_copy, out)``, in a CUDA graph over copies of ``words`` (HBM, not L2); call(w, None)
+    makes the output first."""
     from awq_ao.kernels.timing import copies_for, graph_time_ms, l2_bytes
 
     copies = [words.clone() for _ in range(copies_for(words.numel() * 4, l2_bytes()))]
-    outs = [read_sum(c, layout, tile_k, split) for c in copies]
-    return graph_time_ms([lambda c=c, o=o: read_sum(c, layout, tile_k, split, o) for c, o in zip(copies, outs)])
-
-
-def _time_linear(x, words, scale, zero, cfg, tiled) -> float:
-    from awq_ao.kernels.timing import copies_for, graph_time_ms, l2_bytes
-
-    copies = [words.clone() for _ in range(copies_for(words.numel() * 4, l2_bytes()))]
-    outs = [linear(x, c, scale, zero, 128, cfg, tiled) for c in copies]
-    return graph_time_ms([lambda c=c, y=y: linear(x, c, scale, zero, 128, cfg, tiled, y=y) for c, y in zip(copies, outs)])
+    outs = [call(c, None) for c in copies]
+    return graph_time_ms([lambda c=c, o=o: call(c, o) for c, o in zip(copies, outs)])
 
 
 def _time_dense(n, k) -> float:

@@ -78,6 +78,19 @@ def launch_int4_linear(
     pre = act_pre_scale if has_pre else scale
     if config.kind == "dequant":
         return _dequant_then_mm(x, words, scale, zero_point, pre, has_pre, y, group_size, in_features, config, wrap)
+    return fused_linear(x, words, scale, zero_point, pre, has_pre, y, group_size, in_features, n, k_pad, config,
+                        wrap)
+
+
+def fused_linear(x, words, scale, zero_point, pre, has_pre, y, group_size, in_features, n, k_pad, config, wrap,
+                 tiled_strides=None) -> torch.Tensor:
+    """The GEMV or the GEMM of ``config`` (a fitted one), then the split-K reduce; returns y [M, N].
+
+    ``words`` is the stored layout (int32 [N, K_pad / 8]), or, with ``tiled_strides`` = (row, row block,
+    K tile) in words, a copy laid out tile by tile that the kernels read with their TILED addressing
+    (``benchmarks/bench_layout.py``).
+    """
+    m = x.shape[0]
     if y is None:
         y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     tiles = k_pad // config.block_k
@@ -89,15 +102,17 @@ def launch_int4_linear(
         out = torch.empty((split, m, n), dtype=torch.float32, device=x.device)
         stride_split = out.stride(0)
     common = (m, n, in_features, tiles, tiles_per_split)
-    # the last two: the stored layout's row block and K tile, used only by the kernels' TILED addressing
-    strides = (x.stride(0), words.stride(0), scale.stride(0), out.stride(-2), stride_split,
-               config.block_n * words.stride(0), config.block_k // 8)
+    tiled = tiled_strides is not None
+    # the stored layout's row stride, row block and K tile (the last two read only by TILED addressing)
+    q_row, q_block, q_tile = tiled_strides if tiled else (words.stride(0), config.block_n * words.stride(0),
+                                                          config.block_k // 8)
+    strides = (x.stride(0), q_row, scale.stride(0), out.stride(-2), stride_split, q_block, q_tile)
     if config.kind == "gemv":
         grid = (triton.cdiv(n, config.block_n), split, triton.cdiv(m, config.block_m))
         wrap(_int4_gemv_kernel)[grid](
             x, words, scale, zero_point, pre, out, *common, *strides,
             GROUP_SIZE=group_size, HAS_PRE_SCALE=has_pre, EVEN_K=in_features == k_pad,
-            EVEN_M=m % config.block_m == 0, PREFETCH=config.prefetch, ROWS=config.block_m, TILED=False,
+            EVEN_M=m % config.block_m == 0, PREFETCH=config.prefetch, ROWS=config.block_m, TILED=tiled,
             BLOCK_N=config.block_n, BLOCK_K=config.block_k,
             num_warps=config.num_warps, num_stages=config.num_stages,
         )
@@ -107,7 +122,7 @@ def launch_int4_linear(
             x, words, scale, zero_point, pre, out, *common, _GEMM_MAGIC[x.dtype], *strides,
             GROUP_SIZE=group_size, HAS_PRE_SCALE=has_pre, EVEN_K=in_features == k_pad,
             DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32", SWAP_AB=config.swap_ab,
-            PREFETCH=config.prefetch, PACKED16=x.dtype != torch.float32, USE_ASM=x.is_cuda, TILED=False,
+            PREFETCH=config.prefetch, PACKED16=x.dtype != torch.float32, USE_ASM=x.is_cuda, TILED=tiled,
             BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
             num_warps=config.num_warps, num_stages=config.num_stages,
         )

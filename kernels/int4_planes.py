@@ -66,6 +66,6 @@ def nibble_pair16(words, i: tl.constexpr, zero_magic, magic_pair, DTYPE: tl.cons
     """
     w = words if i == 0 else words >> (4 * i)
     pair = (w & 0x000F000F) | magic_pair
-    low = (pair & 0xFFFF).to(tl.uint16).to(DTYPE, bitcast=True)
+    low = pair.to(tl.uint16).to(DTYPE, bitcast=True)  # the cast keeps the low 16 bits
     high = (pair >> 16).to(tl.uint16).to(DTYPE, bitcast=True)
     return low - zero_magic, high - zero_magic
