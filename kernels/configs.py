@@ -70,7 +70,7 @@ GEMV_ROWS = (1, 2, 4)  # rows per GEMV program: a power of two (tl.arange); at 8
 # (BLOCK_N, warps, BLOCK_K, prefetch) the tuner tries at M = 1; none spills on sm_90 with Triton 3.6
 # (benchmarks/results/sass_sm90_triton36.md). A BLOCK_K above the group spans whole groups: 128 with
 # groups of 32 or 64, and the 256 / 512 tiles (128 / 256 contiguous bytes per row per tile: the
-# dequantize kernel ran 35% faster on its 128-byte tile than on a 64-byte one) with any group.
+# dequantize kernel took 30-37% less time on its 128-byte tile than on a 64-byte one) with any group.
 GEMV_M1_TILES = tuple(
     (block_n, warps, block_k, prefetch)
     for block_n, warps in ((128, 4), (256, 4), (256, 8))
@@ -162,7 +162,7 @@ def default_config(m: int, n: int, k_pad: int, group_size: int, device: torch.de
     if m == 1:  # BLOCK_K 128 whatever the group: spanning groups of 32 / 64 costs no more instructions
         return _gemv(m, n, k_pad, group_size, device, block_n=128, block_k=128)
     if m >= DEQUANT_MIN_M:
-        # 16 x 256 beat 32 x 128 and 64 x 64 by ~35% on every H200 shape (per-candidate times in
+        # 16 x 256 took 30-37% less time than 32 x 128 and 64 x 64 on every H200 shape (per-candidate times in
         # benchmarks/results/gpu_check_nvidia_h200.log)
         return KernelConfig("dequant", block_n=16, block_k=256)
     block_m = 16 if m <= 16 else 32 if m <= 32 else 64
