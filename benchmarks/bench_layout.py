@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import os
 import sys
 
@@ -45,6 +46,7 @@ from awq_ao.kernels import KernelConfig  # noqa: E402
 
 BLOCK_N = 128
 TILE_K = 128  # columns per tile of the tiled layout (the GEMV's BLOCK_K at group 128)
+READ_SPLITS = (4, 8, 16, 32)  # programs per row block for the read kernel: 16 to 2 tiles each at K = 8192
 
 
 @triton.jit
@@ -120,14 +122,16 @@ def main(argv=None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("error: no CUDA device; for a dry run use TRITON_INTERPRET=1 ... --device cpu --n 64 --k 512")
         return 2
-    variants = [("row-major", 128), ("row-major", 256), ("row-major", 512), ("tiled", 128)]
     for n, k in zip(args.n, args.k):
         words = torch.randint(-2**31, 2**31 - 1, (n, k // 8), dtype=torch.int32, device=device)
         tiled = to_tiled(words)
         expected = int(words.sum(dtype=torch.int64)) & 0xFFFFFFFF
         rows = []
-        for layout, tile_k in variants:
-            split = max(1, min(16, (k // tile_k) // 2))
+        # (layout, columns per row per tile, split): the 128-column layouts over a range of splits (longer or
+        # shorter loops per program), the longer row-major runs at the GEMV's usual split
+        variants = [(layout, 128, split) for layout in ("row-major", "tiled") for split in READ_SPLITS
+                    if split <= k // 128] + [("row-major", tk, max(1, min(16, (k // tk) // 2))) for tk in (256, 512)]
+        for layout, tile_k, split in variants:
             src = tiled if layout == "tiled" else words
             got = int(read_sum(src, layout, tile_k, split).sum(dtype=torch.int64)) & 0xFFFFFFFF
             if got != expected:  # every word read exactly once, whatever the layout
@@ -139,9 +143,9 @@ def main(argv=None) -> int:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float16  # the interpreter has no bf16
         scale = (torch.rand(n, k // 128, device=device) * 0.01 + 1e-3).to(dtype)
         zero = torch.randint(0, 16, (n, k // 128), dtype=torch.uint8, device=device)
-        split = max(1, min(16, (k // TILE_K) // 4))
+        default_split = max(1, min(16, (k // TILE_K) // 4))
         kernels = [("GEMV M=1", GEMV_CONFIG, 1), ("GEMM M=16", GEMM_CONFIG, 16)]
-        for label, cfg, m in kernels:
+        for (label, cfg, m), split in itertools.product(kernels, sorted({max(1, default_split // 2), default_split, default_split * 2})):
             cfg = dataclasses.replace(cfg, split_k=split)
             x = torch.randn(m, k, dtype=dtype, device=device)
             tiled_n = to_tiled(words, cfg.block_n)
@@ -158,6 +162,8 @@ def main(argv=None) -> int:
                   "tiled copies equal the stored layout's results bit for bit")
             continue
         nbytes = words.numel() * 4
+        rows.append(("torch copy_ (reads and writes: twice the bytes)", "-",
+                     _time_over_copies(words, lambda w, o: w.clone() if o is None else o.copy_(w))))
         dense_ms = _time_dense(n, k)
         print(f"\n{n} x {k}: {nbytes / 1e6:.1f} MB of int4 words; bf16 F.linear M=1 reads {2 * n * k / 1e6:.0f} MB "
               f"in {dense_ms * 1e3:.1f} us = {2 * n * k / dense_ms / 1e9:.0f} GB/s")
