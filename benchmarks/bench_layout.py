@@ -131,6 +131,9 @@ def main(argv=None) -> int:
         # shorter loops per program), the longer row-major runs at the GEMV's usual split
         variants = [(layout, 128, split) for layout in ("row-major", "tiled") for split in READ_SPLITS
                     if split <= k // 128] + [("row-major", tk, max(1, min(16, (k // tk) // 2))) for tk in (256, 512)]
+        if device.type == "cuda":
+            rows.append(("row-major 128, L2-resident", 16, _time_over_copies(
+                words, lambda w, o: read_sum(w, "row-major", 128, 16, o), resident=True)))
         for layout, tile_k, split in variants:
             src = tiled if layout == "tiled" else words
             got = int(read_sum(src, layout, tile_k, split).sum(dtype=torch.int64)) & 0xFFFFFFFF
@@ -157,6 +160,11 @@ def main(argv=None) -> int:
                 for layout, src, is_tiled in (("stored", words, False), (f"tiled {cfg.block_n}x128", tiled_n, True)):
                     rows.append((f"{label} {layout}", split, _time_over_copies(
                         src, lambda w, o, x=x, cfg=cfg, t=is_tiled: linear(x, w, scale, zero, 128, cfg, t, y=o))))
+                if split == default_split:  # the same weights every call: from L2, what the kernel costs without HBM
+                    rows.append((f"{label} stored, L2-resident", split, _time_over_copies(
+                        words, lambda w, o, x=x, cfg=cfg: linear(x, w, scale, zero, 128, cfg, False, y=o),
+                        resident=True)))
+                    rows.append((f"split-K reduce alone ({label})", split, _time_reduce(m, n, split)))
         if device.type != "cuda":
             print(f"{n} x {k}: every layout read every word once (checksums agree); the GEMV and the GEMM on "
                   "tiled copies equal the stored layout's results bit for bit")
@@ -166,21 +174,35 @@ def main(argv=None) -> int:
                      _time_over_copies(words, lambda w, o: w.clone() if o is None else o.copy_(w))))
         dense_ms = _time_dense(n, k)
         print(f"\n{n} x {k}: {nbytes / 1e6:.1f} MB of int4 words; bf16 F.linear M=1 reads {2 * n * k / 1e6:.0f} MB "
-              f"in {dense_ms * 1e3:.1f} us = {2 * n * k / dense_ms / 1e9:.0f} GB/s")
-        print("| layout | split | us | GB/s |\n|---|---|---|---|")
+              f"in {dense_ms * 1e3:.1f} us = {2 * n * k / dense_ms / 1e9:.2f} TB/s")
+        print("| layout | split | us | TB/s of int4 words |\n|---|---|---|---|")
         for label, split, ms in rows:
-            print(f"| {label} | {split} | {ms * 1e3:.1f} | {nbytes / ms / 1e9:.0f} |")
+            print(f"| {label} | {split} | {ms * 1e3:.1f} | {nbytes / ms / 1e9:.2f} |")
     return 0
 
 
-def _time_over_copies(words, call) -> float:
+def _time_over_copies(words, call, resident: bool = False) -> float:
     """ms per ``call(words_copy, out)``, in a CUDA graph over copies of ``words`` (HBM, not L2); call(w, None)
-    makes the output first."""
+    makes the output first. ``resident``: ``words`` itself every call (from L2 when it fits)."""
     from awq_ao.kernels.timing import copies_for, graph_time_ms, l2_bytes
 
-    copies = [words.clone() for _ in range(copies_for(words.numel() * 4, l2_bytes()))]
+    count = copies_for(words.numel() * 4, l2_bytes())
+    copies = [words] * count if resident else [words.clone() for _ in range(count)]
     outs = [call(c, None) for c in copies]
     return graph_time_ms([lambda c=c, o=o: call(c, o) for c, o in zip(copies, outs)])
+
+
+def _time_reduce(m, n, split) -> float:
+    """ms of the split-K reduce alone: fp32 partials [split, m, n] -> bf16 [m, n]."""
+    from awq_ao.kernels.int4_gemv import _splitk_reduce_kernel
+    from awq_ao.kernels.int4_matmul import REDUCE_BLOCK
+    from awq_ao.kernels.timing import graph_time_ms
+
+    parts = [torch.randn(split, m, n, device="cuda") for _ in range(8)]
+    ys = [torch.empty(m, n, dtype=torch.bfloat16, device="cuda") for _ in range(8)]
+    grid = (triton.cdiv(m * n, REDUCE_BLOCK),)
+    return graph_time_ms([lambda p=p, y=y: _splitk_reduce_kernel[grid](p, y, m * n, p.stride(0), SPLIT_K=split,
+                                                                       BLOCK=REDUCE_BLOCK) for p, y in zip(parts, ys)])
 
 
 def _time_dense(n, k) -> float:
