@@ -14,8 +14,11 @@ the group size, so a tile has one scale and one zero per row). Per tile:
   match. fp32: each of the 8 nibble planes as ``(q - z) * 16**p``
   (``int4_planes.nibble_plane``) interleaved back into column order, and the
   activation tile's columns scaled by ``16**-p`` (exact);
-* ``tl.dot`` the activation tile with the integer tile, fp32 accumulate;
-* multiply the partial product by the row's scale and add it to the accumulator.
+* multiply by the row's scale: bf16 / fp16 ``(q - z) * s`` rounded once in the
+  activation dtype (as a dense dequantized weight is), fp32 exactly so;
+* ``tl.dot`` the activation tile with it into the fp32 accumulator the loop
+  carries (so Hopper's asynchronous MMA of one tile overlaps the unpacking of
+  the next; a fresh ``tl.dot`` per tile, scaled after, waited for every MMA).
 
 Triton's pipeliner streams the words and the activation tile through shared
 memory ahead of use (``num_stages``), but not the scale, zero and pre-scale
@@ -37,7 +40,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from awq_ao.kernels.int4_planes import column_factor, nibble_pair16, nibble_plane
+from awq_ao.kernels.int4_planes import column_factor, nibble_plane, scaled_pair16
 
 
 @triton.jit
@@ -47,45 +50,58 @@ def _interleave4(a, b, c, d):
 
 
 @triton.jit
-def _pair_asm(w, neg_zero_magic, magic_pair, DTYPE: tl.constexpr):
-    """PTX for ``nibble_pair16`` on words already shifted: LOP3 ``(w & 0x000F000F) | magic``, one packed FMA."""
+def _pair_asm(w, neg_zero_magic, scale, magic_pair, DTYPE: tl.constexpr):
+    """PTX for ``scaled_pair16`` on words already shifted: LOP3 ``(w & 0x000F000F) | magic``, then two packed
+    FMAs: ``t * 1 - (magic + z)`` (exact) and ``(q - z) * s + (-0)`` (one rounding; an FMA, not ``mul.bf16x2``,
+    which sm_80 lacks)."""
     if DTYPE == tl.bfloat16:
         low, high = tl.inline_asm_elementwise(
-            "{ .reg .b32 t, one, nz; mov.b32 one, 1065369472; mov.b32 nz, {$3, $3}; "
-            "lop3.b32 t, $2, 983055, $4, 0xEA; fma.rn.bf16x2 t, t, one, nz; mov.b32 {$0, $1}, t; }",
-            "=h,=h,r,h,r", [w, neg_zero_magic, magic_pair], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=1)
+            "{ .reg .b32 t, one, nz, s, mz; mov.b32 one, 1065369472; mov.b32 mz, 2147516416; "
+            "mov.b32 nz, {$3, $3}; mov.b32 s, {$4, $4}; lop3.b32 t, $2, 983055, $5, 0xEA; "
+            "fma.rn.bf16x2 t, t, one, nz; fma.rn.bf16x2 t, t, s, mz; mov.b32 {$0, $1}, t; }",
+            "=h,=h,r,h,h,r", [w, neg_zero_magic, scale, magic_pair], dtype=(tl.bfloat16, tl.bfloat16),
+            is_pure=True, pack=1)
     else:
         low, high = tl.inline_asm_elementwise(
-            "{ .reg .b32 t, one, nz; mov.b32 one, 1006648320; mov.b32 nz, {$3, $3}; "
-            "lop3.b32 t, $2, 983055, $4, 0xEA; fma.rn.f16x2 t, t, one, nz; mov.b32 {$0, $1}, t; }",
-            "=h,=h,r,h,r", [w, neg_zero_magic, magic_pair], dtype=(tl.float16, tl.float16), is_pure=True, pack=1)
+            "{ .reg .b32 t, one, nz, s, mz; mov.b32 one, 1006648320; mov.b32 mz, 2147516416; "
+            "mov.b32 nz, {$3, $3}; mov.b32 s, {$4, $4}; lop3.b32 t, $2, 983055, $5, 0xEA; "
+            "fma.rn.f16x2 t, t, one, nz; fma.rn.f16x2 t, t, s, mz; mov.b32 {$0, $1}, t; }",
+            "=h,=h,r,h,h,r", [w, neg_zero_magic, scale, magic_pair], dtype=(tl.float16, tl.float16),
+            is_pure=True, pack=1)
     return low, high
 
 
 @triton.jit
-def dequant_tile16(words, z, magic_pair, DTYPE: tl.constexpr, USE_ASM: tl.constexpr):
-    """words int32 [BN, BK8], z fp32 [BN] -> [BN, 8 * BK8] bf16 / fp16 ``q - z`` (packed 16-bit), in pair order.
+def dequant_tile16(words, z, s, magic_pair, DTYPE: tl.constexpr, USE_ASM: tl.constexpr):
+    """words int32 [BN, BK8], z and s fp32 [BN] -> [BN, 8 * BK8] bf16 / fp16 ``(q - z) * s`` in pair order.
+
+    ``q - z`` is exact in 16 bits; the product with the row's scale (itself
+    rounded to DTYPE) is rounded once, as a dequantized weight in DTYPE is.
+    Scaling the tile, not the MMA's result, lets the loop carry its fp32
+    accumulator through ``tl.dot``, so a tile's MMA overlaps the next tile's
+    unpacking instead of being waited for before the scale.
 
     Pair order: within each word, the columns come as (0, 4, 1, 5, 2, 6, 3, 7),
     so each 32-bit pair the unpacking makes (columns i and i + 4) stays one
-    register of the MMA operand; ``pair_order`` permutes the activation tile
-    to match. USE_ASM (CUDA): one shift, one LOP3 and one packed FMA per pair in
-    PTX; else the same arithmetic in Triton ops (the interpreter runs no PTX).
+    register of the MMA operand; the launcher permutes the activation to match
+    (``_pair_order_x_kernel``). USE_ASM (CUDA): one shift, one LOP3 and two packed FMAs per pair
+    in PTX; else the same arithmetic in Triton ops (the interpreter runs no PTX).
     """
     zero_magic = (z + (128.0 if DTYPE == tl.bfloat16 else 1024.0)).to(DTYPE)[:, None]
+    scale = s.to(DTYPE)[:, None]
     bn: tl.constexpr = words.shape[0]
     j: tl.constexpr = words.shape[1]
     if USE_ASM:
         neg = -zero_magic
-        c0, c4 = _pair_asm(words, neg, magic_pair, DTYPE)
-        c1, c5 = _pair_asm(words >> 4, neg, magic_pair, DTYPE)
-        c2, c6 = _pair_asm(words >> 8, neg, magic_pair, DTYPE)
-        c3, c7 = _pair_asm(words >> 12, neg, magic_pair, DTYPE)
+        c0, c4 = _pair_asm(words, neg, scale, magic_pair, DTYPE)
+        c1, c5 = _pair_asm(words >> 4, neg, scale, magic_pair, DTYPE)
+        c2, c6 = _pair_asm(words >> 8, neg, scale, magic_pair, DTYPE)
+        c3, c7 = _pair_asm(words >> 12, neg, scale, magic_pair, DTYPE)
     else:
-        c0, c4 = nibble_pair16(words, 0, zero_magic, magic_pair, DTYPE)
-        c1, c5 = nibble_pair16(words, 1, zero_magic, magic_pair, DTYPE)
-        c2, c6 = nibble_pair16(words, 2, zero_magic, magic_pair, DTYPE)
-        c3, c7 = nibble_pair16(words, 3, zero_magic, magic_pair, DTYPE)
+        c0, c4 = scaled_pair16(words, 0, zero_magic, scale, magic_pair, DTYPE)
+        c1, c5 = scaled_pair16(words, 1, zero_magic, scale, magic_pair, DTYPE)
+        c2, c6 = scaled_pair16(words, 2, zero_magic, scale, magic_pair, DTYPE)
+        c3, c7 = scaled_pair16(words, 3, zero_magic, scale, magic_pair, DTYPE)
     low = tl.permute(tl.join(tl.join(c0, c4), tl.join(c1, c5)), (0, 1, 3, 2))  # [BN, J, s0, h]
     high = tl.permute(tl.join(tl.join(c2, c6), tl.join(c3, c7)), (0, 1, 3, 2))
     w = tl.permute(tl.join(low, high), (0, 1, 4, 2, 3))  # [BN, J, s1, s0, h]: column 8j + 4h + 2 s1 + s0
@@ -93,10 +109,22 @@ def dequant_tile16(words, z, magic_pair, DTYPE: tl.constexpr, USE_ASM: tl.conste
 
 
 @triton.jit
-def pair_order(x):
-    """x [BM, BK] in column order -> the same columns in ``dequant_tile16``'s order (0, 4, 1, 5, 2, 6, 3, 7 per 8)."""
-    x = tl.reshape(x, (x.shape[0], x.shape[1] // 8, 2, 2, 2))  # [BM, J, h, s1, s0]
-    return tl.reshape(tl.permute(x, (0, 1, 3, 4, 2)), (x.shape[0], x.shape[1] * 8))
+def _pair_order_x_kernel(x_ptr, pre_ptr, out_ptr, K, K_PAD, stride_xm,
+                         HAS_PRE_SCALE: tl.constexpr, BLOCK: tl.constexpr):
+    """out [M, K_PAD] = ``x * pre`` with each 8 columns in pair order (0, 4, 1, 5, 2, 6, 3, 7), zeros past K.
+
+    Grid (M, cdiv(K_PAD, BLOCK)). Position p of a row holds column 8 (p // 8) + 4 (p % 2) + (p % 8) // 2.
+    The pre-scaled product is rounded to x's dtype, as the dense path's ``x * pre`` is.
+    """
+    row = tl.program_id(0)
+    p = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    col = (p // 8) * 8 + (p % 2) * 4 + (p % 8) // 2
+    live = col < K
+    x = tl.load(x_ptr + row * stride_xm + col, mask=live, other=0.0)
+    if HAS_PRE_SCALE:
+        pre = tl.load(pre_ptr + col, mask=live, other=0.0)
+        x = (x.to(tl.float32) * pre.to(tl.float32)).to(out_ptr.dtype.element_ty)
+    tl.store(out_ptr + row * K_PAD + p, x, mask=p < K_PAD)
 
 
 @triton.jit
@@ -189,10 +217,8 @@ def _int4_gemm_kernel(
         if not PACKED16:
             factor = col_factor * pre.to(tl.float32) if HAS_PRE_SCALE else col_factor
             x = (x.to(tl.float32) * factor[None, :]).to(dtype)
-        else:
-            if HAS_PRE_SCALE:
-                x = (x.to(tl.float32) * pre.to(tl.float32)[None, :]).to(dtype)
-            x = pair_order(x)
+        # PACKED16: the launcher gave x pre-scaled, in pair order and zero-padded to K_pad (_pair_order_x_kernel),
+        # so the pipeliner's shared-memory copy of the tile is the MMA's operand as loaded, and the MMA runs async
         if TILED:  # bench_layout.py's copy with each [BLOCK_N, BLOCK_K] tile contiguous (see int4_gemv._load_tile)
             rows = tl.arange(0, BLOCK_N)
             words = tl.load(q_ptr + pid_n * stride_qblock + t * stride_qtile + rows[:, None] * stride_q
@@ -200,17 +226,14 @@ def _int4_gemm_kernel(
         else:
             words = tl.load(q_ptr + offs_n[:, None] * stride_q + (k0 // 8 + offs_j)[None, :],
                             mask=mask_n[:, None], other=0)
-        s = s.to(tl.float32)
-        if PACKED16:
-            w = dequant_tile16(words, z.to(tl.float32), magic_bits, dtype, USE_ASM)  # [BLOCK_N, BLOCK_K]
+        if PACKED16:  # [BLOCK_N, BLOCK_K] (q - z) * s in the activation dtype
+            w = dequant_tile16(words, z.to(tl.float32), s.to(tl.float32), magic_bits, dtype, USE_ASM)
         else:
-            w = dequant_tile(words, z.to(tl.float32), magic_bits)
+            w = dequant_tile(words, z.to(tl.float32), magic_bits) * s.to(tl.float32)[:, None]
         if SWAP_AB:  # y.T = W x.T: the dequantized tile is the register operand, x the small one
-            part = tl.dot(w, tl.trans(x), input_precision=DOT_PRECISION, out_dtype=tl.float32)
-            acc += part * s[:, None]
+            acc = tl.dot(w, tl.trans(x), acc, input_precision=DOT_PRECISION, out_dtype=tl.float32)
         else:
-            part = tl.dot(x, tl.trans(w), input_precision=DOT_PRECISION, out_dtype=tl.float32)
-            acc += part * s[None, :]
+            acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION, out_dtype=tl.float32)
     if SWAP_AB:
         out = out_ptr + pid_split * stride_osplit + offs_m[None, :] * stride_om + offs_n[:, None]
         tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask_m[None, :] & mask_n[:, None])

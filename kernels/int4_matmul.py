@@ -23,12 +23,13 @@ import triton
 
 from awq_ao.kernels.configs import KernelConfig, select_config
 from awq_ao.kernels.int4_dequant import _int4_dequant_kernel
-from awq_ao.kernels.int4_gemm import _int4_gemm_kernel
+from awq_ao.kernels.int4_gemm import _int4_gemm_kernel, _pair_order_x_kernel
 from awq_ao.kernels.int4_gemv import _int4_gemv_kernel, _splitk_reduce_kernel
 from awq_ao.kernels.int4_planes import MAGIC_BITS, MAGIC_PAIR_BF16, MAGIC_PAIR_FP16
 
 _GEMM_MAGIC = {torch.bfloat16: MAGIC_PAIR_BF16, torch.float16: MAGIC_PAIR_FP16, torch.float32: MAGIC_BITS}
 
+PAIR_ORDER_BLOCK = 1024  # activation columns per program of the GEMM's pair-order copy
 REDUCE_BLOCK = 128  # one output per thread: N = 4096 gets 32 programs (1024 gave 4, each looping)
 
 
@@ -93,6 +94,10 @@ def fused_linear(x, words, scale, zero_point, pre, has_pre, y, group_size, in_fe
     m = x.shape[0]
     if y is None:
         y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    packed16 = config.kind == "gemm" and x.dtype != torch.float32
+    if packed16:  # the GEMM's bf16 / fp16 operand: x * pre in pair order, padded to K_pad (one small launch)
+        x = pair_ordered_x(x, pre if has_pre else None, k_pad, wrap)
+        has_pre, in_features = False, k_pad
     tiles = k_pad // config.block_k
     tiles_per_split = triton.cdiv(tiles, config.split_k)
     split = triton.cdiv(tiles, tiles_per_split)
@@ -122,7 +127,7 @@ def fused_linear(x, words, scale, zero_point, pre, has_pre, y, group_size, in_fe
             x, words, scale, zero_point, pre, out, *common, _GEMM_MAGIC[x.dtype], *strides,
             GROUP_SIZE=group_size, HAS_PRE_SCALE=has_pre, EVEN_K=in_features == k_pad,
             DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32", SWAP_AB=config.swap_ab,
-            PREFETCH=config.prefetch, PACKED16=x.dtype != torch.float32, USE_ASM=x.is_cuda, TILED=tiled,
+            PREFETCH=config.prefetch, PACKED16=packed16, USE_ASM=x.is_cuda, TILED=tiled,
             BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
             num_warps=config.num_warps, num_stages=config.num_stages,
         )
@@ -131,6 +136,17 @@ def fused_linear(x, words, scale, zero_point, pre, has_pre, y, group_size, in_fe
             out, y, m * n, out.stride(0), SPLIT_K=split, BLOCK=REDUCE_BLOCK,
         )
     return y
+
+
+def pair_ordered_x(x: torch.Tensor, pre: Optional[torch.Tensor], k_pad: int, wrap) -> torch.Tensor:
+    """x [M, K] (bf16 / fp16) -> [M, K_pad] contiguous: ``x * pre`` (pre [K] or None), each 8 columns in the
+    GEMM's pair order (0, 4, 1, 5, 2, 6, 3, 7), zeros from K on."""
+    m, k = x.shape
+    out = torch.empty((m, k_pad), dtype=x.dtype, device=x.device)
+    grid = (m, triton.cdiv(k_pad, PAIR_ORDER_BLOCK))
+    wrap(_pair_order_x_kernel)[grid](x, x if pre is None else pre, out, k, k_pad, x.stride(0),
+                                     HAS_PRE_SCALE=pre is not None, BLOCK=PAIR_ORDER_BLOCK)
+    return out
 
 
 def _dequant_then_mm(x, words, scale, zero_point, pre, has_pre, y, group_size, in_features, config, wrap):

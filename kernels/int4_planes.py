@@ -69,3 +69,15 @@ def nibble_pair16(words, i: tl.constexpr, zero_magic, magic_pair, DTYPE: tl.cons
     low = pair.to(tl.uint16).to(DTYPE, bitcast=True)  # the cast keeps the low 16 bits
     high = (pair >> 16).to(tl.uint16).to(DTYPE, bitcast=True)
     return low - zero_magic, high - zero_magic
+
+
+@triton.jit
+def scaled_pair16(words, i: tl.constexpr, zero_magic, scale, magic_pair, DTYPE: tl.constexpr):
+    """``nibble_pair16`` times ``scale`` (DTYPE, broadcastable to words): ``(q - z) * s`` rounded once to DTYPE.
+
+    The product of two 16-bit floats is exact in fp32, so rounding it to DTYPE
+    equals the GPU's packed ``fma.rn(q - z, s, -0)``.
+    """
+    low, high = nibble_pair16(words, i, zero_magic, magic_pair, DTYPE)
+    s = scale.to(tl.float32)
+    return (low.to(tl.float32) * s).to(DTYPE), (high.to(tl.float32) * s).to(DTYPE)
