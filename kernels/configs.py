@@ -78,6 +78,13 @@ GEMV_M1_TILES = tuple(
 ) + ((128, 2, 64, 0), (128, 2, 128, 0), (64, 1, 128, 0)  # small CTAs, 8 rows per thread
      ) + ((128, 4, 128, 2), (256, 8, 128, 2), (256, 4, 64, 2)  # two tiles in flight per CTA
           ) + ((128, 4, 256, 0), (64, 4, 256, 0), (64, 2, 256, 0), (32, 4, 512, 0))  # long rows per tile
+# (BLOCK_N, warps, BLOCK_K, prefetch) of small-row tiles the tuner also tries without split-K at M = 1: many
+# programs, each walking all of K, and no reduce launch (1.7-1.9 us of the split GEMV's ~18 on the H200,
+# benchmarks/results/bench_layout_nvidia_h200.txt)
+GEMV_M1_UNSPLIT_TILES = ((8, 1, 256, 0), (16, 1, 256, 0), (16, 1, 256, 1), (16, 1, 512, 0), (32, 1, 256, 0),
+                         (32, 2, 256, 0))
+# (BLOCK_N, warps, BLOCK_K) of GEMV tiles for 2 and 4 rows per program, beside 128 / M and 256 / M rows x 128
+GEMV_ROWS_TILES = ((64, 2, 256), (32, 1, 256))
 # (BLOCK_N, swap_ab, warps, stages) of extra GEMM tiles for M <= 16 (BLOCK_K 128). The H200 GEMM stayed near
 # 1 TB/s whatever its instruction count, and larger tiles ran slower (kernel_notes.md), so these change
 # the structure instead: on 2 warps Triton emits mma.sync (HMMA), whose operand comes from registers,
@@ -181,11 +188,20 @@ def candidate_configs(m: int, n: int, k_pad: int, group_size: int, device: torch
         for block_n, warps, block_k, prefetch in GEMV_M1_TILES:
             cfg = _gemv(m, n, k_pad, group_size, device, block_n, block_k, num_warps=warps, prefetch=prefetch)
             out += [dataclasses.replace(cfg, split_k=cfg.split_k * f) for f in (1, 2, 4)]
-        # (the GEMM is no candidate here: with the packed unpacking it issues fewer instructions per weight
-        # than the GEMV, yet ran 33.7 us against 21.6 at 8192 x 8192 on the H200, kernels_nvidia_h200_packed.md)
-    if 2 <= m <= GEMV_ROWS[-1]:  # several rows per GEMV program (sm_90 SASS: BLOCK_K 128 issues the least)
-        for block_n in (128 // m, 256 // m):
-            cfg = _gemv(m, n, k_pad, group_size, device, block_n, 128)
+        for block_n, warps, block_k, prefetch in GEMV_M1_UNSPLIT_TILES:
+            cfg = _gemv(m, n, k_pad, group_size, device, block_n, block_k, num_warps=warps, prefetch=prefetch)
+            out += [dataclasses.replace(cfg, split_k=s) for s in (1, 2, cfg.split_k)]
+        # the GEMM with an async MMA (one row of its 16 used); before it, 33.7 us against the GEMV's 21.6
+        # at 8192 x 8192 on the H200 (kernels_nvidia_h200_packed.md)
+        for block_n, block_k in ((64, 128), (128, 64)):
+            cfg = KernelConfig("gemm", block_n, block_k, block_m=16, num_warps=4, num_stages=3, swap_ab=True,
+                               prefetch=1).fitted(group_size, k_pad)
+            split = _split_for(triton.cdiv(n, block_n), k_pad // cfg.block_k, device)
+            out += [dataclasses.replace(cfg, split_k=s) for s in (split, 2 * split)]
+    if 2 <= m <= GEMV_ROWS[-1]:  # several rows per GEMV program, each row's sums 2-d
+        tiles = [(128 // m, 4, 128), (256 // m, 4, 128)] + list(GEMV_ROWS_TILES)
+        for block_n, warps, block_k in tiles:
+            cfg = _gemv(m, n, k_pad, group_size, device, block_n, block_k, num_warps=warps)
             out += [dataclasses.replace(cfg, split_k=cfg.split_k * f) for f in (1, 2, 4)]
     if 2 <= m <= 64:  # tensor-core GEMM with split-K, plain or with the weight tile as the MMA's A operand
         block_m = max(16, min(64, triton.next_power_of_2(m)))

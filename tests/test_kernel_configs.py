@@ -175,9 +175,11 @@ def test_compile_report_measures_load_to_use_around_the_loop():
 
 @pytest.mark.parametrize("dt, fma", [("bf16", "fma.rn.bf16x2"), ("fp16", "fma.rn.f16x2")])
 def test_gemm_packed_unpacking_compiles_to_sm90_sass(dt, fma):
-    """The GEMM's PTX unpacking (two weights per LOP3 and packed FMA; CUDA only, the interpreter runs the
-    Triton-op twin) assembles for sm_90 with the ptxas in Triton's wheel, and costs under 4 instructions
-    per weight in the main loop of the default M = 16 tile (the fp32 plane unpacking took 5.8).
+    """The GEMM's PTX unpacking (two weights per LOP3 and packed FMAs; CUDA only, the interpreter runs the
+    Triton-op twin) assembles for sm_90 with the ptxas in Triton's wheel; the MMA is asynchronous (the loop
+    waits for it with tiles still pending, since the activation tile is the pipelined shared-memory copy and
+    the accumulator is carried through ``tl.dot``), and the main loop of the default M = 16 tile costs under
+    5.5 instructions per weight (the fp32 plane unpacking took 5.8; the wgmma descriptors add ~1).
 
     Compiled in a child process: this one runs kernels under TRITON_INTERPRET.
     """
@@ -187,11 +189,12 @@ def test_gemm_packed_unpacking_compiles_to_sm90_sass(dt, fma):
 
     root = os.path.dirname(os.path.dirname(__file__))
     code = (
-        "import sys; sys.path.insert(0, 'benchmarks'); import compile_report as r\n"
+        "import re, sys; sys.path.insert(0, 'benchmarks'); import compile_report as r\n"
         "from awq_ao.kernels import KernelConfig\n"
         "cfg = KernelConfig('gemm', 64, 128, block_m=16, prefetch=1, swap_ab=True)\n"
         f"k = r.compile_config(cfg, '{dt}', 128, 90)\n"
         f"print('{fma}' in k.asm['ptx'])\n"
+        "print(max(int(p) for p in re.findall(r'pendings = (\\d+)', k.asm['ttgir'])))\n"
         f"print(r.report(cfg, '{dt}', 128, 90))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -199,10 +202,11 @@ def test_gemm_packed_unpacking_compiles_to_sm90_sass(dt, fma):
     if run.returncode != 0 and ("ptxas" in run.stderr or "backend" in run.stderr):
         pytest.skip("no sm_90 toolchain in this Triton build")
     assert run.returncode == 0, run.stderr[-2000:]
-    has_fma, row = run.stdout.strip().splitlines()[-2:]
+    has_fma, pending, row = run.stdout.strip().splitlines()[-3:]
     assert has_fma == "True"
+    assert int(pending) >= 1, "the loop waits for every MMA before the next tile"
     per_weight = float(row.split("|")[10])
-    assert per_weight < 4.0, row
+    assert per_weight < 5.5, row
 
 
 def test_bench_layout_reads_every_word_once_in_each_layout():
