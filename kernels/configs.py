@@ -158,16 +158,17 @@ def _gemv(m: int, n: int, k_pad: int, group_size: int, device: torch.device, blo
 def default_config(m: int, n: int, k_pad: int, group_size: int, device: torch.device) -> KernelConfig:
     """A heuristic config when nothing is tuned for this shape (M is a bucket: a power of two).
 
-    M = 1: the GEMV. M = 2 .. 64: the tensor-core GEMM, split-K while the
-    output tiles are few (the GEMV with 2 or 4 rows per program adds an FFMA
-    per weight per row: 6.3 and 11.9 instructions per weight in sm_90 SASS,
-    against 3.6 for the GEMM's packed unpacking at M = 16; on the H200 the
-    tuner picked the GEMM for M = 2 and 4 on every Llama-3-8B shape,
-    ``benchmarks/results/kernels_nvidia_h200.md``; the multi-row GEMV stays a
-    tuner candidate). M >= 128: dequantize once, then a dense matmul.
+    M = 1 and 2: the GEMV, 64 rows x 256 columns per program on 2 warps (one or
+    two activation rows), K split to fill the GPU: the tile the H200 tuning
+    picked on all three large Llama-3-8B shapes at M = 1 and 2
+    (``benchmarks/results/kernels_nvidia_h200_async.md``; at M = 2 it took
+    21.5-23.9 us against the GEMM's 26.8-33.3). M = 4 .. 64: the tensor-core
+    GEMM, split-K while the output tiles are few (the GEMV adds an FFMA per
+    weight per row: 11.5 instructions per weight at 4 rows in sm_90 SASS).
+    M >= 128: dequantize once, then a dense matmul.
     """
-    if m == 1:  # BLOCK_K 128 whatever the group: spanning groups of 32 / 64 costs no more instructions
-        return _gemv(m, n, k_pad, group_size, device, block_n=128, block_k=128)
+    if m <= 2:  # BLOCK_K 256 whatever the group (whole groups per tile when smaller; fitted() keeps it legal)
+        return _gemv(m, n, k_pad, group_size, device, block_n=64, block_k=256, num_warps=2)
     if m >= DEQUANT_MIN_M:
         # 16 x 256 took 30-37% less time than 32 x 128 and 64 x 64 on every H200 shape (per-candidate times in
         # benchmarks/results/gpu_check_nvidia_h200.log)

@@ -21,13 +21,15 @@ def test_fitted_keeps_tiles_inside_a_group_and_split_inside_k():
     assert KernelConfig("gemm", 64, 128, block_m=16).fitted(8, 64).kind == "gemv"
 
 
-@pytest.mark.parametrize("m,kind,rows", [(1, "gemv", 1), (2, "gemm", 16), (4, "gemm", 16), (8, "gemm", 16),
+@pytest.mark.parametrize("m,kind,rows", [(1, "gemv", 1), (2, "gemv", 2), (4, "gemm", 16), (8, "gemm", 16),
                                          (16, "gemm", 16), (64, "gemm", 64), (128, "dequant", 1), (512, "dequant", 1)])
 def test_default_config_kind_by_m(m, kind, rows):
     cfg = configs.default_config(m, 4096, 4096, 128, CPU)
     assert cfg.kind == kind and cfg.block_m == rows
-    if kind != "dequant":
+    if kind == "gemm":  # inside one group
         assert cfg.block_k <= 128 and 128 % cfg.block_k == 0
+    if kind == "gemv":  # whole groups per tile
+        assert cfg.block_k % 128 == 0
 
 
 def test_gemv_tiles_may_span_whole_groups_that_divide_k():
@@ -41,10 +43,10 @@ def test_gemv_tiles_may_span_whole_groups_that_divide_k():
 @pytest.mark.parametrize("group_size", [32, 64, 128])
 @pytest.mark.parametrize("m", [1, 2, 4])
 def test_default_tile_k_spans_groups_in_the_gemv_only(m, group_size):
-    """The M=1 GEMV reads 128 columns per tile whatever the group (smaller groups: whole groups per tile);
-    the GEMM's tile stays inside one group."""
+    """The M = 1 and 2 GEMV reads 256 columns per tile whatever the group (smaller groups: whole groups per
+    tile); the GEMM's tile stays inside one group."""
     cfg = configs.default_config(m, 4096, 4096, group_size, CPU)
-    assert cfg.block_k == (128 if m == 1 else min(128, group_size))
+    assert cfg.block_k == (256 if m <= 2 else min(128, group_size))
     if group_size < 128:  # K_pad = 4160 = 65 x 64: the largest tile of whole groups dividing it is 64 columns
         assert configs.default_config(1, 4096, 4160, group_size, CPU).block_k == 64
 
@@ -156,8 +158,8 @@ def test_tune_kernels_refuses_clearly_without_a_gpu_or_int4_weights():
 def test_bench_table_names_the_path_taken():
     """benchmarks/bench_kernels.py labels each row with the kernel and tile select_config picked."""
     bench = _benchmark_module("bench_kernels")
-    assert bench.path_label(1, 4096, 4096, CPU).startswith("gemv 128x128")
-    assert bench.path_label(2, 4096, 4096, CPU).startswith("gemm 64x128 m16 swap")
+    assert bench.path_label(1, 4096, 4096, CPU).startswith("gemv 64x256")
+    assert bench.path_label(2, 4096, 4096, CPU).startswith("gemv 64x256 r2")
     assert bench.path_label(16, 4096, 4096, CPU).startswith("gemm 64x128 m16 swap")
     assert bench.path_label(512, 4096, 4096, CPU) == "dequant 16x256"
 
