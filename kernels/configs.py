@@ -85,10 +85,10 @@ GEMV_M1_UNSPLIT_TILES = ((8, 1, 256, 0), (16, 1, 256, 0), (16, 1, 256, 1), (16, 
                          (32, 2, 256, 0))
 # (BLOCK_N, warps, BLOCK_K) of GEMV tiles for 2 and 4 rows per program, beside 128 / M and 256 / M rows x 128
 GEMV_ROWS_TILES = ((64, 2, 256), (32, 1, 256))
-# (BLOCK_N, swap_ab, warps, stages) of extra GEMM tiles for M <= 16 (BLOCK_K 128). The H200 GEMM stayed near
-# 1 TB/s whatever its instruction count, and larger tiles ran slower (kernel_notes.md), so these change
-# the structure instead: on 2 warps Triton emits mma.sync (HMMA), whose operand comes from registers,
-# not wgmma with the dequantized tile staged through shared memory; 5 stages keep more tiles in flight.
+# (BLOCK_N, swap_ab, warps, stages) of extra GEMM tiles for M <= 16 (BLOCK_K 128): on 2 warps Triton emits
+# mma.sync (HMMA) instead of wgmma; 5 stages keep more tiles in flight. Both ran slower on the H200 (48.5-51.4
+# and 33.6-38.0 us against 30.3-34.4 at 8192 x 8192, gpu_check_nvidia_h200_wide_gemv.log and _async.log);
+# they stay candidates for other GPUs.
 SMALL_M_GEMM_TILES = ((64, True, 2, 3), (64, False, 2, 3), (64, True, 4, 5))
 DEQUANT_MIN_M = 128  # from this M bucket on, the default dequantizes once and calls a dense matmul
 
