@@ -83,7 +83,8 @@ GEMV_M1_TILES = tuple(
 # benchmarks/results/bench_layout_nvidia_h200.txt)
 GEMV_M1_UNSPLIT_TILES = ((8, 1, 256, 0), (16, 1, 256, 0), (16, 1, 256, 1), (16, 1, 512, 0), (32, 1, 256, 0),
                          (32, 2, 256, 0))
-# (BLOCK_N, warps, BLOCK_K) of GEMV tiles for 2 and 4 rows per program, beside 128 / M and 256 / M rows x 128
+# (BLOCK_N, warps, BLOCK_K) of GEMV tiles for 2 rows per program, beside 128 / M and 256 / M rows x 128 (at 4
+# rows they spill: 480-1064 bytes of stack, benchmarks/results/sass_sm90_triton36.md)
 GEMV_ROWS_TILES = ((64, 2, 256), (32, 1, 256))
 # (BLOCK_N, swap_ab, warps, stages) of extra GEMM tiles for M <= 16 (BLOCK_K 128): on 2 warps Triton emits
 # mma.sync (HMMA) instead of wgmma; 5 stages keep more tiles in flight. Both ran slower on the H200 (48.5-51.4
@@ -200,7 +201,7 @@ def candidate_configs(m: int, n: int, k_pad: int, group_size: int, device: torch
             split = _split_for(triton.cdiv(n, block_n), k_pad // cfg.block_k, device)
             out += [dataclasses.replace(cfg, split_k=s) for s in (split, 2 * split)]
     if 2 <= m <= GEMV_ROWS[-1]:  # several rows per GEMV program, each row's sums 2-d
-        tiles = [(128 // m, 4, 128), (256 // m, 4, 128)] + list(GEMV_ROWS_TILES)
+        tiles = [(128 // m, 4, 128), (256 // m, 4, 128)] + (list(GEMV_ROWS_TILES) if m == 2 else [])
         for block_n, warps, block_k in tiles:
             cfg = _gemv(m, n, k_pad, group_size, device, block_n, block_k, num_warps=warps)
             out += [dataclasses.replace(cfg, split_k=cfg.split_k * f) for f in (1, 2, 4)]
