@@ -124,6 +124,23 @@ def test_dequant_kernel_is_bit_exact(dtype, block_n, block_k):
     assert torch.equal(w.cpu(), quant.dequantize(q, s.cpu(), z.cpu(), group_size, k, dtype))
 
 
+@pytest.mark.parametrize("k,with_pre", [(64, False), (61, True), (1030, True)])
+def test_gemm_activation_in_pair_order(k, with_pre):
+    """The launcher's copy of x for the bf16 / fp16 GEMM: x * pre, each 8 columns as (0, 4, 1, 5, 2, 6, 3, 7),
+    zeros from K to K_pad; the product rounded once to x's dtype."""
+    from awq_ao.kernels.int4_matmul import pair_ordered_x
+
+    gen = torch.Generator().manual_seed(k)
+    x = torch.randn(3, k, generator=gen).to(torch.float16)
+    pre = (torch.rand(k, generator=gen) + 0.5).to(torch.float16) if with_pre else None
+    k_pad = (k + 63) // 64 * 64
+    got = pair_ordered_x(x.to(DEVICE), None if pre is None else pre.to(DEVICE), k_pad, lambda kernel: kernel).cpu()
+    scaled = x if pre is None else (x.float() * pre.float()).to(torch.float16)
+    padded = torch.nn.functional.pad(scaled, (0, k_pad - k))
+    expected = padded.view(3, k_pad // 8, 2, 4).transpose(2, 3).reshape(3, k_pad)  # position 8j+2s+h: column 8j+4h+s
+    assert got.shape == (3, k_pad) and torch.equal(got, expected)
+
+
 def test_split_k_is_deterministic():
     gen = torch.Generator().manual_seed(1)
     q, s, z = quant.quantize(torch.randn(32, 256, generator=gen), 4, 32, scale_dtype=torch.float16)
