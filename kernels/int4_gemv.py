@@ -118,17 +118,21 @@ def _int4_gemv_kernel(
     mask_n = offs_n < N
     offs_j = tl.arange(0, BLOCK_K8)
     # Rows r = 0 .. ROWS-1 of this program, each with its own 2-d [BLOCK_N, BLOCK_K8] sums (a 3-d tile
-    # would cost layout conversions through shared memory on sm_90); the unused ones are never touched.
+    # would cost layout conversions through shared memory on sm_90); rows past ROWS are never defined.
     row0 = pid_m * ROWS
     x0 = x_ptr + row0 * stride_xm
     live0 = (offs_j * 0 + row0) < M
-    live1 = (offs_j * 0 + row0 + 1) < M
-    live2 = (offs_j * 0 + row0 + 2) < M
-    live3 = (offs_j * 0 + row0 + 3) < M
+    if ROWS >= 2:
+        live1 = (offs_j * 0 + row0 + 1) < M
+    if ROWS >= 4:
+        live2 = (offs_j * 0 + row0 + 2) < M
+        live3 = (offs_j * 0 + row0 + 3) < M
     acc0 = tl.zeros((BLOCK_N, BLOCK_K8), dtype=tl.float32)
-    acc1 = tl.zeros((BLOCK_N, BLOCK_K8), dtype=tl.float32)
-    acc2 = tl.zeros((BLOCK_N, BLOCK_K8), dtype=tl.float32)
-    acc3 = tl.zeros((BLOCK_N, BLOCK_K8), dtype=tl.float32)
+    if ROWS >= 2:
+        acc1 = tl.zeros((BLOCK_N, BLOCK_K8), dtype=tl.float32)
+    if ROWS >= 4:
+        acc2 = tl.zeros((BLOCK_N, BLOCK_K8), dtype=tl.float32)
+        acc3 = tl.zeros((BLOCK_N, BLOCK_K8), dtype=tl.float32)
     t_start = pid_split * TILES_PER_SPLIT
     t_end = tl.minimum(t_start + TILES_PER_SPLIT, TILES)
     q_block = q_ptr + pid_n * stride_qblock
@@ -163,13 +167,15 @@ def _int4_gemv_kernel(
         s_zero = s * z.to(tl.float32)
         high = words >> 20  # nibbles 5, 6, 7 now in bits 0..11
         dot0 = tl.zeros((BLOCK_N, BLOCK_K8), dtype=tl.float32)
-        dot1 = tl.zeros((BLOCK_N, BLOCK_K8), dtype=tl.float32)
-        dot2 = tl.zeros((BLOCK_N, BLOCK_K8), dtype=tl.float32)
-        dot3 = tl.zeros((BLOCK_N, BLOCK_K8), dtype=tl.float32)
         sum0 = tl.zeros((BLOCK_K8,), dtype=tl.float32)
-        sum1 = tl.zeros((BLOCK_K8,), dtype=tl.float32)
-        sum2 = tl.zeros((BLOCK_K8,), dtype=tl.float32)
-        sum3 = tl.zeros((BLOCK_K8,), dtype=tl.float32)
+        if ROWS >= 2:
+            dot1 = tl.zeros((BLOCK_N, BLOCK_K8), dtype=tl.float32)
+            sum1 = tl.zeros((BLOCK_K8,), dtype=tl.float32)
+        if ROWS >= 4:
+            dot2 = tl.zeros((BLOCK_N, BLOCK_K8), dtype=tl.float32)
+            sum2 = tl.zeros((BLOCK_K8,), dtype=tl.float32)
+            dot3 = tl.zeros((BLOCK_N, BLOCK_K8), dtype=tl.float32)
+            sum3 = tl.zeros((BLOCK_K8,), dtype=tl.float32)
         for i in tl.static_range(8):
             k = k0 + offs_j * 8 + i
             if i < 5:
