@@ -7,11 +7,13 @@ the group size, so a tile has one scale and one zero per row). Per tile:
 
 * load the [BLOCK_N, BLOCK_K / 8] words and turn them into ``q - z`` exactly,
   in registers. bf16 and fp16 (PACKED16): two weights per 32-bit operation,
-  straight in the activation dtype (``int4_planes.nibble_pair16``; on CUDA
+  straight in the activation dtype (``int4_planes.scaled_pair16``; on CUDA
   in PTX: a shift per nibble pair, then per weight half a LOP3 and half a
   packed FMA), in "pair order" (columns 0, 4, 1, 5, 2, 6, 3, 7 of each word,
-  so a pair never leaves its register) with the activation tile permuted to
-  match. fp32: each of the 8 nibble planes as ``(q - z) * 16**p``
+  so a pair never leaves its register); the launcher passes the activation
+  already pre-scaled, in that order and zero-padded to K_pad
+  (``_pair_order_x_kernel``), so the pipelined shared-memory tile is the MMA's
+  operand as loaded. fp32: each of the 8 nibble planes as ``(q - z) * 16**p``
   (``int4_planes.nibble_plane``) interleaved back into column order, and the
   activation tile's columns scaled by ``16**-p`` (exact);
 * multiply by the row's scale: bf16 / fp16 ``(q - z) * s`` rounded once in the

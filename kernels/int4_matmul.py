@@ -6,12 +6,14 @@ the kernels read as int32 words [N, K_pad / 8]; ``scale`` [N, K_pad / G] in
 the activation dtype; ``zero_point`` uint8 [N, K_pad / G].
 
 ``launch_int4_linear`` picks a ``KernelConfig`` (``configs.select_config``:
-tuned table, else heuristic) by M: M == 1 goes to the CUDA-core split-K GEMV
-(``int4_gemv.py``, which also takes a few rows per program), larger M to the
+tuned table, else heuristic) by M: M = 1 and 2 go to the CUDA-core split-K GEMV
+(``int4_gemv.py``, 1, 2 or 4 rows per program), larger M to the
 tensor-core GEMM (``int4_gemm.py``, with split-K while M is small), and large
 M (``kind="dequant"``) to a dequantize kernel (``int4_dequant.py``) followed by
 one dense ``torch.mm``. A split-K launch writes fp32 partials and a second,
-small kernel adds them in a fixed order (deterministic, no atomics).
+small kernel adds them in a fixed order (deterministic, no atomics). The bf16 /
+fp16 GEMM takes its activation from one more small launch
+(``pair_ordered_x``: ``x * act_pre_scale`` in the order its unpacking makes).
 """
 
 from __future__ import annotations
