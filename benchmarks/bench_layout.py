@@ -22,7 +22,9 @@ outputs must be bit-identical): the M=1 GEMV (128 x 128 tile) and the M=16 GEMM 
 swapped tile the H200 tuning picks), each with split-K and its reduce.
 
 Each is timed like ``bench_kernels.py`` (CUDA graph over rotated copies, so
-the bytes come from HBM), next to bf16 ``F.linear`` at M=1 and a device copy.
+the bytes come from HBM), next to bf16 ``F.linear`` at M=1 and a device copy; the kernels
+once more from L2 (the same weights every call), and their extra launches alone (the split-K
+reduce, the GEMM's pair-ordered activation).
 If ``tiled`` reads near the bf16 GEMV's rate and ``row-major 128`` near
 1.65 TB/s, the layout is the GEMV's limit.
 """
@@ -165,6 +167,8 @@ def main(argv=None) -> int:
                         words, lambda w, o, x=x, cfg=cfg: linear(x, w, scale, zero, 128, cfg, False, y=o),
                         resident=True)))
                     rows.append((f"split-K reduce alone ({label})", split, _time_reduce(m, n, split)))
+                    if cfg.kind == "gemm":  # the GEMM's other extra launch: its pair-ordered activation
+                        rows.append((f"pair-order launch alone ({label})", "-", _time_pair_order(m, k)))
         if device.type != "cuda":
             print(f"{n} x {k}: every layout read every word once (checksums agree); the GEMV and the GEMM on "
                   "tiled copies equal the stored layout's results bit for bit")
@@ -203,6 +207,15 @@ def _time_reduce(m, n, split) -> float:
     grid = (triton.cdiv(m * n, REDUCE_BLOCK),)
     return graph_time_ms([lambda p=p, y=y: _splitk_reduce_kernel[grid](p, y, m * n, p.stride(0), SPLIT_K=split,
                                                                        BLOCK=REDUCE_BLOCK) for p, y in zip(parts, ys)])
+
+
+def _time_pair_order(m, k) -> float:
+    """ms of the GEMM's activation copy alone: bf16 x [m, k] -> pair order."""
+    from awq_ao.kernels.int4_matmul import pair_ordered_x
+    from awq_ao.kernels.timing import graph_time_ms
+
+    xs = [torch.randn(m, k, dtype=torch.bfloat16, device="cuda") for _ in range(8)]
+    return graph_time_ms([lambda x=x: pair_ordered_x(x, None, k, lambda kernel: kernel) for x in xs])
 
 
 def _time_dense(n, k) -> float:
