@@ -163,7 +163,8 @@ def default_config(m: int, n: int, k_pad: int, group_size: int, device: torch.de
     two activation rows), K split to fill the GPU: the tile the H200 tuning
     picked on all three large Llama-3-8B shapes at M = 1 and 2
     (``benchmarks/results/kernels_nvidia_h200_async.md``; at M = 2 it took
-    21.5-23.9 us against the GEMM's 26.8-33.3). M = 4 .. 64: the tensor-core
+    21.4-23.8 us against 25.6-29.0 for the fastest GEMM candidate,
+    ``gpu_check_nvidia_h200_async.log``). M = 4 .. 64: the tensor-core
     GEMM, split-K while the output tiles are few (the GEMV adds an FFMA per
     weight per row: 11.5 instructions per weight at 4 rows in sm_90 SASS).
     M >= 128: dequantize once, then a dense matmul.
