@@ -131,29 +131,29 @@ def sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def _programs_target(device: torch.device) -> int:
-    """Programs a launch should have to fill the GPU (2 waves); small under the interpreter."""
+def _programs_target(device: torch.device, per_sm: int = 2) -> int:
+    """Programs a launch should have to fill the GPU (``per_sm`` per SM); small under the interpreter."""
     if device.type != "cuda":
         return 4
-    return 2 * sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    return per_sm * sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
-def _split_for(tiles_mn: int, k_tiles: int, device: torch.device) -> int:
-    """Split-K factor that brings the program count near the target, power of two."""
+def _split_for(tiles_mn: int, k_tiles: int, device: torch.device, per_sm: int = 2) -> int:
+    """Split-K factor that brings the program count near the target, power of two, at most 16."""
     split = 1
-    target = _programs_target(device)
+    target = _programs_target(device, per_sm)
     while tiles_mn * split < target and split * 2 <= k_tiles and split < 16:
         split *= 2
     return split
 
 
 def _gemv(m: int, n: int, k_pad: int, group_size: int, device: torch.device, block_n: int, block_k: int,
-          **options) -> KernelConfig:
-    """A GEMV config with one program per ``min(m, 4)`` rows, K split to fill the GPU."""
+          per_sm: int = 2, **options) -> KernelConfig:
+    """A GEMV config with one program per ``min(m, 4)`` rows, K split toward ``per_sm`` programs per SM."""
     rows = min(m, GEMV_ROWS[-1])
     cfg = KernelConfig("gemv", block_n=block_n, block_k=block_k, block_m=rows, **options).fitted(group_size, k_pad)
     tiles_mn = triton.cdiv(n, cfg.block_n) * triton.cdiv(m, rows)
-    return dataclasses.replace(cfg, split_k=_split_for(tiles_mn, k_pad // cfg.block_k, device))
+    return dataclasses.replace(cfg, split_k=_split_for(tiles_mn, k_pad // cfg.block_k, device, per_sm))
 
 
 def default_config(m: int, n: int, k_pad: int, group_size: int, device: torch.device) -> KernelConfig:
@@ -170,7 +170,11 @@ def default_config(m: int, n: int, k_pad: int, group_size: int, device: torch.de
     M >= 128: dequantize once, then a dense matmul.
     """
     if m <= 2:  # BLOCK_K 256 whatever the group (whole groups per tile when smaller; fitted() keeps it legal)
-        return _gemv(m, n, k_pad, group_size, device, block_n=64, block_k=256, num_warps=2)
+        # one row: split toward 6 programs per SM (2-warp programs); on the H200 that is the fastest split or
+        # within 2% of it on all three goal shapes, where 2 per SM ran 14-22% slower (8192^2 s8 17.7 us vs
+        # s4 21.5; gpu_check_nvidia_h200_async.log). Two rows: 2 per SM was the fastest on all three.
+        return _gemv(m, n, k_pad, group_size, device, block_n=64, block_k=256, per_sm=6 if m == 1 else 2,
+                     num_warps=2)
     if m >= DEQUANT_MIN_M:
         # 16 x 256 took 30-37% less time than 32 x 128 and 64 x 64 on every H200 shape (per-candidate times in
         # benchmarks/results/gpu_check_nvidia_h200.log)

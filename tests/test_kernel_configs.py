@@ -64,6 +64,17 @@ def test_dequant_config_ignores_the_group_and_never_splits():
     assert KernelConfig("gemm", 64, 128, block_m=16).fitted(8, 64).block_m in configs.GEMV_ROWS
 
 
+def test_default_gemv_split_targets_programs_per_sm(monkeypatch):
+    """One row: K split toward 6 two-warp programs per SM (the H200's fastest split on the goal shapes);
+    two rows: toward 2 per SM. A pretend 132-SM GPU, no CUDA needed."""
+    monkeypatch.setattr(configs, "sm_count", lambda index: 132)
+    cuda = torch.device("cuda", 0)
+    one = configs.default_config(1, 8192, 8192, 128, cuda)
+    assert (one.block_n, one.block_k, one.num_warps, one.split_k) == (64, 256, 2, 8)  # 128 blocks x 8 >= 792
+    assert configs.default_config(1, 4096, 14336, 128, cuda).split_k == 16  # capped at 16
+    assert configs.default_config(2, 8192, 8192, 128, cuda).split_k == 4  # 128 x 4 >= 264
+
+
 def test_default_config_splits_k_when_output_tiles_are_few():
     few = configs.default_config(1, 64, 4096, 128, CPU)  # one output tile
     assert few.split_k > 1
