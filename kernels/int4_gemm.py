@@ -51,26 +51,29 @@ def _interleave4(a, b, c, d):
     return tl.interleave(tl.interleave(a, c), tl.interleave(b, d))
 
 
+def _pair_ptx(one_bits: int, kind: str) -> str:
+    """PTX of ``_pair_asm`` for one 16-bit type: ``one_bits`` is two 1.0s (as an int32), ``kind`` bf16x2 / f16x2."""
+    return ("{ .reg .b32 t, one, nz, s, mz; "
+            f"mov.b32 one, {one_bits}; mov.b32 mz, 2147516416; "  # mz: two -0.0
+            "mov.b32 nz, {$3, $3}; mov.b32 s, {$4, $4}; lop3.b32 t, $2, 983055, $5, 0xEA; "
+            f"fma.rn.{kind} t, t, one, nz; fma.rn.{kind} t, t, s, mz; mov.b32 {{$0, $1}}, t; }}")
+
+
+_PAIR_PTX_BF16 = tl.constexpr(_pair_ptx(0x3F803F80, "bf16x2"))
+_PAIR_PTX_FP16 = tl.constexpr(_pair_ptx(0x3C003C00, "f16x2"))
+
+
 @triton.jit
 def _pair_asm(w, neg_zero_magic, scale, magic_pair, DTYPE: tl.constexpr):
     """PTX for ``scaled_pair16`` on words already shifted: LOP3 ``(w & 0x000F000F) | magic``, then two packed
     FMAs: ``t * 1 - (magic + z)`` (exact) and ``(q - z) * s + (-0)`` (one rounding; an FMA, not ``mul.bf16x2``,
     which sm_80 lacks)."""
     if DTYPE == tl.bfloat16:
-        low, high = tl.inline_asm_elementwise(
-            "{ .reg .b32 t, one, nz, s, mz; mov.b32 one, 1065369472; mov.b32 mz, 2147516416; "
-            "mov.b32 nz, {$3, $3}; mov.b32 s, {$4, $4}; lop3.b32 t, $2, 983055, $5, 0xEA; "
-            "fma.rn.bf16x2 t, t, one, nz; fma.rn.bf16x2 t, t, s, mz; mov.b32 {$0, $1}, t; }",
-            "=h,=h,r,h,h,r", [w, neg_zero_magic, scale, magic_pair], dtype=(tl.bfloat16, tl.bfloat16),
-            is_pure=True, pack=1)
+        ptx: tl.constexpr = _PAIR_PTX_BF16
     else:
-        low, high = tl.inline_asm_elementwise(
-            "{ .reg .b32 t, one, nz, s, mz; mov.b32 one, 1006648320; mov.b32 mz, 2147516416; "
-            "mov.b32 nz, {$3, $3}; mov.b32 s, {$4, $4}; lop3.b32 t, $2, 983055, $5, 0xEA; "
-            "fma.rn.f16x2 t, t, one, nz; fma.rn.f16x2 t, t, s, mz; mov.b32 {$0, $1}, t; }",
-            "=h,=h,r,h,h,r", [w, neg_zero_magic, scale, magic_pair], dtype=(tl.float16, tl.float16),
-            is_pure=True, pack=1)
-    return low, high
+        ptx: tl.constexpr = _PAIR_PTX_FP16
+    return tl.inline_asm_elementwise(ptx, "=h,=h,r,h,h,r", [w, neg_zero_magic, scale, magic_pair],
+                                     dtype=(scale.dtype, scale.dtype), is_pure=True, pack=1)
 
 
 @triton.jit
