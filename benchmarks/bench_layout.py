@@ -198,7 +198,7 @@ def _time_over_copies(words, call, resident: bool = False) -> float:
 
 def _time_reduce(m, n, split) -> float:
     """ms of the split-K reduce alone: fp32 partials [split, m, n] -> bf16 [m, n]."""
-    from awq_ao.kernels.int4_gemv import _splitk_reduce_kernel
+    from awq_ao.kernels.splitk import _splitk_reduce_kernel
     from awq_ao.kernels.int4_matmul import REDUCE_BLOCK
     from awq_ao.kernels.timing import graph_time_ms
 

@@ -42,7 +42,7 @@ def _signature(kind: str, dt: str) -> dict:
                "N": "i32", "K": "i32", "stride_q": "i32", "stride_s": "i32", "stride_w": "i32"}
         return sig
     sig = {"x_ptr": f"*{dt}", "q_ptr": "*i32", "s_ptr": f"*{dt}", "z_ptr": "*u8", "pre_ptr": f"*{dt}",
-           "out_ptr": f"*{dt}", "M": "i32", "N": "i32", "K": "i32", "TILES": "i32", "TILES_PER_SPLIT": "i32"}
+           "out_ptr": f"*{dt}", "y_ptr": f"*{dt}", "counter_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32", "TILES": "i32", "TILES_PER_SPLIT": "i32"}
     if kind == "gemm":
         sig["magic_bits"] = "i32"
     sig.update({name: "i32" for name in ("stride_xm", "stride_q", "stride_s", "stride_om", "stride_osplit")})
@@ -60,6 +60,7 @@ def compile_config(cfg: KernelConfig, dt: str, group: int, arch: int):
     constexprs = {"GROUP_SIZE": group, "HAS_PRE_SCALE": False, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k}
     if kind != "dequant":
         constexprs["EVEN_K"] = True
+        constexprs["FUSED_SPLITS"] = cfg.split_k if cfg.fused_reduce else 0
     if kind == "gemv":
         constexprs.update({"PREFETCH": cfg.prefetch, "EVEN_M": True, "ROWS": cfg.block_m, "TILED": False})
     if kind == "gemm":
@@ -159,7 +160,7 @@ def main(argv=None) -> int:
     seen = []
     for m in args.m:
         for cfg in candidate_configs(m, 4096, 4096, args.group, torch.device("cpu")):
-            cfg = dataclasses.replace(cfg, split_k=1)
+            cfg = dataclasses.replace(cfg, split_k=8 if cfg.fused_reduce else 1)  # fused: its epilogue for 8 splits
             if cfg not in seen:
                 seen.append(cfg)
     print(f"sm_{args.arch}, {args.dtype}, group {args.group}, triton {triton.__version__}")

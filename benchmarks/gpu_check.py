@@ -12,10 +12,13 @@ relative to a float64 reference ``(x * pre) @ dequantize(W).T``):
    512, bf16;
 2. the default dispatch over M = 1 .. 300, bf16 and fp16, with tails in N and K,
    groups 32 / 64 / 128, 2- and 3-bit codes, with and without act_pre_scale;
-3. split-K determinism (two runs, identical bits);
+3. split-K determinism (two runs, identical bits), and the in-kernel split-K
+   sum (``fused_reduce``) bit-identical to the reduce launch over 200 calls;
 4. an nn.Module eager, ``torch.compile(fullgraph=True)`` and
    ``mode="reduce-overhead"`` (CUDA graphs), each compiled once and called at
-   M = 1, 3, 16, 200, 16, 1 (so dynamic shapes are exercised too);
+   M = 1, 3, 16, 200, 16, 1 (so dynamic shapes are exercised too); compiled
+   and under CUDA graphs once more with ``fused_reduce`` configs forced for
+   M = 1, 3 and 16;
 
 then (unless --no-bench) it tunes the configs for the benchmark shapes, saves
 them as JSON and prints ``bench_kernels.py``'s table. Exits non-zero when any correctness case fails.
@@ -24,6 +27,7 @@ them as JSON and prints ``bench_kernels.py``'s table. Exits non-zero when any co
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -72,10 +76,33 @@ def check_deterministic(device, dtype) -> bool:
     return torch.equal(a, b)
 
 
-def check_module(device, dtype, mode) -> list[tuple[str, float, bool]]:
+def check_fused_reduce(device, dtype, calls: int) -> list[tuple[str, bool]]:
+    """The in-kernel split-K sum (last program per tile) against the reduce launch, bit for bit, over many calls.
+
+    A memory-ordering race (a partial read before it is written, a counter not back at 0) shows as a
+    mismatch in some call; one call per config would rarely catch it.
+    """
+    n, k = (4096, 4096) if device.type == "cuda" else (64, 256)
+    results = []
+    for m, base in ((1, KernelConfig("gemv", 64, 256, split_k=16, num_warps=2)),
+                    (2, KernelConfig("gemv", 64, 256, split_k=8, block_m=2, num_warps=2)),
+                    (16, KernelConfig("gemm", 64, 128, split_k=8, block_m=16, num_stages=3, prefetch=1,
+                                      swap_ab=True))):
+        x, (qdata, s, z), _, _ = make_case(device, dtype, m, n, k, 128)
+        fused = dataclasses.replace(base, fused_reduce=True)
+        want = int4_linear(x, qdata, s, z, 128, k, config=base)
+        same = all(torch.equal(int4_linear(x, qdata, s, z, 128, k, config=fused), want) for _ in range(calls))
+        results.append((f"fused split-K sum = reduce launch, {calls} calls, M={m} {base.kind} split {base.split_k}",
+                        same))
+    return results
+
+
+def check_module(device, dtype, mode, fused=False) -> list[tuple[str, float, bool]]:
     """One Linear, compiled once per mode, called at M = 1, 3, 16, 200, 16, 1 (dynamic shapes after the second).
 
-    The M values cover the GEMV (1 row and several), the GEMM and dequantize + mm.
+    The M values cover the GEMV (1 row and several), the GEMM and dequantize + mm. ``fused``: the M
+    buckets 1, 4 and 16 take split-K configs with the in-kernel sum (recorded as tuned for this GPU
+    while the check runs), so the counters' launches go through torch.compile and CUDA graphs.
     """
     torch.manual_seed(0)
     torch._dynamo.reset()  # Linear.forward is one code object for every module: keep the caches apart
@@ -83,6 +110,24 @@ def check_module(device, dtype, mode) -> list[tuple[str, float, bool]]:
     lin.weight = torch.nn.Parameter(AWQInt4Tensor.from_float(lin.weight.detach(), 4, 64), requires_grad=False)
     fn = lin if mode == "eager" else torch.compile(
         lin, fullgraph=True, mode="reduce-overhead" if mode == "reduce-overhead" else None)
+    forced = {(1, KernelConfig("gemv", 64, 256, split_k=4, num_warps=2, fused_reduce=True)),
+              (4, KernelConfig("gemm", 64, 64, split_k=4, block_m=16, num_stages=3, prefetch=1, swap_ab=True,
+                               fused_reduce=True)),
+              (16, KernelConfig("gemm", 64, 64, split_k=8, block_m=16, num_stages=3, prefetch=1, swap_ab=True,
+                                fused_reduce=True))} if fused else set()
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    saved = dict(configs._TUNED)
+    for bucket, cfg in forced:
+        configs.record(name, bucket, 768, 1024, 64, cfg)
+    try:
+        return _module_cases(fn, lin, dtype, f"module {str(dtype)[6:]} {mode}{' fused' if fused else ''}")
+    finally:
+        configs._TUNED.clear()
+        configs._TUNED.update(saved)
+
+
+def _module_cases(fn, lin, dtype, label) -> list[tuple[str, float, bool]]:
+    device = lin.weight.device
     results = []
     with torch.no_grad():
         for m in (1, 3, 16, 200, 16, 1):
@@ -91,7 +136,7 @@ def check_module(device, dtype, mode) -> list[tuple[str, float, bool]]:
                 y = fn(x).clone()
             expected = F.linear(x.double(), lin.weight.dequantize(torch.float64), lin.bias.double())
             err = rel_err(y, expected)
-            results.append((f"module {str(dtype)[6:]} {mode} M={m}", err,
+            results.append((f"{label} M={m}", err,
                             bool(torch.isfinite(y).all()) and err < TOL[dtype]))
     return results
 
@@ -115,6 +160,8 @@ def correctness(device, quick: bool, m_values=None) -> int:
                     print(f"skip {cfg}: {type(exc).__name__}: {str(exc).splitlines()[0][:100]}")
                     continue
                 failures += report(f"candidate M={m} {cfg}", err, ok)
+                if cfg.fused_reduce:
+                    configs.FUSED_REDUCE_CANDIDATES &= ok
     # 2. default dispatch over M, tails, groups, bits, pre-scale
     shapes = [(1, 48, 80, 16, 4), (3, 40, 96, 32, 4), (5, 64, 130, 32, 4), (1, 40, 200, 64, 3),
               (130, 24, 72, 32, 4)] if quick else [
@@ -130,16 +177,22 @@ def correctness(device, quick: bool, m_values=None) -> int:
     # 3. determinism of split-K
     ok = check_deterministic(device, dtypes[0])
     failures += report("split-K bit-identical across runs", 0.0, ok)
+    for label, ok in check_fused_reduce(device, dtypes[0], 200 if on_gpu else 2):
+        failures += report(label, 0.0, ok)
+        configs.FUSED_REDUCE_CANDIDATES &= ok  # a wrong in-kernel sum stays out of the tuning
     return failures
 
 
 def module_checks(device) -> int:
     """4. an nn.Module eager, compiled (fullgraph) and under CUDA graphs (reduce-overhead)."""
     failures = 0
-    for dtype, mode in ((torch.bfloat16, "eager"), (torch.bfloat16, "compile"),
-                        (torch.bfloat16, "reduce-overhead"), (torch.float16, "reduce-overhead")):
-        for label, err, ok in check_module(device, dtype, mode):
+    for dtype, mode, fused in ((torch.bfloat16, "eager", False), (torch.bfloat16, "compile", False),
+                               (torch.bfloat16, "reduce-overhead", False), (torch.float16, "reduce-overhead", False),
+                               (torch.bfloat16, "compile", True), (torch.bfloat16, "reduce-overhead", True)):
+        for label, err, ok in check_module(device, dtype, mode, fused):
             failures += report(label, err, ok)
+            if fused:
+                configs.FUSED_REDUCE_CANDIDATES &= ok
     return failures
 
 
@@ -197,6 +250,8 @@ def _run(args) -> int:
     if device.type == "cuda":
         failures += module_checks(device)
         print(f"module checks done ({time.perf_counter() - start:.0f} s)", flush=True)
+    if not configs.FUSED_REDUCE_CANDIDATES:
+        print("the in-kernel split-K sum failed a check above: the tuning leaves it out", flush=True)
     if device.type == "cuda" and not args.no_bench:
         import bench_kernels
 

@@ -43,15 +43,17 @@ class KernelConfig:
     num_stages: int = 2
     prefetch: int = 0  # gemv: weight tiles loaded ahead in registers (0, 1, 2); gemm: next scale and zero (0, 1)
     swap_ab: bool = False  # gemm only: compute y.T = W x.T (weight tile as the MMA's A operand)
+    fused_reduce: bool = False  # split-K: the last program of each tile adds the partials (no second launch)
 
     def fitted(self, group_size: int, k_pad: int) -> "KernelConfig":
         """This config made valid for the group and K: BLOCK_K divides K_pad and either divides the
-        group or (GEMV only) is a multiple of it; split-K is no larger than the K tiles.
+        group or (GEMV only) is a multiple of it; split-K is no larger than the K tiles, and the fused
+        reduce is kept only with a split.
 
         ``dequant`` configs take any tile (their kernel reads a scale per element) and never split K.
         """
         if self.kind == "dequant":
-            return dataclasses.replace(self, split_k=1, block_m=1, prefetch=0, swap_ab=False)
+            return dataclasses.replace(self, split_k=1, block_m=1, prefetch=0, swap_ab=False, fused_reduce=False)
         kind, block_m = self.kind, self.block_m
         if kind == "gemm" and min(self.block_k, group_size) < 16:  # tl.dot needs K >= 16: the GEMV takes it
             kind, block_m = "gemv", min(block_m, 4)
@@ -61,8 +63,9 @@ class KernelConfig:
                 block_k *= 2
         tiles = k_pad // block_k
         prefetch = min(int(self.prefetch), 2 if kind == "gemv" else 1)  # the GEMM prefetches one tile
+        split_k = max(1, min(self.split_k, tiles))
         return dataclasses.replace(self, kind=kind, block_k=block_k, block_m=block_m, prefetch=prefetch,
-                                   split_k=max(1, min(self.split_k, tiles)))
+                                   split_k=split_k, fused_reduce=bool(self.fused_reduce) and split_k > 1)
 
 
 KINDS = ("gemv", "gemm", "dequant")
@@ -91,6 +94,9 @@ GEMV_ROWS_TILES = ((64, 2, 256), (32, 1, 256))
 # and 33.6-38.0 us against 30.3-34.4 at 8192 x 8192, gpu_check_nvidia_h200_wide_gemv.log and _async.log);
 # they stay candidates for other GPUs.
 SMALL_M_GEMM_TILES = ((64, True, 2, 3), (64, False, 2, 3), (64, True, 4, 5))
+# whether the tuner tries the in-kernel split-K sum (``fused_reduce``); benchmarks/gpu_check.py turns it off for
+# its tuning run when that path fails a correctness check on the GPU at hand
+FUSED_REDUCE_CANDIDATES = True
 DEQUANT_MIN_M = 128  # from this M bucket on, the default dequantizes once and calls a dense matmul
 
 
@@ -226,6 +232,14 @@ def candidate_configs(m: int, n: int, k_pad: int, group_size: int, device: torch
                                    swap_ab=swap, prefetch=1).fitted(group_size, k_pad)
                 split = _split_for(triton.cdiv(n, block_n), k_pad // cfg.block_k, device)
                 out += [dataclasses.replace(cfg, split_k=s) for s in (split, 2 * split)]
+    if m <= 64 and FUSED_REDUCE_CANDIDATES:  # the split-K sum in the kernel (last program per tile, splitk.py) for the default tile and the
+        # swapped GEMM tiles: no reduce launch (1.7-2.0 us at M = 1, 4.1-4.7 at M = 16 on the H200,
+        # bench_layout_nvidia_h200.txt); the GEMM's counters are zeroed by its pair-order launch, the GEMV's by
+        # torch.zeros (a fill node instead of the reduce's)
+        fused = [base] + [c for c in out[1:] if m >= 2 and c.kind == "gemm" and c.swap_ab and c.prefetch
+                          and c.block_k == 128 and c.num_warps == 4 and c.num_stages == 3]
+        for cfg in fused:
+            out += [dataclasses.replace(cfg, split_k=cfg.split_k * f, fused_reduce=True) for f in (1, 2)]
     if m > 64:  # (BLOCK_M, BLOCK_N, warps): the two that compile without spills and with the fewest instructions
         for block_m, block_n, warps in ((64, 128, 4), (64, 256, 8)):
             out.append(KernelConfig("gemm", block_n, 64, block_m=block_m, num_warps=warps, num_stages=3,
@@ -319,6 +333,27 @@ def record(device_name: str, m: int, n: int, k_pad: int, group_size: int, cfg: K
     _TUNED[_key(device_name, m, n, k_pad, group_size)] = cfg
 
 
+# a candidate's output against ``dense_reference`` (random weights, x ~ N(0, 1)): the kernels' own error is
+# 2e-3 (bf16) / 4e-4 (fp16) there (benchmarks/gpu_check.py); a racing or mis-indexed config is off by O(1)
+TUNE_TOLERANCE = {torch.bfloat16: 1e-2, torch.float16: 3e-3, torch.float32: 2e-3}
+
+
+def dense_reference(x, qdata, scale, zero_point, group_size: int, in_features: int) -> torch.Tensor:
+    """fp32 ``x @ dequantize(W).T`` [M, N] from the packed weight (the tuner's check of each candidate)."""
+    from awq_ao import quant
+
+    w = quant.dequantize(quant.unpack_int4(qdata), scale, zero_point, group_size, in_features, torch.float32)
+    return x.float() @ w.t()
+
+
+def relative_error(y: torch.Tensor, expected: torch.Tensor) -> float:
+    """||y - expected|| / ||expected|| in fp32; inf if y has a NaN or inf."""
+    y = y.float()
+    if not torch.isfinite(y).all():
+        return float("inf")
+    return ((y - expected).norm() / expected.norm().clamp(min=1e-30)).item()
+
+
 def tune(
     shapes: Iterable[tuple[int, int, int, int]],
     dtype: torch.dtype = torch.bfloat16,
@@ -327,9 +362,11 @@ def tune(
 ) -> dict[tuple, tuple[KernelConfig, float]]:
     """Time ``candidate_configs`` for each (M, N, K, group_size) on the current GPU; record the fastest.
 
-    Each candidate is timed as decoding runs it: captured in a CUDA graph over
-    rotated copies of random int4 weights (``timing.graph_time_ms``), so neither
-    launch overhead nor the L2 cache decides. Returns
+    Each candidate is first checked against ``dense_reference`` (one that
+    errs, or fails to compile, is skipped), then timed as decoding runs it:
+    captured in a CUDA graph over rotated copies of random int4 weights
+    (``timing.graph_time_ms``), so neither launch overhead nor the L2 cache
+    decides. Returns
     {(M bucket, N, K, group): (config, median ms per call)}.
     """
     from awq_ao.kernels.int4_matmul import launch_int4_linear
@@ -350,12 +387,16 @@ def tune(
             x = torch.randn(bucket, k, dtype=dtype, device=device)
             sets.append((x, qdata, scale, zero, torch.empty(bucket, n, dtype=dtype, device=device)))
         best: Optional[tuple[KernelConfig, float]] = None
+        expected = dense_reference(*sets[0][:4], group, k)
         for cfg in candidate_configs(bucket, n, k_pad, group, device):
             calls = [lambda s=s, cfg=cfg: launch_int4_linear(s[0], s[1], s[2], s[3], None, s[4], group, k, config=cfg)
                      for s in sets]
             try:
+                err = relative_error(calls[0](), expected)  # compiles it; a wrong result never enters the table
+                if not err < TUNE_TOLERANCE[dtype]:
+                    raise ValueError(f"wrong result: relative error {err:.2e} against the dense fp32 reference")
                 ms = graph_time_ms(calls, replays)
-            except Exception as err:  # a config the compiler rejects (e.g. out of shared memory)
+            except Exception as err:  # a config the compiler rejects (e.g. out of shared memory), or a wrong one
                 if verbose:
                     print(f"  skip {cfg}: {type(err).__name__}: {str(err)[:120]}")
                 continue

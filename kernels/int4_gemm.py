@@ -32,9 +32,11 @@ the first (register) operand of the MMA, and a small M becomes its narrow
 dimension (Hopper's wgmma takes N = 8 .. 256 but M = 64 per warp group).
 
 Split-K over grid axis 2 (for small M, where the output tiles alone do not fill
-the GPU): each split stores an fp32 partial into ``out[split]`` and
-``splitk_reduce`` adds them; with SPLIT_K == 1 the tile is stored in the
-activation dtype directly. Tails in M, N and K are masked.
+the GPU): each split stores an fp32 partial into ``out[split]``, added by a
+second launch or, with FUSED_SPLITS, by the tile's last program into ``y``
+(``splitk.py``; the pair-order launch zeroes the tile counters); with SPLIT_K
+== 1 the tile is stored in the activation dtype directly. Tails in M, N and K
+are masked.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from awq_ao.kernels import splitk
 from awq_ao.kernels.int4_planes import column_factor, nibble_plane, scaled_pair16
 
 
@@ -114,15 +117,19 @@ def dequant_tile16(words, z, s, magic_pair, DTYPE: tl.constexpr, USE_ASM: tl.con
 
 
 @triton.jit
-def _pair_order_x_kernel(x_ptr, pre_ptr, out_ptr, K, K_PAD, stride_xm,
+def _pair_order_x_kernel(x_ptr, pre_ptr, out_ptr, counter_ptr, K, K_PAD, stride_xm, N_COUNTERS,
                          HAS_PRE_SCALE: tl.constexpr, BLOCK: tl.constexpr):
     """out [M, K_PAD] = ``x * pre`` with each 8 columns in pair order (0, 4, 1, 5, 2, 6, 3, 7), zeros past K.
 
-    Grid (M, cdiv(K_PAD, BLOCK)). Position p of a row holds column 8 (p // 8) + 4 (p % 2) + (p % 8) // 2.
-    The pre-scaled product is rounded to x's dtype, as the dense path's ``x * pre`` is.
+    Grid (M, cdiv(max(K_PAD, N_COUNTERS), BLOCK)). Position p of a row holds column 8 (p // 8) + 4 (p % 2) +
+    (p % 8) // 2. The pre-scaled product is rounded to x's dtype, as the dense path's ``x * pre`` is.
+    Row 0's programs also zero the GEMM's N_COUNTERS split-K tile counters (``splitk.py``; none when 0), so
+    the fused reduce costs no launch of its own.
     """
     row = tl.program_id(0)
     p = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    if N_COUNTERS > 0:
+        tl.store(counter_ptr + p, p * 0, mask=(p < N_COUNTERS) & (p * 0 + row == 0))
     col = (p // 8) * 8 + (p % 2) * 4 + (p % 8) // 2
     live = col < K
     x = tl.load(x_ptr + row * stride_xm + col, mask=live, other=0.0)
@@ -166,7 +173,7 @@ def _tile_params(s_ptr, z_ptr, pre_ptr, offs_n, mask_n, offs_k, t, t_end, K, str
 
 @triton.jit
 def _int4_gemm_kernel(
-    x_ptr, q_ptr, s_ptr, z_ptr, pre_ptr, out_ptr,
+    x_ptr, q_ptr, s_ptr, z_ptr, pre_ptr, out_ptr, y_ptr, counter_ptr,
     M, N, K, TILES, TILES_PER_SPLIT, magic_bits,
     stride_xm, stride_q, stride_s, stride_om, stride_osplit, stride_qblock, stride_qtile,
     GROUP_SIZE: tl.constexpr,
@@ -178,6 +185,7 @@ def _int4_gemm_kernel(
     PACKED16: tl.constexpr,
     USE_ASM: tl.constexpr,
     TILED: tl.constexpr,
+    FUSED_SPLITS: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -240,8 +248,15 @@ def _int4_gemm_kernel(
         else:
             acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION, out_dtype=tl.float32)
     if SWAP_AB:
-        out = out_ptr + pid_split * stride_osplit + offs_m[None, :] * stride_om + offs_n[:, None]
-        tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask_m[None, :] & mask_n[:, None])
+        offs_out = offs_m[None, :] * stride_om + offs_n[:, None]
+        mask_out = mask_m[None, :] & mask_n[:, None]
     else:
-        out = out_ptr + pid_split * stride_osplit + offs_m[:, None] * stride_om + offs_n[None, :]
-        tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+        offs_out = offs_m[:, None] * stride_om + offs_n[None, :]
+        mask_out = mask_m[:, None] & mask_n[None, :]
+    tl.store(out_ptr + pid_split * stride_osplit + offs_out, acc.to(out_ptr.dtype.element_ty), mask=mask_out)
+    if FUSED_SPLITS > 1:  # the last split to finish this tile adds the partials (splitk.py); y has out's row stride
+        counter = counter_ptr + pid_m * tl.num_programs(0) + pid_n
+        if splitk.last_to_arrive(counter, FUSED_SPLITS):
+            total = splitk.sum_splits(out_ptr + offs_out, mask_out, stride_osplit, FUSED_SPLITS)
+            tl.store(y_ptr + offs_out, total.to(y_ptr.dtype.element_ty), mask=mask_out)
+            splitk.reset_counter(counter)

@@ -31,13 +31,18 @@ memory, 6.3 and 11.9 instructions per weight at 2 and 4 rows).
 
 Grid: (cdiv(N, BLOCK_N), SPLIT_K, cdiv(M, ROWS)). With SPLIT_K == 1 the program
 stores its output rows in the activation dtype; otherwise it stores fp32
-partial sums into ``out[split, m, :]`` and ``splitk_reduce`` adds the splits.
+partial sums into ``out[split, m, :]``, which ``splitk._splitk_reduce_kernel``
+adds in a second launch or, with FUSED_SPLITS (the split count, a constexpr),
+the tile's last program adds into ``y`` (``splitk.py``; ``counter_ptr`` holds
+one zeroed int32 per (row block, N block)).
 """
 
 from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+from awq_ao.kernels import splitk
 
 
 @triton.jit
@@ -97,7 +102,7 @@ def _row_step(dot, x_sum, xi, q_tiny, factor):
 
 @triton.jit
 def _int4_gemv_kernel(
-    x_ptr, q_ptr, s_ptr, z_ptr, pre_ptr, out_ptr,
+    x_ptr, q_ptr, s_ptr, z_ptr, pre_ptr, out_ptr, y_ptr, counter_ptr,
     M, N, K, TILES, TILES_PER_SPLIT,
     stride_xm, stride_q, stride_s, stride_om, stride_osplit, stride_qblock, stride_qtile,
     GROUP_SIZE: tl.constexpr,
@@ -107,6 +112,7 @@ def _int4_gemv_kernel(
     PREFETCH: tl.constexpr,
     ROWS: tl.constexpr,
     TILED: tl.constexpr,
+    FUSED_SPLITS: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
@@ -221,18 +227,13 @@ def _int4_gemv_kernel(
     if ROWS >= 4:
         tl.store(out + 2 * stride_om, tl.sum(acc2, axis=1).to(dtype), mask=mask_n & ((offs_n * 0 + row0 + 2) < M))
         tl.store(out + 3 * stride_om, tl.sum(acc3, axis=1).to(dtype), mask=mask_n & ((offs_n * 0 + row0 + 3) < M))
-
-
-@triton.jit
-def _splitk_reduce_kernel(part_ptr, y_ptr, MN, stride_split, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr):
-    """y[i] = sum_s part[s, i] (fp32, s in order), stored in y's dtype; part is [SPLIT_K, M*N] contiguous rows.
-
-    SPLIT_K is a compile-time constant so the loop unrolls and every split's load
-    is in flight at once (one memory round trip, not SPLIT_K / 4 of them).
-    """
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < MN
-    acc = tl.zeros((BLOCK,), dtype=tl.float32)
-    for s in tl.static_range(SPLIT_K):
-        acc += tl.load(part_ptr + s * stride_split + offs, mask=mask, other=0.0)
-    tl.store(y_ptr + offs, acc.to(y_ptr.dtype.element_ty), mask=mask)
+    if FUSED_SPLITS > 1:  # the last split to finish this tile adds the partials (splitk.py); y has out's row stride
+        counter = counter_ptr + pid_m * tl.num_programs(0) + pid_n
+        if splitk.last_to_arrive(counter, FUSED_SPLITS):
+            part = out_ptr + row0 * stride_om + offs_n
+            y = y_ptr + row0 * stride_om + offs_n
+            for r in tl.static_range(ROWS):
+                live = mask_n & ((offs_n * 0 + row0 + r) < M)
+                total = splitk.sum_splits(part + r * stride_om, live, stride_osplit, FUSED_SPLITS)
+                tl.store(y + r * stride_om, total.to(y_ptr.dtype.element_ty), mask=live)
+            splitk.reset_counter(counter)

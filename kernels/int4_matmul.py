@@ -10,10 +10,12 @@ tuned table, else heuristic) by M: M = 1 and 2 go to the CUDA-core split-K GEMV
 (``int4_gemv.py``, 1, 2 or 4 rows per program), larger M to the
 tensor-core GEMM (``int4_gemm.py``, with split-K while M is small), and large
 M (``kind="dequant"``) to a dequantize kernel (``int4_dequant.py``) followed by
-one dense ``torch.mm``. A split-K launch writes fp32 partials and a second,
-small kernel adds them in a fixed order (deterministic, no atomics). The bf16 /
-fp16 GEMM takes its activation from one more small launch
-(``pair_ordered_x``: ``x * act_pre_scale`` in the order its unpacking makes).
+one dense ``torch.mm``. A split-K launch writes fp32 partials, added in a fixed
+order (deterministic) by a second, small kernel or, with ``fused_reduce``, by
+the last program of each output tile (``splitk.py``: one int32 counter per
+tile, zeroed per call by the pair-order launch where there is one, else by
+``torch.zeros``). The bf16 / fp16 GEMM takes its activation from one more small
+launch (``pair_ordered_x``: ``x * act_pre_scale`` in the order its unpacking makes).
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ import triton
 from awq_ao.kernels.configs import KernelConfig, select_config
 from awq_ao.kernels.int4_dequant import _int4_dequant_kernel
 from awq_ao.kernels.int4_gemm import _int4_gemm_kernel, _pair_order_x_kernel
-from awq_ao.kernels.int4_gemv import _int4_gemv_kernel, _splitk_reduce_kernel
+from awq_ao.kernels.int4_gemv import _int4_gemv_kernel
+from awq_ao.kernels.splitk import _splitk_reduce_kernel
 from awq_ao.kernels.int4_planes import MAGIC_BITS, MAGIC_PAIR_BF16, MAGIC_PAIR_FP16
 
 _GEMM_MAGIC = {torch.bfloat16: MAGIC_PAIR_BF16, torch.float16: MAGIC_PAIR_FP16, torch.float32: MAGIC_BITS}
@@ -96,13 +99,21 @@ def fused_linear(x, words, scale, zero_point, pre, has_pre, y, group_size, in_fe
     m = x.shape[0]
     if y is None:
         y = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    packed16 = config.kind == "gemm" and x.dtype != torch.float32
-    if packed16:  # the GEMM's bf16 / fp16 operand: x * pre in pair order, padded to K_pad (one small launch)
-        x = pair_ordered_x(x, pre if has_pre else None, k_pad, wrap)
-        has_pre, in_features = False, k_pad
+    elif not y.is_contiguous():
+        raise ValueError("out must be contiguous")
     tiles = k_pad // config.block_k
     tiles_per_split = triton.cdiv(tiles, config.split_k)
     split = triton.cdiv(tiles, tiles_per_split)
+    rows_per_program = config.block_m
+    output_tiles = triton.cdiv(n, config.block_n) * triton.cdiv(m, rows_per_program)
+    fused = config.fused_reduce and split > 1
+    packed16 = config.kind == "gemm" and x.dtype != torch.float32
+    counters = None
+    if fused:  # one int32 per output tile, zero at launch: zeroed by the pair-order launch if there is one
+        counters = (torch.empty if packed16 else torch.zeros)(output_tiles, dtype=torch.int32, device=x.device)
+    if packed16:  # the GEMM's bf16 / fp16 operand: x * pre in pair order, padded to K_pad (one small launch)
+        x = pair_ordered_x(x, pre if has_pre else None, k_pad, wrap, counters)
+        has_pre, in_features = False, k_pad
     if split == 1:
         out, stride_split = y, 0
     else:
@@ -114,39 +125,44 @@ def fused_linear(x, words, scale, zero_point, pre, has_pre, y, group_size, in_fe
     q_row, q_block, q_tile = tiled_strides if tiled else (words.stride(0), config.block_n * words.stride(0),
                                                           config.block_k // 8)
     strides = (x.stride(0), q_row, scale.stride(0), out.stride(-2), stride_split, q_block, q_tile)
+    outputs = (out, y, y if counters is None else counters)  # partials (or y), y, the tile counters
+    fused_splits = split if fused else 0
     if config.kind == "gemv":
         grid = (triton.cdiv(n, config.block_n), split, triton.cdiv(m, config.block_m))
         wrap(_int4_gemv_kernel)[grid](
-            x, words, scale, zero_point, pre, out, *common, *strides,
+            x, words, scale, zero_point, pre, *outputs, *common, *strides,
             GROUP_SIZE=group_size, HAS_PRE_SCALE=has_pre, EVEN_K=in_features == k_pad,
             EVEN_M=m % config.block_m == 0, PREFETCH=config.prefetch, ROWS=config.block_m, TILED=tiled,
-            BLOCK_N=config.block_n, BLOCK_K=config.block_k,
+            FUSED_SPLITS=fused_splits, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
             num_warps=config.num_warps, num_stages=config.num_stages,
         )
     else:
         grid = (triton.cdiv(n, config.block_n), triton.cdiv(m, config.block_m), split)
         wrap(_int4_gemm_kernel)[grid](
-            x, words, scale, zero_point, pre, out, *common, _GEMM_MAGIC[x.dtype], *strides,
+            x, words, scale, zero_point, pre, *outputs, *common, _GEMM_MAGIC[x.dtype], *strides,
             GROUP_SIZE=group_size, HAS_PRE_SCALE=has_pre, EVEN_K=in_features == k_pad,
             DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32", SWAP_AB=config.swap_ab,
             PREFETCH=config.prefetch, PACKED16=packed16, USE_ASM=x.is_cuda, TILED=tiled,
-            BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
+            FUSED_SPLITS=fused_splits, BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
             num_warps=config.num_warps, num_stages=config.num_stages,
         )
-    if split > 1:
+    if split > 1 and not fused:
         wrap(_splitk_reduce_kernel)[(triton.cdiv(m * n, REDUCE_BLOCK),)](
             out, y, m * n, out.stride(0), SPLIT_K=split, BLOCK=REDUCE_BLOCK,
         )
     return y
 
 
-def pair_ordered_x(x: torch.Tensor, pre: Optional[torch.Tensor], k_pad: int, wrap) -> torch.Tensor:
+def pair_ordered_x(x: torch.Tensor, pre: Optional[torch.Tensor], k_pad: int, wrap,
+                   counters: Optional[torch.Tensor] = None) -> torch.Tensor:
     """x [M, K] (bf16 / fp16) -> [M, K_pad] contiguous: ``x * pre`` (pre [K] or None), each 8 columns in the
-    GEMM's pair order (0, 4, 1, 5, 2, 6, 3, 7), zeros from K on."""
+    GEMM's pair order (0, 4, 1, 5, 2, 6, 3, 7), zeros from K on. Zeroes ``counters`` (int32 [T]) too, if given."""
     m, k = x.shape
     out = torch.empty((m, k_pad), dtype=x.dtype, device=x.device)
-    grid = (m, triton.cdiv(k_pad, PAIR_ORDER_BLOCK))
-    wrap(_pair_order_x_kernel)[grid](x, x if pre is None else pre, out, k, k_pad, x.stride(0),
+    n_counters = 0 if counters is None else counters.numel()
+    grid = (m, triton.cdiv(max(k_pad, n_counters), PAIR_ORDER_BLOCK))
+    wrap(_pair_order_x_kernel)[grid](x, x if pre is None else pre, out, out if counters is None else counters,
+                                     k, k_pad, x.stride(0), n_counters,
                                      HAS_PRE_SCALE=pre is not None, BLOCK=PAIR_ORDER_BLOCK)
     return out
 

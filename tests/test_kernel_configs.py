@@ -258,3 +258,35 @@ def _benchmark_module(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_fused_reduce_candidates_and_their_switch(monkeypatch):
+    """The tuner tries the in-kernel split-K sum for the default GEMV (M = 1, 2) and the swapped GEMM tiles
+    (M = 2 .. 64), only with a split, and not at all once gpu_check has seen that path fail."""
+    monkeypatch.setattr(configs, "_programs_target", lambda device, per_sm=2: per_sm * 132)
+    for m in (1, 2, 16, 64, 128):
+        fused = [c for c in configs.candidate_configs(m, 8192, 8192, 128, CPU) if c.fused_reduce]
+        assert bool(fused) == (m <= 64), m
+        assert all(c.split_k > 1 for c in fused)
+        assert any(c.kind == "gemv" for c in fused) == (m <= 2), m
+        assert all(c.swap_ab for c in fused if c.kind == "gemm")
+        assert any(c.kind == "gemm" for c in fused) == (2 <= m <= 64), m
+    monkeypatch.setattr(configs, "FUSED_REDUCE_CANDIDATES", False)
+    assert not any(c.fused_reduce for c in configs.candidate_configs(16, 8192, 8192, 128, CPU))
+
+
+def test_tuner_reference_and_error():
+    """The tuner's check of each candidate: the dense fp32 product from the packed weight, and an error that is
+    inf for a NaN output (a config that leaves outputs unwritten never wins)."""
+    from awq_ao import quant
+
+    gen = torch.Generator().manual_seed(0)
+    q, s, z = quant.quantize(torch.randn(24, 100, generator=gen), 4, 32, scale_dtype=torch.float16)
+    x = torch.randn(3, 100, generator=gen).to(torch.float16)
+    expected = configs.dense_reference(x, quant.pack_int4(q), s, z, 32, 100)
+    w = quant.dequantize(q, s, z, 32, 100, torch.float64)
+    assert expected.dtype == torch.float32 and expected.shape == (3, 24)
+    assert torch.allclose(expected.double(), x.double() @ w.t(), rtol=1e-5, atol=1e-5)
+    assert configs.relative_error(expected.half(), expected) < 1e-3
+    assert configs.relative_error(torch.full_like(expected, float("nan")), expected) == float("inf")
+    assert configs.relative_error(-expected, expected) == pytest.approx(2.0)

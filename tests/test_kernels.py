@@ -36,6 +36,12 @@ PATHS = {
     "gemv-prefetch-2-splitk": KernelConfig("gemv", block_n=16, block_k=32, split_k=3, prefetch=2),
     "gemv-4-rows-splitk-prefetch": KernelConfig("gemv", block_n=16, block_k=32, block_m=4, split_k=3, prefetch=True),
     "gemv-2-rows-multigroup": KernelConfig("gemv", block_n=16, block_k=256, block_m=2, split_k=2),
+    "gemv-fused-reduce": KernelConfig("gemv", block_n=16, block_k=32, split_k=3, fused_reduce=True),
+    "gemv-4-rows-fused-reduce": KernelConfig("gemv", block_n=16, block_k=64, block_m=4, split_k=4,
+                                             fused_reduce=True),
+    "gemm-fused-reduce": KernelConfig("gemm", block_n=16, block_k=32, block_m=16, split_k=3, fused_reduce=True),
+    "gemm-swap-ab-fused-reduce": KernelConfig("gemm", block_n=32, block_k=32, block_m=16, split_k=2, swap_ab=True,
+                                              prefetch=True, fused_reduce=True),
     "dequant-mm": KernelConfig("dequant", block_n=16, block_k=64),
     "dequant-mm-wide": KernelConfig("dequant", block_n=8, block_k=256),
 }
@@ -150,6 +156,35 @@ def test_split_k_is_deterministic():
     assert torch.equal(int4_linear(x, *args, 32, 256, config=cfg), int4_linear(x, *args, 32, 256, config=cfg))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+@pytest.mark.parametrize("kind", ["gemv", "gemm"])
+def test_fused_reduce_is_bit_identical_to_the_reduce_launch(kind, dtype):
+    """The last program's sum of the partials equals the second launch's bit for bit (same split order), over
+    repeated calls (each call leaves the tile counters at 0 for the next) and several output tiles and row blocks;
+    fp16 takes the GEMM's pair-order launch, which zeroes the counters, fp32 a ``torch.zeros``."""
+    import dataclasses
+
+    gen = torch.Generator().manual_seed(2)
+    n, k, group_size = 40, 320, 64
+    q, s, z = quant.quantize(torch.randn(n, k, generator=gen), 4, group_size, scale_dtype=dtype)
+    args = [t.to(DEVICE) for t in (quant.pack_int4(q), s, z)]
+    m = 3 if kind == "gemv" else 20
+    base = KernelConfig(kind, block_n=16, block_k=64, block_m=2 if kind == "gemv" else 16, split_k=4)
+    fused = dataclasses.replace(base, fused_reduce=True)
+    assert fused.fitted(group_size, k).fused_reduce and not base.fitted(group_size, k).fused_reduce
+    for call in range(3):
+        x = torch.randn(m, k, generator=gen).to(dtype).to(DEVICE)
+        want = int4_linear(x, *args, group_size, k, config=base)
+        got = int4_linear(x, *args, group_size, k, config=fused)
+        assert torch.equal(got, want), call
+
+
+def test_fused_reduce_needs_a_split():
+    assert not KernelConfig("gemv", 16, 64, split_k=1, fused_reduce=True).fitted(64, 256).fused_reduce
+    assert not KernelConfig("gemv", 16, 64, split_k=8, fused_reduce=True).fitted(64, 64).fused_reduce  # one K tile
+    assert not KernelConfig("dequant", 16, 64, split_k=8, fused_reduce=True).fitted(64, 256).fused_reduce
+
+
 def test_wrong_in_features_is_refused():
     q, s, z = quant.quantize(torch.randn(16, 64), 4, 32, scale_dtype=torch.float16)
     x = torch.randn(2, 63, dtype=torch.float16, device=DEVICE)
@@ -207,3 +242,14 @@ def test_gpu_check_script_dry_run(monkeypatch):
     spec.loader.exec_module(module)
     monkeypatch.setattr(sys, "argv", ["gpu_check.py", "--device", "cpu", "--quick"])
     assert module.main() == 0
+
+
+def test_pair_order_launch_zeroes_the_tile_counters():
+    """The GEMM's pair-order launch also zeroes the fused split-K counters, more of them than K_pad columns too."""
+    from awq_ao.kernels import int4_matmul
+
+    x = torch.randn(2, 60, dtype=torch.float16, device=DEVICE)
+    for count in (5, int4_matmul.PAIR_ORDER_BLOCK + 3):
+        counters = torch.full((count,), 7, dtype=torch.int32, device=DEVICE)
+        int4_matmul.pair_ordered_x(x, None, 64, lambda kernel: kernel, counters)
+        assert torch.equal(counters.cpu(), torch.zeros(count, dtype=torch.int32))
