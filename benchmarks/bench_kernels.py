@@ -118,7 +118,8 @@ def bench_shape(n: int, k: int, m: int, l2_bytes: int) -> dict:
 
 
 def path_label(m: int, n: int, k: int, device: torch.device = torch.device("cuda")) -> str:
-    """The kernel and tile awq_ao runs for this shape, short: e.g. ``gemv 128x128 r2 s8 pf``."""
+    """The kernel and tile awq_ao runs for this shape, short: e.g. ``gemv 128x128 r2 s8 pf``, ``gemv 64x128 w1 ring3
+    s8 fused`` (warps where not 4 for a ring, ring depth, split-K summed in the kernel)."""
     from awq_ao.kernels import select_config
 
     k_pad = -(-k // GROUP) * GROUP
@@ -128,8 +129,10 @@ def path_label(m: int, n: int, k: int, device: torch.device = torch.device("cuda
         label += f" m{cfg.block_m}" + (" swap" if cfg.swap_ab else "")
     if cfg.kind == "gemv" and cfg.block_m > 1:
         label += f" r{cfg.block_m}"
+    if cfg.kind == "gemv" and cfg.num_stages >= 3:
+        label += f" w{cfg.num_warps} ring{cfg.num_stages}"
     if cfg.split_k > 1:
-        label += f" s{cfg.split_k}"
+        label += f" s{cfg.split_k}" + (" fused" if cfg.fused_reduce else "")
     return label + ("" if not cfg.prefetch else " pf" if cfg.prefetch == 1 else f" pf{cfg.prefetch}")
 
 

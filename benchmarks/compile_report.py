@@ -62,7 +62,8 @@ def compile_config(cfg: KernelConfig, dt: str, group: int, arch: int):
         constexprs["EVEN_K"] = True
         constexprs["FUSED_SPLITS"] = cfg.split_k if cfg.fused_reduce else 0
     if kind == "gemv":
-        constexprs.update({"PREFETCH": cfg.prefetch, "EVEN_M": True, "ROWS": cfg.block_m, "TILED": False})
+        constexprs.update({"PREFETCH": cfg.prefetch, "EVEN_M": True, "ROWS": cfg.block_m, "TILED": False,
+                           "LOOP_STAGES": cfg.num_stages if cfg.num_stages >= 3 else None})
     if kind == "gemm":
         constexprs.update({"DOT_PRECISION": "ieee" if dt == "fp32" else "tf32", "BLOCK_M": cfg.block_m,
                            "SWAP_AB": cfg.swap_ab, "PREFETCH": cfg.prefetch, "PACKED16": dt != "fp32", "USE_ASM": True, "TILED": False})
@@ -141,6 +142,7 @@ def report(cfg: KernelConfig, dt: str, group: int, arch: int) -> str:
     weights_per_thread = cfg.block_n * cfg.block_k / (32 * cfg.num_warps)
     top = ", ".join(f"{op} {n}" for op, n in ops.most_common(6))
     kind = cfg.kind + ("" if not cfg.prefetch else " prefetch" if cfg.prefetch == 1 else f" prefetch{cfg.prefetch}") + (" swap" if cfg.swap_ab else "")
+    kind += (" ring" if cfg.kind == "gemv" and cfg.num_stages >= 3 else "") + (" fused" if cfg.fused_reduce else "")
     return (f"| {kind} | {cfg.block_m} | {cfg.block_n} | {cfg.block_k} | {cfg.num_warps} | {cfg.num_stages} | "
             f"{regs} | {stack} | {kernel.metadata.shared} | {count / weights_per_thread:.2f} | "
             f"{shortest_load_use(body)} | {top} |")

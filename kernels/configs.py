@@ -40,7 +40,7 @@ class KernelConfig:
     split_k: int = 1
     block_m: int = 1  # gemm: the M tile; gemv: activation rows per program (1, 2 or 4)
     num_warps: int = 4
-    num_stages: int = 2
+    num_stages: int = 2  # gemm: Triton's pipeline depth; gemv: 3 or more streams the words through shared memory
     prefetch: int = 0  # gemv: weight tiles loaded ahead in registers (0, 1, 2); gemm: next scale and zero (0, 1)
     swap_ab: bool = False  # gemm only: compute y.T = W x.T (weight tile as the MMA's A operand)
     fused_reduce: bool = False  # split-K: the last program of each tile adds the partials (no second launch)
@@ -63,6 +63,8 @@ class KernelConfig:
                 block_k *= 2
         tiles = k_pad // block_k
         prefetch = min(int(self.prefetch), 2 if kind == "gemv" else 1)  # the GEMM prefetches one tile
+        if kind == "gemv" and self.num_stages >= 3:  # the shared-memory ring already loads ahead
+            prefetch = 0
         split_k = max(1, min(self.split_k, tiles))
         return dataclasses.replace(self, kind=kind, block_k=block_k, block_m=block_m, prefetch=prefetch,
                                    split_k=split_k, fused_reduce=bool(self.fused_reduce) and split_k > 1)
@@ -86,6 +88,14 @@ GEMV_M1_TILES = tuple(
 # benchmarks/results/bench_layout_nvidia_h200.txt)
 GEMV_M1_UNSPLIT_TILES = ((8, 1, 256, 0), (16, 1, 256, 0), (16, 1, 256, 1), (16, 1, 512, 0), (32, 1, 256, 0),
                          (32, 2, 256, 0))
+# (BLOCK_N, warps, BLOCK_K, stages) of GEMV tiles whose weight words stream through shared memory by asynchronous
+# copies (stages - 1 tiles ahead; Triton's pipeliner on a tl.range loop), with fewer, longer-running programs
+# (split toward 1-8 two-warp programs per SM): the H200 profile showed both kernels latency-bound, issuing on
+# about half the cycles (kernel_notes.md). None spills on sm_90 with Triton 3.6; 127-167 registers, 8-17 KB of
+# shared memory per program (benchmarks/results/sass_sm90_triton36.md)
+GEMV_M1_PIPELINED_TILES = ((64, 1, 128, 3), (64, 1, 128, 4), (32, 1, 256, 3), (128, 2, 128, 3), (64, 2, 256, 3))
+# the same for 2 rows per program (245-255 registers, as the plain 2-row tiles; no spills)
+GEMV_ROWS_PIPELINED_TILES = ((64, 2, 256, 3), (32, 1, 256, 3))
 # (BLOCK_N, warps, BLOCK_K) of GEMV tiles for 2 rows per program, beside 128 / M and 256 / M rows x 128 (at 4
 # rows they spill: 480-1064 bytes of stack, benchmarks/results/sass_sm90_triton36.md)
 GEMV_ROWS_TILES = ((64, 2, 256), (32, 1, 256))
@@ -201,6 +211,10 @@ def candidate_configs(m: int, n: int, k_pad: int, group_size: int, device: torch
         for block_n, warps, block_k, prefetch in GEMV_M1_TILES:
             cfg = _gemv(m, n, k_pad, group_size, device, block_n, block_k, num_warps=warps, prefetch=prefetch)
             out += [dataclasses.replace(cfg, split_k=cfg.split_k * f) for f in (1, 2, 4)]
+        for block_n, warps, block_k, stages in GEMV_M1_PIPELINED_TILES:
+            for per_sm in (1, 2, 4, 8):  # two-warp programs per SM; one-warp programs twice as many
+                out.append(_gemv(m, n, k_pad, group_size, device, block_n, block_k, per_sm=per_sm * 2 // warps,
+                                 num_warps=warps, num_stages=stages))
         for block_n, warps, block_k, prefetch in GEMV_M1_UNSPLIT_TILES:
             cfg = _gemv(m, n, k_pad, group_size, device, block_n, block_k, num_warps=warps, prefetch=prefetch)
             out += [dataclasses.replace(cfg, split_k=s) for s in (1, 2, cfg.split_k)]
@@ -216,6 +230,10 @@ def candidate_configs(m: int, n: int, k_pad: int, group_size: int, device: torch
         for block_n, warps, block_k in tiles:
             cfg = _gemv(m, n, k_pad, group_size, device, block_n, block_k, num_warps=warps)
             out += [dataclasses.replace(cfg, split_k=cfg.split_k * f) for f in (1, 2, 4)]
+        for block_n, warps, block_k, stages in (GEMV_ROWS_PIPELINED_TILES if m == 2 else ()):
+            for per_sm in (1, 2, 4):
+                out.append(_gemv(m, n, k_pad, group_size, device, block_n, block_k, per_sm=per_sm * 2 // warps,
+                                 num_warps=warps, num_stages=stages))
     if 2 <= m <= 64:  # tensor-core GEMM with split-K, plain or with the weight tile as the MMA's A operand
         block_m = max(16, min(64, triton.next_power_of_2(m)))
         for block_n, block_k, swap in ((64, 128, False), (128, 64, False), (128, 128, False),

@@ -29,6 +29,10 @@ FFMA per row, each row with its own 2-d sums (written out row by row: a 3-d
 [ROWS, BLOCK_N, BLOCK_K8] tile cost sm_90 layout conversions through shared
 memory, 6.3 and 11.9 instructions per weight at 2 and 4 rows).
 
+The weight words reach registers by plain loads, optionally PREFETCH tiles
+ahead, or (LOOP_STAGES >= 3) through a shared-memory ring filled by
+asynchronous copies, LOOP_STAGES - 1 tiles ahead of use.
+
 Grid: (cdiv(N, BLOCK_N), SPLIT_K, cdiv(M, ROWS)). With SPLIT_K == 1 the program
 stores its output rows in the activation dtype; otherwise it stores fp32
 partial sums into ``out[split, m, :]``, which ``splitk._splitk_reduce_kernel``
@@ -113,6 +117,7 @@ def _int4_gemv_kernel(
     ROWS: tl.constexpr,
     TILED: tl.constexpr,
     FUSED_SPLITS: tl.constexpr,
+    LOOP_STAGES: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
@@ -142,7 +147,10 @@ def _int4_gemv_kernel(
     t_start = pid_split * TILES_PER_SPLIT
     t_end = tl.minimum(t_start + TILES_PER_SPLIT, TILES)
     q_block = q_ptr + pid_n * stride_qblock
-    # PREFETCH tiles ahead in registers (0, 1 or 2): tile t + PREFETCH loads while tile t computes
+    # PREFETCH tiles ahead in registers (0, 1 or 2): tile t + PREFETCH loads while tile t computes. Or
+    # LOOP_STAGES (3 or more; None: a plain loop): Triton's pipeliner streams the weight words through shared
+    # memory with asynchronous copies (cp.async), LOOP_STAGES - 1 tiles ahead, so no warp waits for its own
+    # loads (Marlin's way of keeping HBM busy); the scale, zero and activation loads (2-byte gathers) stay plain
     if PREFETCH >= 1:
         next_words, next_s, next_z = _load_tile(
             q_ptr, q_block, s_ptr, z_ptr, offs_n, offs_j, mask_n, t_start, t_end,
@@ -151,7 +159,7 @@ def _int4_gemv_kernel(
         next2_words, next2_s, next2_z = _load_tile(
             q_ptr, q_block, s_ptr, z_ptr, offs_n, offs_j, mask_n, t_start + 1, t_end,
             stride_q, stride_qtile, stride_s, BLOCK_K, GROUP_SIZE, TILED)
-    for t in range(t_start, t_end):
+    for t in tl.range(t_start, t_end, num_stages=LOOP_STAGES):
         k0 = t * BLOCK_K
         if PREFETCH >= 2:
             words, s, z = next_words, next_s, next_z

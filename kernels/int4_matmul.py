@@ -133,8 +133,8 @@ def fused_linear(x, words, scale, zero_point, pre, has_pre, y, group_size, in_fe
             x, words, scale, zero_point, pre, *outputs, *common, *strides,
             GROUP_SIZE=group_size, HAS_PRE_SCALE=has_pre, EVEN_K=in_features == k_pad,
             EVEN_M=m % config.block_m == 0, PREFETCH=config.prefetch, ROWS=config.block_m, TILED=tiled,
-            FUSED_SPLITS=fused_splits, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
-            num_warps=config.num_warps, num_stages=config.num_stages,
+            FUSED_SPLITS=fused_splits, LOOP_STAGES=config.num_stages if config.num_stages >= 3 else None,
+            BLOCK_N=config.block_n, BLOCK_K=config.block_k, num_warps=config.num_warps, num_stages=config.num_stages,
         )
     else:
         grid = (triton.cdiv(n, config.block_n), triton.cdiv(m, config.block_m), split)

@@ -55,6 +55,7 @@ def test_prefetch_depth_is_fitted_to_the_kernel():
     assert KernelConfig("gemv", 64, 64, prefetch=2).fitted(64, 256).prefetch == 2
     assert KernelConfig("gemm", 64, 64, block_m=16, prefetch=2).fitted(64, 256).prefetch == 1
     assert KernelConfig("gemv", 64, 64, prefetch=True).fitted(64, 256).prefetch == 1  # older tables' JSON true
+    assert KernelConfig("gemv", 64, 64, prefetch=1, num_stages=3).fitted(64, 256).prefetch == 0  # the ring loads ahead
 
 
 def test_dequant_config_ignores_the_group_and_never_splits():
@@ -166,13 +167,16 @@ def test_tune_kernels_refuses_clearly_without_a_gpu_or_int4_weights():
         awq_ao.tune_kernels(model)
 
 
-def test_bench_table_names_the_path_taken():
+def test_bench_table_names_the_path_taken(monkeypatch):
     """benchmarks/bench_kernels.py labels each row with the kernel and tile select_config picked."""
     bench = _benchmark_module("bench_kernels")
     assert bench.path_label(1, 4096, 4096, CPU).startswith("gemv 64x256")
     assert bench.path_label(2, 4096, 4096, CPU).startswith("gemv 64x256 r2")
     assert bench.path_label(16, 4096, 4096, CPU).startswith("gemm 64x128 m16 swap")
     assert bench.path_label(512, 4096, 4096, CPU) == "dequant 16x256"
+    ring = KernelConfig("gemv", 64, 128, split_k=8, num_warps=1, num_stages=3, fused_reduce=True)
+    monkeypatch.setattr(configs, "default_config", lambda *args: ring)  # as a tuned row would give it
+    assert bench.path_label(1, 4096, 4096, CPU) == "gemv 64x128 w1 ring3 s8 fused"
 
 
 def test_compile_report_measures_load_to_use_around_the_loop():
@@ -186,6 +190,25 @@ def test_compile_report_measures_load_to_use_around_the_loop():
     assert report.shortest_load_use([other, use]) == -1  # no global load
 
 
+def _compiled_in_child(body: str, lines: int) -> list[str]:
+    """Run ``body`` (Python; ``r`` is benchmarks/compile_report.py, ``KernelConfig`` imported) in a child process
+    without TRITON_INTERPRET, so kernels compile for sm_90 here; its last ``lines`` lines of output. Skips where
+    this Triton build has no sm_90 toolchain."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(__file__))
+    code = ("import re, sys; sys.path.insert(0, 'benchmarks'); import compile_report as r\n"
+            "from awq_ao.kernels import KernelConfig\n" + body)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    if run.returncode != 0 and ("ptxas" in run.stderr or "backend" in run.stderr):
+        pytest.skip("no sm_90 toolchain in this Triton build")
+    assert run.returncode == 0, run.stderr[-2000:]
+    return run.stdout.strip().splitlines()[-lines:]
+
+
 @pytest.mark.parametrize("dt, fma", [("bf16", "fma.rn.bf16x2"), ("fp16", "fma.rn.f16x2")])
 def test_gemm_packed_unpacking_compiles_to_sm90_sass(dt, fma):
     """The GEMM's PTX unpacking (two weights per LOP3 and packed FMAs; CUDA only, the interpreter runs the
@@ -196,26 +219,14 @@ def test_gemm_packed_unpacking_compiles_to_sm90_sass(dt, fma):
 
     Compiled in a child process: this one runs kernels under TRITON_INTERPRET.
     """
-    import os
-    import subprocess
-    import sys
-
-    root = os.path.dirname(os.path.dirname(__file__))
     code = (
-        "import re, sys; sys.path.insert(0, 'benchmarks'); import compile_report as r\n"
-        "from awq_ao.kernels import KernelConfig\n"
         "cfg = KernelConfig('gemm', 64, 128, block_m=16, prefetch=1, swap_ab=True)\n"
         f"k = r.compile_config(cfg, '{dt}', 128, 90)\n"
         f"print('{fma}' in k.asm['ptx'])\n"
         "print(max(int(p) for p in re.findall(r'pendings = (\\d+)', k.asm['ttgir'])))\n"
         f"print(r.report(cfg, '{dt}', 128, 90))\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    run = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=600)
-    if run.returncode != 0 and ("ptxas" in run.stderr or "backend" in run.stderr):
-        pytest.skip("no sm_90 toolchain in this Triton build")
-    assert run.returncode == 0, run.stderr[-2000:]
-    has_fma, pending, row = run.stdout.strip().splitlines()[-3:]
+    has_fma, pending, row = _compiled_in_child(code, 3)
     assert has_fma == "True"
     assert int(pending) >= 1, "the loop waits for every MMA before the next tile"
     per_weight = float(row.split("|")[10])
@@ -290,3 +301,27 @@ def test_tuner_reference_and_error():
     assert configs.relative_error(expected.half(), expected) < 1e-3
     assert configs.relative_error(torch.full_like(expected, float("nan")), expected) == float("inf")
     assert configs.relative_error(-expected, expected) == pytest.approx(2.0)
+
+
+def test_gemv_shared_memory_pipeline_and_fused_sum_compile_to_sm90():
+    """GEMV with num_stages >= 3: the weight words go through shared memory by asynchronous copies (TTGIR
+    ``async_copy_global_to_local``, SASS ``LDGSTS``), with no spills; with 2 stages, plain loads as before.
+    The fused split-K epilogue: a CTA barrier, then one acquire-release GPU-scope atomic per program, partials
+    read through L2 (``ld.global.cg``). Compiled in a child process (this one runs kernels interpreted)."""
+    code = (
+        "for stages in (2, 3):\n"
+        "    cfg = KernelConfig('gemv', 32, 256, num_warps=1, num_stages=stages)\n"
+        "    k = r.compile_config(cfg, 'bf16', 128, 90)\n"
+        "    row = r.report(cfg, 'bf16', 128, 90)\n"
+        "    print(k.asm['ttgir'].count('async_copy_global_to_local'), row.split('|')[8].strip())\n"
+        "k = r.compile_config(KernelConfig('gemv', 64, 256, split_k=8, num_warps=2, fused_reduce=True), 'bf16', 128, 90)\n"
+        "ptx = k.asm['ptx']\n"
+        "lines = ptx.splitlines()\n"
+        "first = next(i for i, line in enumerate(lines) if 'atom.global.gpu.acq_rel.add' in line)\n"
+        "fences = [line.strip() for line in lines[:first] if 'bar.sync' in line or 'st.global' in line]\n"
+        "print(fences[-1].startswith('bar.sync'), 'ld.global.cg' in ptx)\n"
+    )
+    plain, piped, fused = _compiled_in_child(code, 3)
+    assert plain.split()[0] == "0" and plain.split()[-1] == "0"  # no async copies, no stack
+    assert int(piped.split()[0]) >= 2 and piped.split()[-1] == "0"  # a ring of async copies, no stack
+    assert fused == "True True"

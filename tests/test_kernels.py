@@ -42,6 +42,9 @@ PATHS = {
     "gemm-fused-reduce": KernelConfig("gemm", block_n=16, block_k=32, block_m=16, split_k=3, fused_reduce=True),
     "gemm-swap-ab-fused-reduce": KernelConfig("gemm", block_n=32, block_k=32, block_m=16, split_k=2, swap_ab=True,
                                               prefetch=True, fused_reduce=True),
+    "gemv-shared-memory-ring": KernelConfig("gemv", block_n=16, block_k=64, split_k=2, num_stages=3),
+    "gemv-2-rows-shared-memory-ring-fused": KernelConfig("gemv", block_n=16, block_k=128, block_m=2, split_k=3,
+                                                         num_stages=4, fused_reduce=True),
     "dequant-mm": KernelConfig("dequant", block_n=16, block_k=64),
     "dequant-mm-wide": KernelConfig("dequant", block_n=8, block_k=256),
 }
