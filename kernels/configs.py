@@ -256,7 +256,8 @@ def candidate_configs(m: int, n: int, k_pad: int, group_size: int, device: torch
         # bench_layout_nvidia_h200.txt); the GEMM's counters are zeroed by its pair-order launch, the GEMV's by
         # torch.zeros (a fill node instead of the reduce's)
         fused = [base] + [c for c in out[1:] if m >= 2 and c.kind == "gemm" and c.swap_ab and c.prefetch
-                          and c.block_k == 128 and c.num_warps == 4 and c.num_stages == 3]
+                          and c.block_k == 128 and c.num_warps == 4 and c.num_stages == 3
+                          and c.block_m * c.block_n <= 64 * 64]  # 64 x 128 spills with the sum (528 B stack)
         for cfg in fused:
             out += [dataclasses.replace(cfg, split_k=cfg.split_k * f, fused_reduce=True) for f in (1, 2)]
     if m > 64:  # (BLOCK_M, BLOCK_N, warps): the two that compile without spills and with the fewest instructions
