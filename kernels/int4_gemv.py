@@ -99,6 +99,14 @@ def _load_x(x_row, k, live, K, EVEN_K: tl.constexpr, EVEN_M: tl.constexpr):
 
 
 @triton.jit
+def _scaled_add(acc, dot, x_sum, s_big, s_zero):
+    """``acc + s_big * dot - s_zero * x_sum`` as two FMAs into the accumulator (one instruction per term, not
+    a multiply, a fused multiply-subtract and an add)."""
+    acc = acc + s_big * dot
+    return acc - s_zero * x_sum[None, :]
+
+
+@triton.jit
 def _row_step(dot, x_sum, xi, q_tiny, factor):
     """One nibble plane of one activation row: ``dot += (x * 2**(64-4p)) q_tiny``, ``x_sum += x``."""
     return dot + (xi * factor)[None, :] * q_tiny, x_sum + xi
@@ -221,12 +229,12 @@ def _int4_gemv_kernel(
                 if HAS_PRE_SCALE:
                     xi = xi * pre
                 dot3, sum3 = _row_step(dot3, sum3, xi, q_tiny, factor)
-        acc0 += s_big * dot0 - s_zero * sum0[None, :]
+        acc0 = _scaled_add(acc0, dot0, sum0, s_big, s_zero)
         if ROWS >= 2:
-            acc1 += s_big * dot1 - s_zero * sum1[None, :]
+            acc1 = _scaled_add(acc1, dot1, sum1, s_big, s_zero)
         if ROWS >= 4:
-            acc2 += s_big * dot2 - s_zero * sum2[None, :]
-            acc3 += s_big * dot3 - s_zero * sum3[None, :]
+            acc2 = _scaled_add(acc2, dot2, sum2, s_big, s_zero)
+            acc3 = _scaled_add(acc3, dot3, sum3, s_big, s_zero)
     out = out_ptr + pid_split * stride_osplit + row0 * stride_om + offs_n
     dtype = out_ptr.dtype.element_ty
     tl.store(out, tl.sum(acc0, axis=1).to(dtype), mask=mask_n)
