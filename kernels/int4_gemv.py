@@ -13,11 +13,16 @@ one-group tile; more contiguous bytes per row per tile: 128 columns for groups
 of 32 and 64, and 256 or 512 for any group).
 
 Dequantization costs one AND per weight. A nibble masked in place,
-``w & (0xF << 4p)`` read as a float, is the subnormal ``q * 16**p * 2**-149``,
-exactly; fp32 FMAs keep subnormals (Triton does not flush them), so
+``w & (0xF << 4p)`` read as a float, is ``q * 16**p * 2**-149``, exactly: any
+bit pattern below 2**24 reads as itself times 2**-149 (a subnormal, or for
+bit 23 set a normal float of the lowest exponent, whose steps are the same
+2**-149); fp32 FMAs keep subnormals (Triton does not flush them), so
 ``x * 2**(64 - 4p)`` times that float is ``x * q * 2**-85``, rounded once as a
 normal float (no overflow below |x| = 2**64, no underflow above 2**-41). Nibbles
-0..4 are masked in place, 5..7 after one shift of the word by 20 bits. The
+0..5 are masked in place, 6 and 7 after one shift of the word by 8 bits, to
+bits 16..23 (a nibble shifted down to bits 0..3 and masked with 0xF, ptxas
+turns into a second shift and a bit-field extract: 0.13 instructions per
+weight more). The
 zero point and the scale leave the inner sum: a word's 8 columns share one group, so
 ``sum_k x_k (q_k - z) s = (s * 2**85) * sum_k x_k q_k 2**-85 - (s z) * sum_k x_k``
 per word, summed over the words once at the end.
@@ -187,7 +192,7 @@ def _int4_gemv_kernel(
         s = s.to(tl.float32)
         s_big = s * 38685626227668133590597632.0  # s * 2**85
         s_zero = s * z.to(tl.float32)
-        high = words >> 20  # nibbles 5, 6, 7 now in bits 0..11
+        high = words >> 8  # nibbles 6 and 7 now in bits 16..23, still below 2**24
         dot0 = tl.zeros((BLOCK_N, BLOCK_K8), dtype=tl.float32)
         sum0 = tl.zeros((BLOCK_K8,), dtype=tl.float32)
         if ROWS >= 2:
@@ -200,12 +205,12 @@ def _int4_gemv_kernel(
             sum3 = tl.zeros((BLOCK_K8,), dtype=tl.float32)
         for i in tl.static_range(8):
             k = k0 + offs_j * 8 + i
-            if i < 5:
+            if i < 6:
                 q_tiny = (words & (0xF << (4 * i))).to(tl.float32, bitcast=True)
                 factor = 18446744073709551616.0 / (1 << (4 * i))  # 2**(64 - 4i)
             else:
-                q_tiny = (high & (0xF << (4 * (i - 5)))).to(tl.float32, bitcast=True)
-                factor = 18446744073709551616.0 / (1 << (4 * (i - 5)))
+                q_tiny = (high & (0xF << (4 * (i - 2)))).to(tl.float32, bitcast=True)
+                factor = 18446744073709551616.0 / (1 << (4 * (i - 2)))
             if HAS_PRE_SCALE:  # one load of the pre-scale for every row
                 if EVEN_K:
                     pre = tl.load(pre_ptr + k).to(tl.float32)
