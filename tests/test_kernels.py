@@ -188,6 +188,16 @@ def test_fused_reduce_needs_a_split():
     assert not KernelConfig("dequant", 16, 64, split_k=8, fused_reduce=True).fitted(64, 256).fused_reduce
 
 
+def test_non_contiguous_out_is_refused():
+    """The kernels write y [M, N] with the partials' row stride: a strided ``out`` is refused by name."""
+    q, s, z = quant.quantize(torch.randn(16, 64), 4, 32, scale_dtype=torch.float16)
+    x = torch.randn(2, 64, dtype=torch.float16, device=DEVICE)
+    out = torch.empty(16, 2, dtype=torch.float16, device=DEVICE).t()
+    with pytest.raises(ValueError, match="out must be contiguous"):
+        int4_linear(x, *[t.to(DEVICE) for t in (quant.pack_int4(q), s, z)], 32, 64, out=out,
+                    config=KernelConfig("gemv", 16, 32))
+
+
 def test_wrong_in_features_is_refused():
     q, s, z = quant.quantize(torch.randn(16, 64), 4, 32, scale_dtype=torch.float16)
     x = torch.randn(2, 63, dtype=torch.float16, device=DEVICE)
