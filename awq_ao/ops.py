@@ -55,7 +55,7 @@ def _(x, qdata, scale, zero_point, act_pre_scale, group_size, in_features):
     return x.new_empty((*x.shape[:-1], qdata.shape[0]))
 
 
-@torch.library.triton_op("awq_ao::int4_linear_triton", mutates_args=())
+@torch.library.triton_op("awq_ao::int4_linear_triton", mutates_args=("counters",))
 def int4_linear_triton(
     x: Tensor,
     qdata: Tensor,
@@ -64,18 +64,23 @@ def int4_linear_triton(
     act_pre_scale: Optional[Tensor],
     group_size: int,
     in_features: int,
+    counters: Optional[Tensor] = None,
 ) -> Tensor:
-    """CUDA path: fused dequantize + matmul in Triton; x [M, K] -> [M, N] in x.dtype."""
+    """CUDA path: fused dequantize + matmul in Triton; x [M, K] -> [M, N] in x.dtype.
+
+    ``counters``: the device's kept split-K tile counters (``awq_ao.kernels.splitk.tile_counters``), all
+    zero, used only by a config that adds its splits in the kernel, which leaves them zero again.
+    """
     from awq_ao.kernels.int4_matmul import launch_int4_linear
 
     return launch_int4_linear(
         x, qdata, scale, zero_point, act_pre_scale, None, group_size, in_features,
-        launcher=torch.library.wrap_triton,
+        launcher=torch.library.wrap_triton, counters=counters,
     )
 
 
 @int4_linear_triton.register_fake
-def _(x, qdata, scale, zero_point, act_pre_scale, group_size, in_features):
+def _(x, qdata, scale, zero_point, act_pre_scale, group_size, in_features, counters=None):
     return x.new_empty((x.shape[0], qdata.shape[0]))
 
 
@@ -115,8 +120,11 @@ def int4_linear(x: Tensor, w, bias: Optional[Tensor] = None) -> Tensor:
     lead = x.shape[:-1]
     x2d = x.reshape(-1, k)
     if x.device.type == "cuda":
+        from awq_ao.kernels.splitk import tile_counters
+
         y = torch.ops.awq_ao.int4_linear_triton(
-            x2d.contiguous(), w.qdata, w.scale, w.zero_point, w.act_pre_scale, w.group_size, k
+            x2d.contiguous(), w.qdata, w.scale, w.zero_point, w.act_pre_scale, w.group_size, k,
+            tile_counters(x.device),
         )
     elif cpu_fast_path_applies(x, w):
         if w.act_pre_scale is not None:

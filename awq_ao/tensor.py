@@ -115,6 +115,11 @@ class AWQInt4Tensor(TorchAOBaseTensor):
         self.transposed = transposed
         # plain ints: reading .shape on the subclass goes through __torch_function__
         self._in_features = int(shape[0] if transposed else shape[1])
+        if qdata.is_cuda and type(qdata) is torch.Tensor:  # eager, not a fake or functional trace tensor
+            # the split-K tile counters of this device exist before any compiled graph reads them
+            from awq_ao.kernels.splitk import tile_counters
+
+            tile_counters(qdata.device)
 
     # ----------------------------------------------------------------- building
     @classmethod

@@ -390,6 +390,7 @@ def tune(
     {(M bucket, N, K, group): (config, median ms per call)}.
     """
     from awq_ao.kernels.int4_matmul import launch_int4_linear
+    from awq_ao.kernels.splitk import tile_counters
     from awq_ao.kernels.timing import copies_for, graph_time_ms, l2_bytes
 
     device = torch.device("cuda", torch.cuda.current_device())
@@ -409,7 +410,8 @@ def tune(
         best: Optional[tuple[KernelConfig, float]] = None
         expected = dense_reference(*sets[0][:4], group, k)
         for cfg in candidate_configs(bucket, n, k_pad, group, device):
-            calls = [lambda s=s, cfg=cfg: launch_int4_linear(s[0], s[1], s[2], s[3], None, s[4], group, k, config=cfg)
+            calls = [lambda s=s, cfg=cfg: launch_int4_linear(s[0], s[1], s[2], s[3], None, s[4], group, k, config=cfg,
+                                                             counters=tile_counters(device))
                      for s in sets]
             try:
                 err = relative_error(calls[0](), expected)  # compiles it; a wrong result never enters the table

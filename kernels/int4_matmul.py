@@ -13,7 +13,8 @@ M (``kind="dequant"``) to a dequantize kernel (``int4_dequant.py``) followed by
 one dense ``torch.mm``. A split-K launch writes fp32 partials, added in a fixed
 order (deterministic) by a second, small kernel or, with ``fused_reduce``, by
 the last program of each output tile (``splitk.py``: one int32 counter per
-tile, zeroed per call by the pair-order launch where there is one, else by
+tile, on the device's kept counters, which every launch leaves at zero, or
+zeroed per call by the pair-order launch where there is one, else by
 ``torch.zeros``). The bf16 / fp16 GEMM takes its activation from one more small
 launch (``pair_ordered_x``: ``x * act_pre_scale`` in the order its unpacking makes).
 """
@@ -29,7 +30,7 @@ from awq_ao.kernels.configs import KernelConfig, select_config
 from awq_ao.kernels.int4_dequant import _int4_dequant_kernel
 from awq_ao.kernels.int4_gemm import _int4_gemm_kernel, _pair_order_x_kernel
 from awq_ao.kernels.int4_gemv import _int4_gemv_kernel
-from awq_ao.kernels.splitk import _splitk_reduce_kernel
+from awq_ao.kernels.splitk import _splitk_reduce_kernel, tile_counters
 from awq_ao.kernels.int4_planes import MAGIC_BITS, MAGIC_PAIR_BF16, MAGIC_PAIR_FP16
 
 _GEMM_MAGIC = {torch.bfloat16: MAGIC_PAIR_BF16, torch.float16: MAGIC_PAIR_FP16, torch.float32: MAGIC_BITS}
@@ -52,7 +53,8 @@ def int4_linear(
     """x: [M, K] (fp16 / bf16 / fp32); returns [M, N] in x.dtype (into ``out`` if given).
 
     Runs on CUDA, or on CPU tensors under ``TRITON_INTERPRET=1``. ``config``
-    overrides the configuration choice (tests and tuning use it).
+    overrides the configuration choice (tests and tuning use it). A fused split-K
+    sum counts on the device's kept tile counters (``splitk.tile_counters``).
     """
     m, k = x.shape
     if k != in_features:
@@ -60,16 +62,18 @@ def int4_linear(
     if x.stride(1) != 1:
         x = x.contiguous()
     return launch_int4_linear(x, qdata, scale, zero_point, act_pre_scale, out, group_size, in_features,
-                              config=config)
+                              config=config, counters=tile_counters(x.device))
 
 
 def launch_int4_linear(
     x, qdata, scale, zero_point, act_pre_scale, y, group_size, in_features,
-    launcher=None, config: Optional[KernelConfig] = None,
+    launcher=None, config: Optional[KernelConfig] = None, counters: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Launch the kernel(s) for x [M, K]; returns y [M, N] (``y`` itself when given, else a new tensor).
 
-    ``launcher`` wraps each kernel (``torch.library.wrap_triton``).
+    ``launcher`` wraps each kernel (``torch.library.wrap_triton``). ``counters``: int32 tile counters, all
+    zero, that a fused split-K sum may use and leaves zero (``splitk.tile_counters``); without them, or when
+    the launch has more output tiles, a fused sum zeroes counters of its own per call.
     """
     m = x.shape[0]
     n = qdata.shape[0]
@@ -85,11 +89,11 @@ def launch_int4_linear(
     if config.kind == "dequant":
         return _dequant_then_mm(x, words, scale, zero_point, pre, has_pre, y, group_size, in_features, config, wrap)
     return fused_linear(x, words, scale, zero_point, pre, has_pre, y, group_size, in_features, n, k_pad, config,
-                        wrap)
+                        wrap, counters=counters)
 
 
 def fused_linear(x, words, scale, zero_point, pre, has_pre, y, group_size, in_features, n, k_pad, config, wrap,
-                 tiled_strides=None) -> torch.Tensor:
+                 tiled_strides=None, counters=None) -> torch.Tensor:
     """The GEMV or the GEMM of ``config`` (a fitted one), then the split-K reduce; returns y [M, N].
 
     ``words`` is the stored layout (int32 [N, K_pad / 8]), or, with ``tiled_strides`` = (row, row block,
@@ -108,11 +112,14 @@ def fused_linear(x, words, scale, zero_point, pre, has_pre, y, group_size, in_fe
     output_tiles = triton.cdiv(n, config.block_n) * triton.cdiv(m, rows_per_program)
     fused = config.fused_reduce and split > 1
     packed16 = config.kind == "gemm" and x.dtype != torch.float32
-    counters = None
-    if fused:  # one int32 per output tile, zero at launch: zeroed by the pair-order launch if there is one
+    to_zero = None  # counters the pair-order launch zeroes
+    if not fused:
+        counters = None
+    elif counters is None or counters.numel() < output_tiles:  # one int32 per output tile, zero at launch
         counters = (torch.empty if packed16 else torch.zeros)(output_tiles, dtype=torch.int32, device=x.device)
+        to_zero = counters if packed16 else None
     if packed16:  # the GEMM's bf16 / fp16 operand: x * pre in pair order, padded to K_pad (one small launch)
-        x = pair_ordered_x(x, pre if has_pre else None, k_pad, wrap, counters)
+        x = pair_ordered_x(x, pre if has_pre else None, k_pad, wrap, to_zero)
         has_pre, in_features = False, k_pad
     if split == 1:
         out, stride_split = y, 0

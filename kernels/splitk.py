@@ -6,7 +6,8 @@ so their results are bit-identical:
 
 * ``_splitk_reduce_kernel``: a second, small launch over all M * N outputs;
 * in the kernel itself (``KernelConfig.fused_reduce``): after storing its partial,
-  each program bumps its output tile's counter (int32, zero before the launch);
+  each program bumps its output tile's counter (int32, zero before the launch:
+  ``tile_counters``, kept per device, or a zeroed tensor per call);
   the program that sees ``SPLIT_K - 1`` (the last to arrive) adds the tile's
   partials, stores the result in y's dtype and sets the counter back to 0. Every
   thread's partial store comes before a CTA barrier, and the counter's atomic
@@ -19,8 +20,39 @@ so their results are bit-identical:
 
 from __future__ import annotations
 
+from typing import Optional
+
+import torch
 import triton
 import triton.language as tl
+
+COUNTER_SLOTS = 1 << 16  # output tiles one fused launch may count on the kept buffer (256 KB per device)
+_TILE_COUNTERS: dict = {}
+
+
+def tile_counters(device) -> Optional[torch.Tensor]:
+    """The kept int32 [COUNTER_SLOTS] tile counters of ``device``, zero between launches (None if they do not
+    exist yet and this is a trace: a buffer is made only by eager code; the launcher then zeroes counters of
+    its own per call).
+
+    Every fused launch leaves the slots it used at 0 (its last programs reset them), so the buffer
+    is made once per device and needs no zeroing per call: the fused sum then costs no launch at all.
+    Marked as a static address, so that under ``torch.compile`` it is a graph input whose in-place
+    update CUDA graphs keep. Two fused launches running at the same time on different streams of
+    one device would share it: awq_ao launches on one stream.
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    counters = _TILE_COUNTERS.get(device)
+    if counters is None:
+        if torch.compiler.is_compiling() or torch._guards.detect_fake_mode() is not None:
+            return None
+        counters = torch.zeros(COUNTER_SLOTS, dtype=torch.int32, device=device)
+        if device.type == "cuda":
+            torch._dynamo.mark_static_address(counters)
+        _TILE_COUNTERS[device] = counters
+    return counters
 
 
 @triton.jit

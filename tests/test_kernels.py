@@ -266,3 +266,41 @@ def test_pair_order_launch_zeroes_the_tile_counters():
         counters = torch.full((count,), 7, dtype=torch.int32, device=DEVICE)
         int4_matmul.pair_ordered_x(x, None, 64, lambda kernel: kernel, counters)
         assert torch.equal(counters.cpu(), torch.zeros(count, dtype=torch.int32))
+
+
+def test_kept_tile_counters_stay_zero_and_are_a_traced_input():
+    """The fused split-K sum on the device's kept counters leaves them zero after every call (no zeroing per
+    call needed), and torch.compile reads them as a graph input (dynamo traces ``tile_counters`` without a
+    graph break; a later change to the buffer reaches the compiled code)."""
+    from awq_ao.kernels import splitk
+
+    gen = torch.Generator().manual_seed(5)
+    q, s, z = quant.quantize(torch.randn(40, 256, generator=gen), 4, 64, scale_dtype=torch.float16)
+    args = [t.to(DEVICE) for t in (quant.pack_int4(q), s, z)]
+    kept = splitk.tile_counters(DEVICE)
+    assert kept is splitk.tile_counters(DEVICE) and kept.dtype == torch.int32 and kept.numel() == splitk.COUNTER_SLOTS
+    for kind, rows in (("gemv", 2), ("gemm", 16)):
+        cfg = KernelConfig(kind, 16, 64, block_m=rows, split_k=4, fused_reduce=True)
+        x = torch.randn(5, 256, generator=gen).to(torch.float16).to(DEVICE)
+        for _ in range(2):
+            int4_linear(x, *args, 64, 256, config=cfg)
+            assert int(kept.abs().sum()) == 0, kind
+
+    def read(x):
+        return x + splitk.tile_counters(x.device)[:4].to(x.dtype)
+
+    graph_inputs = []
+
+    def backend(gm, example_inputs):
+        graph_inputs.extend(example_inputs)
+        return gm.forward
+
+    compiled = torch.compile(read, fullgraph=True, backend=backend)
+    x = torch.zeros(4, device=DEVICE)
+    assert torch.equal(compiled(x), x)
+    assert any(t.data_ptr() == kept.data_ptr() for t in graph_inputs)  # an input, not a baked constant
+    kept[:4] = 3
+    try:
+        assert torch.equal(compiled(x), x + 3)
+    finally:
+        kept.zero_()
