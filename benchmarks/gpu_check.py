@@ -18,7 +18,9 @@ relative to a float64 reference ``(x * pre) @ dequantize(W).T``):
    ``mode="reduce-overhead"`` (CUDA graphs), each compiled once and called at
    M = 1, 3, 16, 200, 16, 1 (so dynamic shapes are exercised too); compiled
    and under CUDA graphs once more with ``fused_reduce`` configs forced for
-   M = 1, 3 and 16;
+   M = 1, 3 and 16, checking that no CUDA graph is skipped and that Inductor
+   updates the kept tile counters in place (any failure there also keeps the
+   fused sum out of the tuning);
 
 then (unless --no-bench) it tunes the configs for the benchmark shapes, saves
 them as JSON and prints ``bench_kernels.py``'s table. Exits non-zero when any correctness case fails.
@@ -133,7 +135,34 @@ def check_module(device, dtype, mode, fused=False) -> list[tuple[str, float, boo
     if mode == "reduce-overhead":  # the kept split-K counters, updated in place, must not cost the CUDA graphs
         skips = dynamo_counters["inductor"]["cudagraph_skips"] - skips_before
         results.append((f"{label}: CUDA graphs kept ({skips} skipped)", 0.0, skips == 0))
+    if mode == "compile" and fused:
+        results.append(_kept_counters_not_cloned(lin, dtype, forced))
     return results
+
+
+def _kept_counters_not_cloned(lin, dtype, forced) -> tuple[str, float, bool]:
+    """Inductor's code for the M=1 fused GEMV updates the kept tile counters in place: no buffer of their size is
+    allocated (a per-call clone of them would cost what the reduce launch did)."""
+    from torch._inductor.utils import run_and_get_code
+
+    from awq_ao.kernels.splitk import COUNTER_SLOTS
+
+    name = torch.cuda.get_device_name()
+    saved = dict(configs._TUNED)
+    for bucket, cfg in forced:
+        configs.record(name, bucket, 768, 1024, 64, cfg)
+    try:
+        torch._dynamo.reset()
+        fn = torch.compile(lin, fullgraph=True)
+        with torch.no_grad():
+            _, code = run_and_get_code(fn, torch.randn(1, 1024, dtype=dtype, device=lin.weight.device))
+    finally:
+        configs._TUNED.clear()
+        configs._TUNED.update(saved)
+    text = "\n".join(code)
+    cloned = f"empty_strided_cuda(({COUNTER_SLOTS}, )" in text  # how Inductor allocates a copy of them
+    return (f"module {str(dtype)[6:]} compile fused: kept tile counters updated in place (no clone)", 0.0,
+            not cloned)
 
 
 def _module_cases(fn, lin, dtype, label) -> list[tuple[str, float, bool]]:
