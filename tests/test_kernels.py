@@ -5,6 +5,7 @@ conftest.py) on CPU tensors: fp16 / fp32 only there, small shapes, and launch
 configs forced small so that every path (GEMV, GEMM, split-K, prefetch) runs.
 """
 
+import dataclasses
 import os
 import random
 
@@ -285,6 +286,16 @@ def test_kept_tile_counters_stay_zero_and_are_a_traced_input():
         for _ in range(2):
             int4_linear(x, *args, 64, 256, config=cfg)
             assert int(kept.abs().sum()) == 0, kind
+
+    # counters too few for the launch's output tiles are left alone: the launcher zeroes its own
+    from awq_ao.kernels import launch_int4_linear
+
+    few = torch.full((1,), 9, dtype=torch.int32, device=DEVICE)
+    cfg = KernelConfig("gemv", 16, 64, split_k=4, fused_reduce=True)
+    x = torch.randn(2, 256, generator=gen).to(torch.float16).to(DEVICE)
+    want = int4_linear(x, *args, 64, 256, config=dataclasses.replace(cfg, fused_reduce=False))
+    assert torch.equal(launch_int4_linear(x, *args, None, None, 64, 256, config=cfg, counters=few), want)
+    assert int(few) == 9
 
     def read(x):
         return x + splitk.tile_counters(x.device)[:4].to(x.dtype)
