@@ -164,9 +164,10 @@ def test_split_k_is_deterministic():
 @pytest.mark.parametrize("kind", ["gemv", "gemm"])
 def test_fused_reduce_is_bit_identical_to_the_reduce_launch(kind, dtype):
     """The last program's sum of the partials equals the second launch's bit for bit (same split order), over
-    repeated calls (each call leaves the tile counters at 0 for the next) and several output tiles and row blocks;
-    fp16 takes the GEMM's pair-order launch, which zeroes the counters, fp32 a ``torch.zeros``."""
-    import dataclasses
+    repeated calls and several output tiles and row blocks: on the kept counters (``int4_linear``: each call leaves
+    them at 0 for the next) and on counters of the call's own (no ``counters`` given: fp16 takes the GEMM's
+    pair-order launch, which zeroes them, fp32 a ``torch.zeros``)."""
+    from awq_ao.kernels import launch_int4_linear
 
     gen = torch.Generator().manual_seed(2)
     n, k, group_size = 40, 320, 64
@@ -179,8 +180,9 @@ def test_fused_reduce_is_bit_identical_to_the_reduce_launch(kind, dtype):
     for call in range(3):
         x = torch.randn(m, k, generator=gen).to(dtype).to(DEVICE)
         want = int4_linear(x, *args, group_size, k, config=base)
-        got = int4_linear(x, *args, group_size, k, config=fused)
-        assert torch.equal(got, want), call
+        assert torch.equal(int4_linear(x, *args, group_size, k, config=fused), want), call
+        own = launch_int4_linear(x, *args, None, None, group_size, k, config=fused)
+        assert torch.equal(own, want), call
 
 
 def test_fused_reduce_needs_a_split():
