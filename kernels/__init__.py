@@ -1,7 +1,9 @@
 """Triton kernels of awq_ao, imported as ``awq_ao.kernels`` (never as a bare ``kernels``).
 
-* ``int4_gemv.py``: split-K GEMV on CUDA cores (M == 1 by default);
+* ``int4_gemv.py``: split-K GEMV on CUDA cores (M == 1 and 2 by default);
 * ``int4_gemm.py``: tensor-core GEMM with fused dequantization (split-K for small M);
+* ``splitk.py``: adding split-K partials (a second launch, or the last program of
+  each output tile on the device's kept tile counters);
 * ``configs.py``: launch configurations, tuned tables (``tuned/*.json``) and ``tune``;
 * ``int4_matmul.py``: the launcher that picks a config by M and runs them.
 """

@@ -30,8 +30,8 @@ from awq_ao.kernels.configs import KernelConfig, select_config
 from awq_ao.kernels.int4_dequant import _int4_dequant_kernel
 from awq_ao.kernels.int4_gemm import _int4_gemm_kernel, _pair_order_x_kernel
 from awq_ao.kernels.int4_gemv import _int4_gemv_kernel
-from awq_ao.kernels.splitk import _splitk_reduce_kernel, tile_counters
 from awq_ao.kernels.int4_planes import MAGIC_BITS, MAGIC_PAIR_BF16, MAGIC_PAIR_FP16
+from awq_ao.kernels.splitk import _splitk_reduce_kernel, tile_counters
 
 _GEMM_MAGIC = {torch.bfloat16: MAGIC_PAIR_BF16, torch.float16: MAGIC_PAIR_FP16, torch.float32: MAGIC_BITS}
 
