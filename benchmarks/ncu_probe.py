@@ -1,15 +1,27 @@
 """Two launches each of the M=1 and the M=16 int4 linear at 8192 x 8192 (bf16, the configs select_config
-picks), for Nsight Compute on a GPU machine (the device machines have ``/usr/local/cuda/bin/ncu``):
+picks, or the ones given), for Nsight Compute on a GPU machine (the device machines have ``/usr/local/cuda/bin/ncu``):
 
     ncu -k regex:gemv --launch-count 1 --section WarpStateStats --section Occupancy --section SchedulerStats \
         python benchmarks/ncu_probe.py
     ncu -k regex:gemm --launch-count 1 --section ... python benchmarks/ncu_probe.py
+    # another config, as KernelConfig's fields in JSON (here the GEMV's shared-memory ring at M=1):
+    ncu -k regex:gemv ... python benchmarks/ncu_probe.py --m1 '{"kind": "gemv", "block_n": 64, "block_k": 128,
+        "num_warps": 1, "num_stages": 3, "split_k": 8}'
 
 What it said on the H200 is in ``benchmarks/results/kernel_notes.md`` (occupancy and issue rate).
 """
+import argparse
+import json
+
 import torch
 
-from awq_ao.kernels import int4_linear
+from awq_ao.kernels import KernelConfig, int4_linear
+
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser.add_argument("--m1", default=None, help="the M=1 config, KernelConfig fields as JSON (default: select_config)")
+parser.add_argument("--m16", default=None, help="the M=16 config, likewise")
+args = parser.parse_args()
+chosen = {1: args.m1, 16: args.m16}
 
 n = k = 8192
 q = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, device="cuda")
@@ -17,6 +29,7 @@ s = (torch.rand(n, k // 128, device="cuda") * 0.01 + 1e-3).to(torch.bfloat16)
 z = torch.randint(0, 16, (n, k // 128), dtype=torch.uint8, device="cuda")
 for m in (1, 16):
     x = torch.randn(m, k, dtype=torch.bfloat16, device="cuda")
+    config = None if chosen[m] is None else KernelConfig(**json.loads(chosen[m]))
     for _ in range(2):
-        int4_linear(x, q, s, z, 128, k)
+        int4_linear(x, q, s, z, 128, k, config=config)
 torch.cuda.synchronize()
