@@ -91,9 +91,11 @@ GEMV_M1_UNSPLIT_TILES = ((8, 1, 256, 0), (16, 1, 256, 0), (16, 1, 256, 1), (16, 
 # (BLOCK_N, warps, BLOCK_K, stages) of GEMV tiles whose weight words stream through shared memory by asynchronous
 # copies (stages - 1 tiles ahead; Triton's pipeliner on a tl.range loop), with fewer, longer-running programs
 # (split toward 1-8 two-warp programs per SM): the H200 profile showed both kernels latency-bound, issuing on
-# about half the cycles (kernel_notes.md). None spills on sm_90 with Triton 3.6; 127-167 registers, 8-17 KB of
-# shared memory per program (benchmarks/results/sass_sm90_triton36.md)
-GEMV_M1_PIPELINED_TILES = ((64, 1, 128, 3), (64, 1, 128, 4), (32, 1, 256, 3), (128, 2, 128, 3), (64, 2, 256, 3))
+# about half the cycles (kernel_notes.md). None spills on sm_90 with Triton 3.6; 159-168 registers (12 warps per
+# SM), 8-17 KB of shared memory per program, 3.45-3.54 instructions per weight; 32 x 128 on 1 warp (4 rows per
+# thread): 80 registers (25 warps per SM) at 4.15 (benchmarks/results/sass_sm90_triton36.md)
+GEMV_M1_PIPELINED_TILES = ((64, 1, 128, 3), (64, 1, 128, 4), (32, 1, 256, 3), (128, 2, 128, 3), (64, 2, 256, 3),
+                           (32, 1, 128, 3))
 # the same for 2 rows per program (245-255 registers, as the plain 2-row tiles; no spills)
 GEMV_ROWS_PIPELINED_TILES = ((64, 2, 256, 3), (32, 1, 256, 3))
 # (BLOCK_N, warps, BLOCK_K) of GEMV tiles for 2 rows per program, beside 128 / M and 256 / M rows x 128 (at 4
