@@ -255,8 +255,7 @@ def candidate_configs(m: int, n: int, k_pad: int, group_size: int, device: torch
                 out += [dataclasses.replace(cfg, split_k=s) for s in (split, 2 * split)]
     if m <= 64 and FUSED_REDUCE_CANDIDATES:  # the split-K sum in the kernel (last program per tile, splitk.py) for the default tile and the
         # swapped GEMM tiles: no reduce launch (1.7-2.0 us at M = 1, 4.1-4.7 at M = 16 on the H200,
-        # bench_layout_nvidia_h200.txt); the GEMM's counters are zeroed by its pair-order launch, the GEMV's by
-        # torch.zeros (a fill node instead of the reduce's)
+        # bench_layout_nvidia_h200.txt); the tile counters are the device's kept ones (splitk.tile_counters)
         fused = [base] + [c for c in out[1:] if m >= 2 and c.kind == "gemm" and c.swap_ab and c.prefetch
                           and c.block_k == 128 and c.num_warps == 4 and c.num_stages == 3
                           and c.block_m * c.block_n <= 64 * 64]  # 64 x 128 spills with the sum (528 B stack)
@@ -397,6 +396,7 @@ def tune(
 
     device = torch.device("cuda", torch.cuda.current_device())
     name = _device_name(device.index)
+    counters = tile_counters(device)
     results = {}
     for m, n, k, group in shapes:
         bucket = m_bucket(m)
@@ -413,7 +413,7 @@ def tune(
         expected = dense_reference(*sets[0][:4], group, k)
         for cfg in candidate_configs(bucket, n, k_pad, group, device):
             calls = [lambda s=s, cfg=cfg: launch_int4_linear(s[0], s[1], s[2], s[3], None, s[4], group, k, config=cfg,
-                                                             counters=tile_counters(device))
+                                                             counters=counters)
                      for s in sets]
             try:
                 err = relative_error(calls[0](), expected)  # compiles it; a wrong result never enters the table

@@ -34,7 +34,7 @@ dimension (Hopper's wgmma takes N = 8 .. 256 but M = 64 per warp group).
 Split-K over grid axis 2 (for small M, where the output tiles alone do not fill
 the GPU): each split stores an fp32 partial into ``out[split]``, added by a
 second launch or, with FUSED_SPLITS, by the tile's last program into ``y``
-(``splitk.py``; the pair-order launch zeroes the tile counters); with SPLIT_K
+(``splitk.py``: ``counter_ptr`` holds one zeroed int32 per output tile); with SPLIT_K
 == 1 the tile is stored in the activation dtype directly. Tails in M, N and K
 are masked.
 """

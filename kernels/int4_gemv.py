@@ -94,13 +94,18 @@ def _load_tile(q_ptr, q_block, s_ptr, z_ptr, offs_n, offs_j, mask_n, t, t_end, s
 
 
 @triton.jit
-def _load_x(x_row, k, live, K, EVEN_K: tl.constexpr, EVEN_M: tl.constexpr):
-    """fp32 ``x[row, k]`` [BLOCK_K8]; ``live`` (the row exists) is a [BLOCK_K8] mask, used unless EVEN_M."""
+def _load_x(x_row, k, live, pre, K, HAS_PRE_SCALE: tl.constexpr, EVEN_K: tl.constexpr, EVEN_M: tl.constexpr):
+    """fp32 ``x[row, k] * pre`` [BLOCK_K8] (``pre`` the fp32 pre-scale of k, used only with HAS_PRE_SCALE);
+    ``live`` (the row exists) is a [BLOCK_K8] mask, used unless EVEN_M."""
     if EVEN_K and EVEN_M:
-        return tl.load(x_row + k).to(tl.float32)
-    if EVEN_K:
-        return tl.load(x_row + k, mask=live, other=0.0).to(tl.float32)
-    return tl.load(x_row + k, mask=live & (k < K), other=0.0).to(tl.float32)
+        xi = tl.load(x_row + k).to(tl.float32)
+    elif EVEN_K:
+        xi = tl.load(x_row + k, mask=live, other=0.0).to(tl.float32)
+    else:
+        xi = tl.load(x_row + k, mask=live & (k < K), other=0.0).to(tl.float32)
+    if HAS_PRE_SCALE:
+        xi = xi * pre
+    return xi
 
 
 @triton.jit
@@ -211,28 +216,21 @@ def _int4_gemv_kernel(
             else:
                 q_tiny = (high & (0xF << (4 * (i - 2)))).to(tl.float32, bitcast=True)
                 factor = 18446744073709551616.0 / (1 << (4 * (i - 2)))
+            pre = 0.0  # read only with HAS_PRE_SCALE
             if HAS_PRE_SCALE:  # one load of the pre-scale for every row
                 if EVEN_K:
                     pre = tl.load(pre_ptr + k).to(tl.float32)
                 else:
                     pre = tl.load(pre_ptr + k, mask=k < K, other=0.0).to(tl.float32)
-            xi = _load_x(x0, k, live0, K, EVEN_K, EVEN_M)
-            if HAS_PRE_SCALE:
-                xi = xi * pre
+            xi = _load_x(x0, k, live0, pre, K, HAS_PRE_SCALE, EVEN_K, EVEN_M)
             dot0, sum0 = _row_step(dot0, sum0, xi, q_tiny, factor)
             if ROWS >= 2:
-                xi = _load_x(x0 + stride_xm, k, live1, K, EVEN_K, EVEN_M)
-                if HAS_PRE_SCALE:
-                    xi = xi * pre
+                xi = _load_x(x0 + stride_xm, k, live1, pre, K, HAS_PRE_SCALE, EVEN_K, EVEN_M)
                 dot1, sum1 = _row_step(dot1, sum1, xi, q_tiny, factor)
             if ROWS >= 4:
-                xi = _load_x(x0 + 2 * stride_xm, k, live2, K, EVEN_K, EVEN_M)
-                if HAS_PRE_SCALE:
-                    xi = xi * pre
+                xi = _load_x(x0 + 2 * stride_xm, k, live2, pre, K, HAS_PRE_SCALE, EVEN_K, EVEN_M)
                 dot2, sum2 = _row_step(dot2, sum2, xi, q_tiny, factor)
-                xi = _load_x(x0 + 3 * stride_xm, k, live3, K, EVEN_K, EVEN_M)
-                if HAS_PRE_SCALE:
-                    xi = xi * pre
+                xi = _load_x(x0 + 3 * stride_xm, k, live3, pre, K, HAS_PRE_SCALE, EVEN_K, EVEN_M)
                 dot3, sum3 = _row_step(dot3, sum3, xi, q_tiny, factor)
         acc0 = _scaled_add(acc0, dot0, sum0, s_big, s_zero)
         if ROWS >= 2:

@@ -108,8 +108,7 @@ def fused_linear(x, words, scale, zero_point, pre, has_pre, y, group_size, in_fe
     tiles = k_pad // config.block_k
     tiles_per_split = triton.cdiv(tiles, config.split_k)
     split = triton.cdiv(tiles, tiles_per_split)
-    rows_per_program = config.block_m
-    output_tiles = triton.cdiv(n, config.block_n) * triton.cdiv(m, rows_per_program)
+    output_tiles = triton.cdiv(n, config.block_n) * triton.cdiv(m, config.block_m)
     fused = config.fused_reduce and split > 1
     packed16 = config.kind == "gemm" and x.dtype != torch.float32
     to_zero = None  # counters the pair-order launch zeroes
