@@ -119,7 +119,8 @@ def bench_shape(n: int, k: int, m: int, l2_bytes: int) -> dict:
 
 def path_label(m: int, n: int, k: int, device: torch.device = torch.device("cuda")) -> str:
     """The kernel and tile awq_ao runs for this shape, short: e.g. ``gemv 128x128 r2 s8 pf``, ``gemv 64x128 w1 ring3
-    s8 fused`` (warps where not 4 for a ring, ring depth, split-K summed in the kernel)."""
+    s8 fused`` (warps where not 4 for a ring, ring depth, split-K summed in the kernel), ``... natural`` (the GEMM in
+    column order)."""
     from awq_ao.kernels import select_config
 
     k_pad = -(-k // GROUP) * GROUP
@@ -133,7 +134,8 @@ def path_label(m: int, n: int, k: int, device: torch.device = torch.device("cuda
         label += f" w{cfg.num_warps} ring{cfg.num_stages}"
     if cfg.split_k > 1:
         label += f" s{cfg.split_k}" + (" fused" if cfg.fused_reduce else "")
-    return label + ("" if not cfg.prefetch else " pf" if cfg.prefetch == 1 else f" pf{cfg.prefetch}")
+    label += "" if not cfg.prefetch else " pf" if cfg.prefetch == 1 else f" pf{cfg.prefetch}"
+    return label + (" natural" if cfg.natural_order else "")
 
 
 TABLE_HEAD = [

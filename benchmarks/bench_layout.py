@@ -211,11 +211,11 @@ def _time_reduce(m, n, split) -> float:
 
 def _time_pair_order(m, k) -> float:
     """ms of the GEMM's activation copy alone: bf16 x [m, k] -> pair order."""
-    from awq_ao.kernels.int4_matmul import pair_ordered_x
+    from awq_ao.kernels.int4_matmul import gemm_activation
     from awq_ao.kernels.timing import graph_time_ms
 
     xs = [torch.randn(m, k, dtype=torch.bfloat16, device="cuda") for _ in range(8)]
-    return graph_time_ms([lambda x=x: pair_ordered_x(x, None, k, lambda kernel: kernel) for x in xs])
+    return graph_time_ms([lambda x=x: gemm_activation(x, None, k, lambda kernel: kernel) for x in xs])
 
 
 def _time_dense(n, k) -> float:

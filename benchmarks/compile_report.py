@@ -66,7 +66,8 @@ def compile_config(cfg: KernelConfig, dt: str, group: int, arch: int):
                            "LOOP_STAGES": cfg.num_stages if cfg.num_stages >= 3 else None})
     if kind == "gemm":
         constexprs.update({"DOT_PRECISION": "ieee" if dt == "fp32" else "tf32", "BLOCK_M": cfg.block_m,
-                           "SWAP_AB": cfg.swap_ab, "PREFETCH": cfg.prefetch, "PACKED16": dt != "fp32", "USE_ASM": True, "TILED": False})
+                           "SWAP_AB": cfg.swap_ab, "PREFETCH": cfg.prefetch, "PACKED16": dt != "fp32", "USE_ASM": True, "TILED": False,
+                           "NATURAL": cfg.natural_order and dt != "fp32"})
     sig.update({name: "constexpr" for name in constexprs})
     names = list(sig)
     divisible = [n for n in names if n.endswith("_ptr") or n in ("N", "K", "stride_xm", "stride_q", "stride_om",
@@ -143,6 +144,7 @@ def report(cfg: KernelConfig, dt: str, group: int, arch: int) -> str:
     top = ", ".join(f"{op} {n}" for op, n in ops.most_common(6))
     kind = cfg.kind + ("" if not cfg.prefetch else " prefetch" if cfg.prefetch == 1 else f" prefetch{cfg.prefetch}") + (" swap" if cfg.swap_ab else "")
     kind += (" ring" if cfg.kind == "gemv" and cfg.num_stages >= 3 else "") + (" fused" if cfg.fused_reduce else "")
+    kind += " natural" if cfg.natural_order else ""
     return (f"| {kind} | {cfg.block_m} | {cfg.block_n} | {cfg.block_k} | {cfg.num_warps} | {cfg.num_stages} | "
             f"{regs} | {stack} | {kernel.metadata.shared} | {count / weights_per_thread:.2f} | "
             f"{shortest_load_use(body)} | {top} |")

@@ -18,7 +18,7 @@ relative to a float64 reference ``(x * pre) @ dequantize(W).T``):
    ``mode="reduce-overhead"`` (CUDA graphs), each compiled once and called at
    M = 1, 3, 16, 200, 16, 1 (so dynamic shapes are exercised too); compiled
    and under CUDA graphs once more with ``fused_reduce`` configs forced for
-   M = 1, 3 and 16, checking that no CUDA graph is skipped and that Inductor
+   M = 1, 3 and 16 (at 16 in column order, ``natural_order``: one launch), checking that no CUDA graph is skipped and that Inductor
    updates the kept tile counters in place (any failure there also keeps the
    fused sum out of the tuning);
 
@@ -106,7 +106,8 @@ def check_module(device, dtype, mode, fused=False) -> list[tuple[str, float, boo
 
     The M values cover the GEMV (1 row and several), the GEMM and dequantize + mm. ``fused``: the M
     buckets 1, 4 and 16 take split-K configs with the in-kernel sum (recorded as tuned for this GPU
-    while the check runs), so the counters' launches go through torch.compile and CUDA graphs.
+    while the check runs), so the counters' launches go through torch.compile and CUDA graphs; at 16 in
+    column order (``natural_order``), one launch in all.
     """
     torch.manual_seed(0)
     torch._dynamo.reset()  # Linear.forward is one code object for every module: keep the caches apart
@@ -118,7 +119,7 @@ def check_module(device, dtype, mode, fused=False) -> list[tuple[str, float, boo
               (4, KernelConfig("gemm", 64, 64, split_k=4, block_m=16, num_stages=3, prefetch=1, swap_ab=True,
                                fused_reduce=True)),
               (16, KernelConfig("gemm", 64, 64, split_k=8, block_m=16, num_stages=3, prefetch=1, swap_ab=True,
-                                fused_reduce=True))} if fused else set()
+                                fused_reduce=True, natural_order=True))} if fused else set()
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     saved = dict(configs._TUNED)
     for bucket, cfg in forced:
@@ -193,14 +194,16 @@ def correctness(device, quick: bool, m_values=None) -> int:
     if on_gpu and not quick:
         for m in m_values or (1, 2, 4, 16, 64, 128, 512):
             for cfg in configs.candidate_configs(m, 4096, 4096, 128, device):
-                try:
-                    err, ok = check_kernel(device, torch.bfloat16, m, 4096, 4096, 128, config=cfg)
-                except Exception as exc:  # the compiler refuses a config (shared memory): the tuner skips it too
-                    print(f"skip {cfg}: {type(exc).__name__}: {str(exc).splitlines()[0][:100]}")
-                    continue
-                failures += report(f"candidate M={m} {cfg}", err, ok)
-                if cfg.fused_reduce:
-                    configs.FUSED_REDUCE_CANDIDATES &= ok
+                for with_pre in (False, True) if cfg.natural_order else (False,):  # column order: 1 or 2 launches
+                    try:
+                        err, ok = check_kernel(device, torch.bfloat16, m, 4096, 4096, 128, with_pre=with_pre,
+                                               config=cfg)
+                    except Exception as exc:  # the compiler refuses a config (shared memory): the tuner skips it too
+                        print(f"skip {cfg}: {type(exc).__name__}: {str(exc).splitlines()[0][:100]}")
+                        break
+                    failures += report(f"candidate M={m}{' pre' if with_pre else ''} {cfg}", err, ok)
+                    if cfg.fused_reduce:
+                        configs.FUSED_REDUCE_CANDIDATES &= ok
     # 2. default dispatch over M, tails, groups, bits, pre-scale
     shapes = [(1, 48, 80, 16, 4), (3, 40, 96, 32, 4), (5, 64, 130, 32, 4), (1, 40, 200, 64, 3),
               (130, 24, 72, 32, 4)] if quick else [

@@ -44,6 +44,7 @@ class KernelConfig:
     prefetch: int = 0  # gemv: weight tiles loaded ahead in registers (0, 1, 2); gemm: next scale and zero (0, 1)
     swap_ab: bool = False  # gemm only: compute y.T = W x.T (weight tile as the MMA's A operand)
     fused_reduce: bool = False  # split-K: the last program of each tile adds the partials (no second launch)
+    natural_order: bool = False  # gemm, bf16 / fp16: unpack in column order and read x as given (no launch before)
 
     def fitted(self, group_size: int, k_pad: int) -> "KernelConfig":
         """This config made valid for the group and K: BLOCK_K divides K_pad and either divides the
@@ -53,7 +54,8 @@ class KernelConfig:
         ``dequant`` configs take any tile (their kernel reads a scale per element) and never split K.
         """
         if self.kind == "dequant":
-            return dataclasses.replace(self, split_k=1, block_m=1, prefetch=0, swap_ab=False, fused_reduce=False)
+            return dataclasses.replace(self, split_k=1, block_m=1, prefetch=0, swap_ab=False, fused_reduce=False,
+                                       natural_order=False)
         kind, block_m = self.kind, self.block_m
         if kind == "gemm" and min(self.block_k, group_size) < 16:  # tl.dot needs K >= 16: the GEMV takes it
             kind, block_m = "gemv", min(block_m, 4)
@@ -67,27 +69,25 @@ class KernelConfig:
             prefetch = 0
         split_k = max(1, min(self.split_k, tiles))
         return dataclasses.replace(self, kind=kind, block_k=block_k, block_m=block_m, prefetch=prefetch,
-                                   split_k=split_k, fused_reduce=bool(self.fused_reduce) and split_k > 1)
+                                   split_k=split_k, fused_reduce=bool(self.fused_reduce) and split_k > 1,
+                                   natural_order=bool(self.natural_order) and kind == "gemm")
 
 
 KINDS = ("gemv", "gemm", "dequant")
 GEMV_ROWS = (1, 2, 4)  # rows per GEMV program: a power of two (tl.arange); at 8 the GEMV issues more than the GEMM
 # (BLOCK_N, warps, BLOCK_K, prefetch) the tuner tries at M = 1; none spills on sm_90 with Triton 3.6
 # (benchmarks/results/sass_sm90_triton36.md). A BLOCK_K above the group spans whole groups: 128 with
-# groups of 32 or 64, and the 256 / 512 tiles (128 / 256 contiguous bytes per row per tile: the
-# dequantize kernel took 30-37% less time on its 128-byte tile than on a 64-byte one) with any group.
-GEMV_M1_TILES = tuple(
-    (block_n, warps, block_k, prefetch)
-    for block_n, warps in ((128, 4), (256, 4), (256, 8))
-    for block_k, prefetch in ((64, 0), (64, 1), (128, 0), (128, 1))
-) + ((128, 2, 64, 0), (128, 2, 128, 0), (64, 1, 128, 0)  # small CTAs, 8 rows per thread
-     ) + ((128, 4, 128, 2), (256, 8, 128, 2), (256, 4, 64, 2)  # two tiles in flight per CTA
-          ) + ((128, 4, 256, 0), (64, 4, 256, 0), (64, 2, 256, 0), (32, 4, 512, 0))  # long rows per tile
+# groups of 32 or 64, and 256 with any group. The tiles within 15% of the fastest on at least one goal shape
+# in run 7 on the H200 (benchmarks/results/gpu_check_nvidia_h200_async.log), and the 128 x 128 tiles its shipped
+# table picks for the small shapes; dropped (fifth session, 22 tiles -> 5, to keep the tuning short): every
+# 256-row tile (18-88% slower than the fastest on every goal shape), BLOCK_K 64 (33-64%), two tiles in flight
+# (19-88%), 2-warp 128 x 128 / 128 x 64 and 1-warp 64 x 128 (20-63%), 32 x 512 (37-47%)
+GEMV_M1_TILES = ((128, 4, 128, 0), (128, 4, 128, 1), (64, 2, 256, 0), (64, 4, 256, 0), (128, 4, 256, 0))
 # (BLOCK_N, warps, BLOCK_K, prefetch) of small-row tiles the tuner also tries without split-K at M = 1: many
 # programs, each walking all of K, and no reduce launch (1.7-1.9 us of the split GEMV's ~18 on the H200,
-# benchmarks/results/bench_layout_nvidia_h200.txt)
-GEMV_M1_UNSPLIT_TILES = ((8, 1, 256, 0), (16, 1, 256, 0), (16, 1, 256, 1), (16, 1, 512, 0), (32, 1, 256, 0),
-                         (32, 2, 256, 0))
+# benchmarks/results/bench_layout_nvidia_h200.txt). The three within 5-10% of the fastest on one goal shape in
+# run 7; dropped: 8 x 256, 16 x 256 without prefetch and 32 x 256 on 2 warps (12-94% slower)
+GEMV_M1_UNSPLIT_TILES = ((16, 1, 256, 1), (16, 1, 512, 0), (32, 1, 256, 0))
 # (BLOCK_N, warps, BLOCK_K, stages) of GEMV tiles whose weight words stream through shared memory by asynchronous
 # copies (stages - 1 tiles ahead; Triton's pipeliner on a tl.range loop), with fewer, longer-running programs
 # (split toward 1-8 two-warp programs per SM): the H200 profile showed both kernels latency-bound, issuing on
@@ -101,11 +101,12 @@ GEMV_ROWS_PIPELINED_TILES = ((64, 2, 256, 3), (32, 1, 256, 3))
 # (BLOCK_N, warps, BLOCK_K) of GEMV tiles for 2 rows per program, beside 128 / M and 256 / M rows x 128 (at 4
 # rows they spill: 480-1064 bytes of stack, benchmarks/results/sass_sm90_triton36.md)
 GEMV_ROWS_TILES = ((64, 2, 256), (32, 1, 256))
-# (BLOCK_N, swap_ab, warps, stages) of extra GEMM tiles for M <= 16 (BLOCK_K 128): on 2 warps Triton emits
-# mma.sync (HMMA) instead of wgmma; 5 stages keep more tiles in flight. Both ran slower on the H200 (48.5-51.4
-# and 33.6-38.0 us against 30.3-34.4 at 8192 x 8192, gpu_check_nvidia_h200_wide_gemv.log and _async.log);
-# they stay candidates for other GPUs.
-SMALL_M_GEMM_TILES = ((64, True, 2, 3), (64, False, 2, 3), (64, True, 4, 5))
+# (BLOCK_N, swap_ab, warps, stages) of extra GEMM tiles for M <= 16 (BLOCK_K 128): 5 stages keep more tiles in
+# flight (6-50% slower than the fastest on the H200's goal shapes in run 7; within 6-7% at M = 4 .. 16 on one).
+# Dropped in the fifth session: the 2-warp tiles, where Triton emits mma.sync (HMMA) instead of wgmma, 18-60%
+# slower on every goal shape from M = 2 to 16 (gpu_check_nvidia_h200_async.log; 48.5-51.4 us against 33.8-34.4
+# at 8192 x 8192 in gpu_check_nvidia_h200_wide_gemv.log)
+SMALL_M_GEMM_TILES = ((64, True, 4, 5),)
 # whether the tuner tries the in-kernel split-K sum (``fused_reduce``); benchmarks/gpu_check.py turns it off for
 # its tuning run when that path fails a correctness check on the GPU at hand
 FUSED_REDUCE_CANDIDATES = True
@@ -221,13 +222,8 @@ def candidate_configs(m: int, n: int, k_pad: int, group_size: int, device: torch
         for block_n, warps, block_k, prefetch in GEMV_M1_UNSPLIT_TILES:
             cfg = _gemv(m, n, k_pad, group_size, device, block_n, block_k, num_warps=warps, prefetch=prefetch)
             out += [dataclasses.replace(cfg, split_k=s) for s in (1, 2, cfg.split_k)]
-        # the GEMM with an async MMA (one row of its 16 used); before it, 33.7 us against the GEMV's 21.6
-        # at 8192 x 8192 on the H200 (kernels_nvidia_h200_packed.md)
-        for block_n, block_k in ((64, 128), (128, 64)):
-            cfg = KernelConfig("gemm", block_n, block_k, block_m=16, num_warps=4, num_stages=3, swap_ab=True,
-                               prefetch=1).fitted(group_size, k_pad)
-            split = _split_for(triton.cdiv(n, block_n), k_pad // cfg.block_k, device)
-            out += [dataclasses.replace(cfg, split_k=s) for s in (split, 2 * split)]
+        # (the GEMM at M = 1, one row of its 16 used, is no longer tried: 49-95% slower than the GEMV on every goal
+        # shape in run 7, gpu_check_nvidia_h200_async.log)
     if 2 <= m <= GEMV_ROWS[-1]:  # several rows per GEMV program, each row's sums 2-d
         tiles = [(128 // m, 4, 128), (256 // m, 4, 128)] + (list(GEMV_ROWS_TILES) if m == 2 else [])
         for block_n, warps, block_k in tiles:
@@ -241,7 +237,8 @@ def candidate_configs(m: int, n: int, k_pad: int, group_size: int, device: torch
         block_m = max(16, min(64, triton.next_power_of_2(m)))
         for block_n, block_k, swap in ((64, 128, False), (128, 64, False), (128, 128, False),
                                        (64, 128, True), (128, 64, True), (128, 128, True)):
-            for prefetch in (0, 1):
+            for prefetch in (0, 1) if swap or m > 32 else (1,):  # unswapped without prefetch: 44-118% slower than
+                # the fastest on every goal shape from M = 2 to 32 in run 7 (3-22% at M = 64)
                 cfg = KernelConfig("gemm", block_n, block_k, block_m=block_m, num_warps=4, num_stages=3,
                                    swap_ab=swap, prefetch=prefetch).fitted(group_size, k_pad)
                 tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
@@ -261,11 +258,17 @@ def candidate_configs(m: int, n: int, k_pad: int, group_size: int, device: torch
                           and c.block_m * c.block_n <= 64 * 64]  # 64 x 128 spills with the sum (528 B stack)
         for cfg in fused:
             out += [dataclasses.replace(cfg, split_k=cfg.split_k * f, fused_reduce=True) for f in (1, 2)]
+    if 2 <= m <= 64:  # the swapped 64 x 128 GEMM tile (the H200's pick from M = 4 to 32) in column order: x read
+        # as given, no activation launch before the GEMM (bench_layout.py times that launch alone), for one more
+        # instruction per word to unpack; with each split and way of adding the splits
+        out += [dataclasses.replace(c, natural_order=True) for c in out[1:]
+                if c.kind == "gemm" and c.swap_ab and c.prefetch and c.block_n == 64 and c.block_k == 128
+                and c.num_warps == 4 and c.num_stages == 3 and c.split_k > 1]
     if m > 64:  # (BLOCK_M, BLOCK_N, warps): the two that compile without spills and with the fewest instructions
         for block_m, block_n, warps in ((64, 128, 4), (64, 256, 8)):
             out.append(KernelConfig("gemm", block_n, 64, block_m=block_m, num_warps=warps, num_stages=3,
                                     prefetch=1).fitted(group_size, k_pad))
-    if m >= 32:  # dequantize once + dense matmul
+    if m >= DEQUANT_MIN_M:  # dequantize once + dense matmul (at M = 32 and 64: 2.5-5.6x the GEMM's time in run 7)
         out += [KernelConfig("dequant", 16, 256), KernelConfig("dequant", 32, 128), KernelConfig("dequant", 64, 64)]
     seen, unique = set(), []
     for cfg in out:

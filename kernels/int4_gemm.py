@@ -12,8 +12,11 @@ the group size, so a tile has one scale and one zero per row). Per tile:
   packed FMA), in "pair order" (columns 0, 4, 1, 5, 2, 6, 3, 7 of each word,
   so a pair never leaves its register); the launcher passes the activation
   already pre-scaled, in that order and zero-padded to K_pad
-  (``_pair_order_x_kernel``), so the pipelined shared-memory tile is the MMA's
-  operand as loaded. fp32: each of the 8 nibble planes as ``(q - z) * 16**p``
+  (``_gemm_x_kernel``), so the pipelined shared-memory tile is the MMA's
+  operand as loaded. Or (NATURAL, ``KernelConfig.natural_order``) in column
+  order, each pair a byte's two nibbles (a byte permute instead of the shift,
+  and one shift per word): the activation is then read as the caller gave it,
+  with no launch before the GEMM unless there is an ``act_pre_scale``. fp32: each of the 8 nibble planes as ``(q - z) * 16**p``
   (``int4_planes.nibble_plane``) interleaved back into column order, and the
   activation tile's columns scaled by ``16**-p`` (exact);
 * multiply by the row's scale: bf16 / fp16 ``(q - z) * s`` rounded once in the
@@ -79,9 +82,42 @@ def _pair_asm(w, neg_zero_magic, scale, magic_pair, DTYPE: tl.constexpr):
                                      dtype=(scale.dtype, scale.dtype), is_pure=True, pack=1)
 
 
+def _byte_pair_ptx(one_bits: int, kind: str) -> str:
+    """PTX of ``_byte_pair_asm`` for one 16-bit type (``_pair_ptx``'s arguments): a byte permute, then as ``_pair_ptx``."""
+    return ("{ .reg .b32 t, one, nz, s, mz; "
+            f"mov.b32 one, {one_bits}; mov.b32 mz, 2147516416; "
+            "mov.b32 nz, {$3, $3}; mov.b32 s, {$4, $4}; prmt.b32 t, $2, $5, $6; lop3.b32 t, t, 983055, $7, 0xEA; "
+            f"fma.rn.{kind} t, t, one, nz; fma.rn.{kind} t, t, s, mz; mov.b32 {{$0, $1}}, t; }}")
+
+
+_BYTE_PAIR_PTX_BF16 = tl.constexpr(_byte_pair_ptx(0x3F803F80, "bf16x2"))
+_BYTE_PAIR_PTX_FP16 = tl.constexpr(_byte_pair_ptx(0x3C003C00, "f16x2"))
+
+
 @triton.jit
-def dequant_tile16(words, z, s, magic_pair, DTYPE: tl.constexpr, USE_ASM: tl.constexpr):
-    """words int32 [BN, BK8], z and s fp32 [BN] -> [BN, 8 * BK8] bf16 / fp16 ``(q - z) * s`` in pair order.
+def _byte_pair_asm(words, high_nibbles, i: tl.constexpr, neg_zero_magic, scale, magic_pair, DTYPE: tl.constexpr):
+    """PTX for ``scaled_pair16`` in column order (``int4_planes.byte_pair16``): columns 8j+2i and 8j+2i+1.
+
+    ``high_nibbles`` is ``words >> 4`` (one shift per word, shared by its 4 pairs). ``PRMT`` takes byte i of
+    the word into byte 0 and byte i of ``words >> 4`` into byte 2 (selector ``i, i, 4+i, 4+i``); the
+    LOP3 keeps bits 0..3 and 16..19 (the byte's low and high nibble) and sets the magic, then the two
+    packed FMAs of ``_pair_asm``. One PRMT per pair where the pair order has one shift: +1 instruction per
+    word in all (the shift to ``words >> 4``).
+    """
+    if DTYPE == tl.bfloat16:
+        ptx: tl.constexpr = _BYTE_PAIR_PTX_BF16
+    else:
+        ptx: tl.constexpr = _BYTE_PAIR_PTX_FP16
+    select = words * 0 + (i | (i << 4) | ((4 + i) << 8) | ((4 + i) << 12))  # a constant: ptxas folds it in
+    return tl.inline_asm_elementwise(ptx, "=h,=h,r,h,h,r,r,r",
+                                     [words, neg_zero_magic, scale, high_nibbles, select, magic_pair],
+                                     dtype=(scale.dtype, scale.dtype), is_pure=True, pack=1)
+
+
+@triton.jit
+def dequant_tile16(words, z, s, magic_pair, DTYPE: tl.constexpr, USE_ASM: tl.constexpr, NATURAL: tl.constexpr):
+    """words int32 [BN, BK8], z and s fp32 [BN] -> [BN, 8 * BK8] bf16 / fp16 ``(q - z) * s``, in pair order
+    or (NATURAL) in column order.
 
     ``q - z`` is exact in 16 bits; the product with the row's scale (itself
     rounded to DTYPE) is rounded once, as a dequantized weight in DTYPE is.
@@ -89,48 +125,65 @@ def dequant_tile16(words, z, s, magic_pair, DTYPE: tl.constexpr, USE_ASM: tl.con
     accumulator through ``tl.dot``, so a tile's MMA overlaps the next tile's
     unpacking instead of being waited for before the scale.
 
-    Pair order: within each word, the columns come as (0, 4, 1, 5, 2, 6, 3, 7),
-    so each 32-bit pair the unpacking makes (columns i and i + 4) stays one
-    register of the MMA operand; the launcher permutes the activation to match
-    (``_pair_order_x_kernel``). USE_ASM (CUDA): one shift, one LOP3 and two packed FMAs per pair
-    in PTX; else the same arithmetic in Triton ops (the interpreter runs no PTX).
+    The unpacking makes 32-bit pairs of 16-bit weights, and pair p of a word
+    fills its positions 2p and 2p + 1, so each pair stays one register of the
+    MMA operand. Pair order: pair p is columns p and p + 4 (one shift and one
+    LOP3 per pair), so each 8 columns come as (0, 4, 1, 5, 2, 6, 3, 7) and the
+    launcher permutes the activation to match (``_gemm_x_kernel``). NATURAL:
+    pair p is columns 2p and 2p + 1 (byte p's nibbles: one PRMT and one LOP3
+    per pair, and one shift per word), so the activation is read as it is,
+    with no launch of its own unless there is an ``act_pre_scale``. USE_ASM
+    (CUDA): the pairs in PTX, two packed FMAs each; else the same arithmetic
+    in Triton ops (the interpreter runs no PTX).
     """
     zero_magic = (z + (128.0 if DTYPE == tl.bfloat16 else 1024.0)).to(DTYPE)[:, None]
     scale = s.to(DTYPE)[:, None]
     bn: tl.constexpr = words.shape[0]
     j: tl.constexpr = words.shape[1]
-    if USE_ASM:
+    if USE_ASM and NATURAL:
         neg = -zero_magic
-        c0, c4 = _pair_asm(words, neg, scale, magic_pair, DTYPE)
-        c1, c5 = _pair_asm(words >> 4, neg, scale, magic_pair, DTYPE)
-        c2, c6 = _pair_asm(words >> 8, neg, scale, magic_pair, DTYPE)
-        c3, c7 = _pair_asm(words >> 12, neg, scale, magic_pair, DTYPE)
+        high_nibbles = words >> 4
+        c0, c1 = _byte_pair_asm(words, high_nibbles, 0, neg, scale, magic_pair, DTYPE)
+        c2, c3 = _byte_pair_asm(words, high_nibbles, 1, neg, scale, magic_pair, DTYPE)
+        c4, c5 = _byte_pair_asm(words, high_nibbles, 2, neg, scale, magic_pair, DTYPE)
+        c6, c7 = _byte_pair_asm(words, high_nibbles, 3, neg, scale, magic_pair, DTYPE)
+    elif USE_ASM:
+        neg = -zero_magic
+        c0, c1 = _pair_asm(words, neg, scale, magic_pair, DTYPE)
+        c2, c3 = _pair_asm(words >> 4, neg, scale, magic_pair, DTYPE)
+        c4, c5 = _pair_asm(words >> 8, neg, scale, magic_pair, DTYPE)
+        c6, c7 = _pair_asm(words >> 12, neg, scale, magic_pair, DTYPE)
     else:
-        c0, c4 = scaled_pair16(words, 0, zero_magic, scale, magic_pair, DTYPE)
-        c1, c5 = scaled_pair16(words, 1, zero_magic, scale, magic_pair, DTYPE)
-        c2, c6 = scaled_pair16(words, 2, zero_magic, scale, magic_pair, DTYPE)
-        c3, c7 = scaled_pair16(words, 3, zero_magic, scale, magic_pair, DTYPE)
-    low = tl.permute(tl.join(tl.join(c0, c4), tl.join(c1, c5)), (0, 1, 3, 2))  # [BN, J, s0, h]
-    high = tl.permute(tl.join(tl.join(c2, c6), tl.join(c3, c7)), (0, 1, 3, 2))
-    w = tl.permute(tl.join(low, high), (0, 1, 4, 2, 3))  # [BN, J, s1, s0, h]: column 8j + 4h + 2 s1 + s0
+        c0, c1 = scaled_pair16(words, 0, zero_magic, scale, magic_pair, DTYPE, NATURAL)
+        c2, c3 = scaled_pair16(words, 1, zero_magic, scale, magic_pair, DTYPE, NATURAL)
+        c4, c5 = scaled_pair16(words, 2, zero_magic, scale, magic_pair, DTYPE, NATURAL)
+        c6, c7 = scaled_pair16(words, 3, zero_magic, scale, magic_pair, DTYPE, NATURAL)
+    # c[2p], c[2p + 1]: pair p's halves, for positions 2p and 2p + 1 of each word's 8
+    low = tl.permute(tl.join(tl.join(c0, c1), tl.join(c2, c3)), (0, 1, 3, 2))  # [BN, J, s0, h]
+    high = tl.permute(tl.join(tl.join(c4, c5), tl.join(c6, c7)), (0, 1, 3, 2))
+    w = tl.permute(tl.join(low, high), (0, 1, 4, 2, 3))  # [BN, J, s1, s0, h]: position 8j + 4 s1 + 2 s0 + h
     return tl.reshape(w, (bn, 8 * j))
 
 
 @triton.jit
-def _pair_order_x_kernel(x_ptr, pre_ptr, out_ptr, counter_ptr, K, K_PAD, stride_xm, N_COUNTERS,
-                         HAS_PRE_SCALE: tl.constexpr, BLOCK: tl.constexpr):
-    """out [M, K_PAD] = ``x * pre`` with each 8 columns in pair order (0, 4, 1, 5, 2, 6, 3, 7), zeros past K.
+def _gemm_x_kernel(x_ptr, pre_ptr, out_ptr, counter_ptr, K, K_PAD, stride_xm, N_COUNTERS,
+                   HAS_PRE_SCALE: tl.constexpr, PAIR_ORDER: tl.constexpr, BLOCK: tl.constexpr):
+    """out [M, K_PAD] = ``x * pre``, zeros past K; with PAIR_ORDER each 8 columns as (0, 4, 1, 5, 2, 6, 3, 7).
 
-    Grid (M, cdiv(max(K_PAD, N_COUNTERS), BLOCK)). Position p of a row holds column 8 (p // 8) + 4 (p % 2) +
-    (p % 8) // 2. The pre-scaled product is rounded to x's dtype, as the dense path's ``x * pre`` is.
-    Row 0's programs also zero the GEMM's N_COUNTERS split-K tile counters (``splitk.py``; none when 0), so
-    the fused reduce costs no launch of its own.
+    The bf16 / fp16 GEMM's activation operand. Grid (M, cdiv(max(K_PAD, N_COUNTERS), BLOCK)). In pair
+    order, position p of a row holds column 8 (p // 8) + 4 (p % 2) + (p % 8) // 2. The pre-scaled product
+    is rounded to x's dtype, as the dense path's ``x * pre`` is. Row 0's programs also zero the GEMM's
+    N_COUNTERS split-K tile counters (``splitk.py``; none when 0), so the fused reduce costs no launch of
+    its own.
     """
     row = tl.program_id(0)
     p = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     if N_COUNTERS > 0:
         tl.store(counter_ptr + p, p * 0, mask=(p < N_COUNTERS) & (p * 0 + row == 0))
-    col = (p // 8) * 8 + (p % 2) * 4 + (p % 8) // 2
+    if PAIR_ORDER:
+        col = (p // 8) * 8 + (p % 2) * 4 + (p % 8) // 2
+    else:
+        col = p
     live = col < K
     x = tl.load(x_ptr + row * stride_xm + col, mask=live, other=0.0)
     if HAS_PRE_SCALE:
@@ -184,6 +237,7 @@ def _int4_gemm_kernel(
     PREFETCH: tl.constexpr,
     PACKED16: tl.constexpr,
     USE_ASM: tl.constexpr,
+    NATURAL: tl.constexpr,
     TILED: tl.constexpr,
     FUSED_SPLITS: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -230,8 +284,9 @@ def _int4_gemm_kernel(
         if not PACKED16:
             factor = col_factor * pre.to(tl.float32) if HAS_PRE_SCALE else col_factor
             x = (x.to(tl.float32) * factor[None, :]).to(dtype)
-        # PACKED16: the launcher gave x pre-scaled, in pair order and zero-padded to K_pad (_pair_order_x_kernel),
-        # so the pipeliner's shared-memory copy of the tile is the MMA's operand as loaded, and the MMA runs async
+        # PACKED16: x is the MMA's operand as loaded (the pipeliner's shared-memory copy of the tile), so the MMA
+        # runs async: in pair order, pre-scaled and zero-padded to K_pad by the launcher (_gemm_x_kernel), or
+        # (NATURAL) as given, or pre-scaled by that launch in column order when there is an act_pre_scale
         if TILED:  # bench_layout.py's copy with each [BLOCK_N, BLOCK_K] tile contiguous (see int4_gemv._load_tile)
             rows = tl.arange(0, BLOCK_N)
             words = tl.load(q_ptr + pid_n * stride_qblock + t * stride_qtile + rows[:, None] * stride_q
@@ -240,7 +295,7 @@ def _int4_gemm_kernel(
             words = tl.load(q_ptr + offs_n[:, None] * stride_q + (k0 // 8 + offs_j)[None, :],
                             mask=mask_n[:, None], other=0)
         if PACKED16:  # [BLOCK_N, BLOCK_K] (q - z) * s in the activation dtype
-            w = dequant_tile16(words, z.to(tl.float32), s.to(tl.float32), magic_bits, dtype, USE_ASM)
+            w = dequant_tile16(words, z.to(tl.float32), s.to(tl.float32), magic_bits, dtype, USE_ASM, NATURAL)
         else:
             w = dequant_tile(words, z.to(tl.float32), magic_bits) * s.to(tl.float32)[:, None]
         if SWAP_AB:  # y.T = W x.T: the dequantized tile is the register operand, x the small one

@@ -16,7 +16,8 @@ the last program of each output tile (``splitk.py``: one int32 counter per
 tile, on the device's kept counters, which every launch leaves at zero, or
 zeroed per call by the pair-order launch where there is one, else by
 ``torch.zeros``). The bf16 / fp16 GEMM takes its activation from one more small
-launch (``pair_ordered_x``: ``x * act_pre_scale`` in the order its unpacking makes).
+launch (``gemm_activation``: ``x * act_pre_scale`` in the pair order its unpacking
+makes), or, with ``natural_order``, as given (that launch only for an ``act_pre_scale``).
 """
 
 from __future__ import annotations
@@ -28,14 +29,14 @@ import triton
 
 from awq_ao.kernels.configs import KernelConfig, select_config
 from awq_ao.kernels.int4_dequant import _int4_dequant_kernel
-from awq_ao.kernels.int4_gemm import _int4_gemm_kernel, _pair_order_x_kernel
+from awq_ao.kernels.int4_gemm import _gemm_x_kernel, _int4_gemm_kernel
 from awq_ao.kernels.int4_gemv import _int4_gemv_kernel
 from awq_ao.kernels.int4_planes import MAGIC_BITS, MAGIC_PAIR_BF16, MAGIC_PAIR_FP16
 from awq_ao.kernels.splitk import _splitk_reduce_kernel, tile_counters
 
 _GEMM_MAGIC = {torch.bfloat16: MAGIC_PAIR_BF16, torch.float16: MAGIC_PAIR_FP16, torch.float32: MAGIC_BITS}
 
-PAIR_ORDER_BLOCK = 1024  # activation columns per program of the GEMM's pair-order copy
+GEMM_X_BLOCK = 1024  # activation columns per program of the GEMM's activation launch
 REDUCE_BLOCK = 128  # one output per thread: N = 4096 gets 32 programs (1024 gave 4, each looping)
 
 
@@ -111,14 +112,16 @@ def fused_linear(x, words, scale, zero_point, pre, has_pre, y, group_size, in_fe
     output_tiles = triton.cdiv(n, config.block_n) * triton.cdiv(m, config.block_m)
     fused = config.fused_reduce and split > 1
     packed16 = config.kind == "gemm" and x.dtype != torch.float32
-    to_zero = None  # counters the pair-order launch zeroes
+    natural = packed16 and config.natural_order
+    x_launch = packed16 and (has_pre or not natural)  # the GEMM's activation needs a launch of its own
+    to_zero = None  # counters that launch zeroes
     if not fused:
         counters = None
     elif counters is None or counters.numel() < output_tiles:  # one int32 per output tile, zero at launch
-        counters = (torch.empty if packed16 else torch.zeros)(output_tiles, dtype=torch.int32, device=x.device)
-        to_zero = counters if packed16 else None
-    if packed16:  # the GEMM's bf16 / fp16 operand: x * pre in pair order, padded to K_pad (one small launch)
-        x = pair_ordered_x(x, pre if has_pre else None, k_pad, wrap, to_zero)
+        counters = (torch.empty if x_launch else torch.zeros)(output_tiles, dtype=torch.int32, device=x.device)
+        to_zero = counters if x_launch else None
+    if x_launch:  # the GEMM's bf16 / fp16 operand: x * pre, in pair order unless natural, padded to K_pad
+        x = gemm_activation(x, pre if has_pre else None, k_pad, wrap, to_zero, pair_order=not natural)
         has_pre, in_features = False, k_pad
     if split == 1:
         out, stride_split = y, 0
@@ -148,7 +151,7 @@ def fused_linear(x, words, scale, zero_point, pre, has_pre, y, group_size, in_fe
             x, words, scale, zero_point, pre, *outputs, *common, _GEMM_MAGIC[x.dtype], *strides,
             GROUP_SIZE=group_size, HAS_PRE_SCALE=has_pre, EVEN_K=in_features == k_pad,
             DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32", SWAP_AB=config.swap_ab,
-            PREFETCH=config.prefetch, PACKED16=packed16, USE_ASM=x.is_cuda, TILED=tiled,
+            PREFETCH=config.prefetch, PACKED16=packed16, USE_ASM=x.is_cuda, NATURAL=natural, TILED=tiled,
             FUSED_SPLITS=fused_splits, BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
             num_warps=config.num_warps, num_stages=config.num_stages,
         )
@@ -159,17 +162,18 @@ def fused_linear(x, words, scale, zero_point, pre, has_pre, y, group_size, in_fe
     return y
 
 
-def pair_ordered_x(x: torch.Tensor, pre: Optional[torch.Tensor], k_pad: int, wrap,
-                   counters: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """x [M, K] (bf16 / fp16) -> [M, K_pad] contiguous: ``x * pre`` (pre [K] or None), each 8 columns in the
-    GEMM's pair order (0, 4, 1, 5, 2, 6, 3, 7), zeros from K on. Zeroes ``counters`` (int32 [T]) too, if given."""
+def gemm_activation(x: torch.Tensor, pre: Optional[torch.Tensor], k_pad: int, wrap,
+                    counters: Optional[torch.Tensor] = None, pair_order: bool = True) -> torch.Tensor:
+    """x [M, K] (bf16 / fp16) -> [M, K_pad] contiguous: ``x * pre`` (pre [K] or None), zeros from K on, each
+    8 columns in the GEMM's pair order (0, 4, 1, 5, 2, 6, 3, 7) unless ``pair_order`` is False. Zeroes
+    ``counters`` (int32 [T]) too, if given."""
     m, k = x.shape
     out = torch.empty((m, k_pad), dtype=x.dtype, device=x.device)
     n_counters = 0 if counters is None else counters.numel()
-    grid = (m, triton.cdiv(max(k_pad, n_counters), PAIR_ORDER_BLOCK))
-    wrap(_pair_order_x_kernel)[grid](x, x if pre is None else pre, out, out if counters is None else counters,
-                                     k, k_pad, x.stride(0), n_counters,
-                                     HAS_PRE_SCALE=pre is not None, BLOCK=PAIR_ORDER_BLOCK)
+    grid = (m, triton.cdiv(max(k_pad, n_counters), GEMM_X_BLOCK))
+    wrap(_gemm_x_kernel)[grid](x, x if pre is None else pre, out, out if counters is None else counters,
+                               k, k_pad, x.stride(0), n_counters,
+                               HAS_PRE_SCALE=pre is not None, PAIR_ORDER=pair_order, BLOCK=GEMM_X_BLOCK)
     return out
 
 

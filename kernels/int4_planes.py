@@ -67,19 +67,42 @@ def nibble_pair16(words, i: tl.constexpr, zero_magic, magic_pair, DTYPE: tl.cons
     [..., J] tensors in DTYPE.
     """
     w = words if i == 0 else words >> (4 * i)
-    pair = (w & 0x000F000F) | magic_pair
+    return _pair_halves((w & 0x000F000F) | magic_pair, zero_magic, DTYPE)
+
+
+@triton.jit
+def byte_pair16(words, i: tl.constexpr, zero_magic, magic_pair, DTYPE: tl.constexpr):
+    """Columns 8j+2i and 8j+2i+1 (i in 0..3: the two nibbles of byte i) of every word as DTYPE ``q - z``, exact.
+
+    The column-order twin of ``nibble_pair16`` (same arguments and results):
+    the low nibble of byte i goes to bits 0..3 and its high nibble, shifted
+    left by 12, to bits 16..19. On CUDA the GEMM does this with one byte
+    permute (``PRMT``) of the word and the word >> 4 (``int4_gemm._byte_pair_asm``).
+    """
+    w = words if i == 0 else words >> (8 * i)
+    return _pair_halves((w & 0x0000000F) | ((w << 12) & 0x000F0000) | magic_pair, zero_magic, DTYPE)
+
+
+@triton.jit
+def _pair_halves(pair, zero_magic, DTYPE: tl.constexpr):
+    """int32 ``pair`` (two DTYPE ``magic + q`` halves) -> its low and high halves as DTYPE ``q - z``."""
     low = pair.to(tl.uint16).to(DTYPE, bitcast=True)  # the cast keeps the low 16 bits
     high = (pair >> 16).to(tl.uint16).to(DTYPE, bitcast=True)
     return low - zero_magic, high - zero_magic
 
 
 @triton.jit
-def scaled_pair16(words, i: tl.constexpr, zero_magic, scale, magic_pair, DTYPE: tl.constexpr):
-    """``nibble_pair16`` times ``scale`` (DTYPE, broadcastable to words): ``(q - z) * s`` rounded once to DTYPE.
+def scaled_pair16(words, i: tl.constexpr, zero_magic, scale, magic_pair, DTYPE: tl.constexpr,
+                  NATURAL: tl.constexpr):
+    """``nibble_pair16`` (or with NATURAL ``byte_pair16``) times ``scale`` (DTYPE, broadcastable to words):
+    ``(q - z) * s`` rounded once to DTYPE.
 
     The product of two 16-bit floats is exact in fp32, so rounding it to DTYPE
     equals the GPU's packed ``fma.rn(q - z, s, -0)``.
     """
-    low, high = nibble_pair16(words, i, zero_magic, magic_pair, DTYPE)
+    if NATURAL:
+        low, high = byte_pair16(words, i, zero_magic, magic_pair, DTYPE)
+    else:
+        low, high = nibble_pair16(words, i, zero_magic, magic_pair, DTYPE)
     s = scale.to(tl.float32)
     return (low.to(tl.float32) * s).to(DTYPE), (high.to(tl.float32) * s).to(DTYPE)

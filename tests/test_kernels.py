@@ -46,6 +46,10 @@ PATHS = {
     "gemv-shared-memory-ring": KernelConfig("gemv", block_n=16, block_k=64, split_k=2, num_stages=3),
     "gemv-2-rows-shared-memory-ring-fused": KernelConfig("gemv", block_n=16, block_k=128, block_m=2, split_k=3,
                                                          num_stages=4, fused_reduce=True),
+    "gemm-natural-order": KernelConfig("gemm", block_n=32, block_k=64, block_m=16, natural_order=True),
+    "gemm-swap-ab-natural-order-fused": KernelConfig("gemm", block_n=32, block_k=32, block_m=16, split_k=3,
+                                                     swap_ab=True, prefetch=True, fused_reduce=True,
+                                                     natural_order=True),
     "dequant-mm": KernelConfig("dequant", block_n=16, block_k=64),
     "dequant-mm-wide": KernelConfig("dequant", block_n=8, block_k=256),
 }
@@ -134,21 +138,57 @@ def test_dequant_kernel_is_bit_exact(dtype, block_n, block_k):
     assert torch.equal(w.cpu(), quant.dequantize(q, s.cpu(), z.cpu(), group_size, k, dtype))
 
 
+@pytest.mark.parametrize("pair_order", [True, False])
 @pytest.mark.parametrize("k,with_pre", [(64, False), (61, True), (1030, True)])
-def test_gemm_activation_in_pair_order(k, with_pre):
-    """The launcher's copy of x for the bf16 / fp16 GEMM: x * pre, each 8 columns as (0, 4, 1, 5, 2, 6, 3, 7),
-    zeros from K to K_pad; the product rounded once to x's dtype."""
-    from awq_ao.kernels.int4_matmul import pair_ordered_x
+def test_gemm_activation_launch(k, with_pre, pair_order):
+    """The launcher's copy of x for the bf16 / fp16 GEMM: x * pre, zeros from K to K_pad, the product rounded
+    once to x's dtype; in pair order each 8 columns come as (0, 4, 1, 5, 2, 6, 3, 7)."""
+    from awq_ao.kernels.int4_matmul import gemm_activation
 
     gen = torch.Generator().manual_seed(k)
     x = torch.randn(3, k, generator=gen).to(torch.float16)
     pre = (torch.rand(k, generator=gen) + 0.5).to(torch.float16) if with_pre else None
     k_pad = (k + 63) // 64 * 64
-    got = pair_ordered_x(x.to(DEVICE), None if pre is None else pre.to(DEVICE), k_pad, lambda kernel: kernel).cpu()
+    got = gemm_activation(x.to(DEVICE), None if pre is None else pre.to(DEVICE), k_pad, lambda kernel: kernel,
+                          pair_order=pair_order).cpu()
     scaled = x if pre is None else (x.float() * pre.float()).to(torch.float16)
-    padded = torch.nn.functional.pad(scaled, (0, k_pad - k))
-    expected = padded.view(3, k_pad // 8, 2, 4).transpose(2, 3).reshape(3, k_pad)  # position 8j+2s+h: column 8j+4h+s
+    expected = torch.nn.functional.pad(scaled, (0, k_pad - k))
+    if pair_order:  # position 8j+2s+h: column 8j+4h+s
+        expected = expected.view(3, k_pad // 8, 2, 4).transpose(2, 3).reshape(3, k_pad)
     assert got.shape == (3, k_pad) and torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("natural,with_pre,fused,launches", [
+    (False, False, False, ["_gemm_x_kernel", "_int4_gemm_kernel", "_splitk_reduce_kernel"]),
+    (True, False, False, ["_int4_gemm_kernel", "_splitk_reduce_kernel"]),
+    (True, False, True, ["_int4_gemm_kernel"]),
+    (True, True, True, ["_gemm_x_kernel", "_int4_gemm_kernel"]),
+])
+def test_gemm_launches(natural, with_pre, fused, launches):
+    """The fp16 GEMM's launches: in pair order the activation takes a launch of its own; in column order
+    (``natural_order``) only with an ``act_pre_scale``, so with the fused split-K sum on the kept counters the
+    whole product is one launch. Each way matches the float64 reference."""
+    from awq_ao.kernels import launch_int4_linear
+    from awq_ao.kernels.splitk import tile_counters
+
+    gen = torch.Generator().manual_seed(4)
+    m, n, k, group_size = 5, 40, 250, 64
+    q, s, z = quant.quantize(torch.randn(n, k, generator=gen), 4, group_size, scale_dtype=torch.float16)
+    x = torch.randn(m, k, generator=gen).to(torch.float16)
+    pre = (torch.rand(k, generator=gen) + 0.5).to(torch.float16) if with_pre else None
+    cfg = KernelConfig("gemm", 16, 64, block_m=16, split_k=2, swap_ab=True, prefetch=1, fused_reduce=fused,
+                       natural_order=natural)
+    names = []
+
+    def launcher(kernel):
+        names.append(kernel.fn.__name__ if hasattr(kernel, "fn") else kernel.__name__)
+        return kernel
+
+    args = [t.to(DEVICE) for t in (quant.pack_int4(q), s, z)]
+    y = launch_int4_linear(x.to(DEVICE), *args, None if pre is None else pre.to(DEVICE), None, group_size, k,
+                           launcher=launcher, config=cfg, counters=tile_counters(DEVICE))
+    assert names == launches
+    assert rel_err(y.cpu(), reference(x, q, s, z, group_size, k, pre)) < TOL[torch.float16]
 
 
 def test_split_k_is_deterministic():
@@ -161,12 +201,12 @@ def test_split_k_is_deterministic():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
-@pytest.mark.parametrize("kind", ["gemv", "gemm"])
+@pytest.mark.parametrize("kind", ["gemv", "gemm", "gemm-natural"])
 def test_fused_reduce_is_bit_identical_to_the_reduce_launch(kind, dtype):
     """The last program's sum of the partials equals the second launch's bit for bit (same split order), over
     repeated calls and several output tiles and row blocks: on the kept counters (``int4_linear``: each call leaves
-    them at 0 for the next) and on counters of the call's own (no ``counters`` given: fp16 takes the GEMM's
-    pair-order launch, which zeroes them, fp32 a ``torch.zeros``)."""
+    them at 0 for the next) and on counters of the call's own (no ``counters`` given: the fp16 GEMM in pair order
+    takes the activation launch, which zeroes them, fp32 and the column-order GEMM a ``torch.zeros``)."""
     from awq_ao.kernels import launch_int4_linear
 
     gen = torch.Generator().manual_seed(2)
@@ -174,7 +214,8 @@ def test_fused_reduce_is_bit_identical_to_the_reduce_launch(kind, dtype):
     q, s, z = quant.quantize(torch.randn(n, k, generator=gen), 4, group_size, scale_dtype=dtype)
     args = [t.to(DEVICE) for t in (quant.pack_int4(q), s, z)]
     m = 3 if kind == "gemv" else 20
-    base = KernelConfig(kind, block_n=16, block_k=64, block_m=2 if kind == "gemv" else 16, split_k=4)
+    base = KernelConfig(kind.split("-")[0], block_n=16, block_k=64, block_m=2 if kind == "gemv" else 16, split_k=4,
+                        natural_order=kind == "gemm-natural")
     fused = dataclasses.replace(base, fused_reduce=True)
     assert fused.fitted(group_size, k).fused_reduce and not base.fitted(group_size, k).fused_reduce
     for call in range(3):
@@ -260,14 +301,14 @@ def test_gpu_check_script_dry_run(monkeypatch):
     assert module.main() == 0
 
 
-def test_pair_order_launch_zeroes_the_tile_counters():
-    """The GEMM's pair-order launch also zeroes the fused split-K counters, more of them than K_pad columns too."""
+def test_gemm_activation_launch_zeroes_the_tile_counters():
+    """The GEMM's activation launch also zeroes the fused split-K counters, more of them than K_pad columns too."""
     from awq_ao.kernels import int4_matmul
 
     x = torch.randn(2, 60, dtype=torch.float16, device=DEVICE)
-    for count in (5, int4_matmul.PAIR_ORDER_BLOCK + 3):
+    for count in (5, int4_matmul.GEMM_X_BLOCK + 3):
         counters = torch.full((count,), 7, dtype=torch.int32, device=DEVICE)
-        int4_matmul.pair_ordered_x(x, None, 64, lambda kernel: kernel, counters)
+        int4_matmul.gemm_activation(x, None, 64, lambda kernel: kernel, counters)
         assert torch.equal(counters.cpu(), torch.zeros(count, dtype=torch.int32))
 
 
