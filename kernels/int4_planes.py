@@ -18,7 +18,8 @@ OR-ing the 16-bit magic (128.0 in bf16, 1024.0 in fp16: the mantissa's last
 bit is 1) gives ``magic + q`` in each half, and subtracting ``magic + z``
 (exact in either dtype: at most 8 significant bits) leaves ``q - z`` exactly,
 as one packed HADD2 per pair on sm_90: no factor 16**p, no fp32 round trip.
-``scaled_pair16`` then multiplies by the row's scale, one more packed
+``byte_pair16`` makes the column-order pairs instead (columns 2i and 2i + 1,
+byte i's two nibbles), for the GEMM's ``natural_order``. ``scaled_pair16`` then multiplies by the row's scale, one more packed
 operation per pair (HMUL2), rounded once to DTYPE: the GEMM's MMA operand.
 """
 
