@@ -23,8 +23,9 @@ swapped tile the H200 tuning picks), each with split-K and its reduce.
 
 Each is timed like ``bench_kernels.py`` (CUDA graph over rotated copies, so
 the bytes come from HBM), next to bf16 ``F.linear`` at M=1 and a device copy; the kernels
-once more from L2 (the same weights every call), and their extra launches alone (the split-K
-reduce, the GEMM's pair-ordered activation).
+once more from L2 (the same weights every call), their extra launches alone (the split-K
+reduce, the GEMM's pair-ordered activation), and the GEMM without them (``natural_order``,
+``fused_reduce``, both: one launch).
 If ``tiled`` reads near the bf16 GEMV's rate and ``row-major 128`` near
 1.65 TB/s, the layout is the GEMV's limit.
 """
@@ -102,8 +103,10 @@ GEMM_CONFIG = KernelConfig("gemm", 64, TILE_K, block_m=16, num_stages=3, prefetc
 def linear(x, words, scale, zero, group: int, cfg: KernelConfig, tiled: bool, y=None) -> torch.Tensor:
     """y [M, N] = x [M, K] @ dequantize(W).T with ``cfg`` (its split_k, BLOCK_K = 128) on the stored words
     [N, K/8] or on ``to_tiled(words, cfg.block_n)``: the library's launch (``int4_matmul.fused_linear``),
-    split-K and reduce included, with the tiled copy's strides and the kernels' TILED addressing."""
+    split-K and reduce included, with the tiled copy's strides and the kernels' TILED addressing; a fused split-K
+    sum counts on the device's kept tile counters, as ``int4_linear`` does."""
     from awq_ao.kernels.int4_matmul import fused_linear
+    from awq_ao.kernels.splitk import tile_counters
 
     k = x.shape[1]
     if tiled:  # row, row block and K tile strides of the [N/BN, K/128, BN, 16] copy
@@ -111,7 +114,7 @@ def linear(x, words, scale, zero, group: int, cfg: KernelConfig, tiled: bool, y=
     else:
         n, strides = words.shape[0], None
     return fused_linear(x, words, scale, zero, scale, False, y, group, k, n, k, cfg.fitted(group, k),
-                        lambda kernel: kernel, tiled_strides=strides)
+                        lambda kernel: kernel, tiled_strides=strides, counters=tile_counters(x.device))
 
 
 def main(argv=None) -> int:
@@ -168,7 +171,15 @@ def main(argv=None) -> int:
                         resident=True)))
                     rows.append((f"split-K reduce alone ({label})", split, _time_reduce(m, n, split)))
                     if cfg.kind == "gemm":  # the GEMM's other extra launch: its pair-ordered activation
-                        rows.append((f"pair-order launch alone ({label})", "-", _time_pair_order(m, k)))
+                        rows.append((f"activation launch alone ({label})", "-", _time_activation_launch(m, k)))
+                        # side by side: without that launch (column order), without the reduce launch (fused
+                        # split-K sum), and with neither: one launch
+                        for natural, fused, what in ((True, False, "column order"), (False, True, "fused sum"),
+                                                     (True, True, "column order + fused sum: one launch")):
+                            variant = dataclasses.replace(cfg, natural_order=natural, fused_reduce=fused)
+                            rows.append((f"{label} stored, {what}", split, _time_over_copies(
+                                words, lambda w, o, x=x, cfg=variant: linear(x, w, scale, zero, 128, cfg, False,
+                                                                             y=o))))
         if device.type != "cuda":
             print(f"{n} x {k}: every layout read every word once (checksums agree); the GEMV and the GEMM on "
                   "tiled copies equal the stored layout's results bit for bit")
@@ -209,8 +220,8 @@ def _time_reduce(m, n, split) -> float:
                                                                        BLOCK=REDUCE_BLOCK) for p, y in zip(parts, ys)])
 
 
-def _time_pair_order(m, k) -> float:
-    """ms of the GEMM's activation copy alone: bf16 x [m, k] -> pair order."""
+def _time_activation_launch(m, k) -> float:
+    """ms of the GEMM's activation launch alone: bf16 x [m, k] -> pair order."""
     from awq_ao.kernels.int4_matmul import gemm_activation
     from awq_ao.kernels.timing import graph_time_ms
 

@@ -1,11 +1,12 @@
 """Two launches each of the M=1 and the M=16 int4 linear at 8192 x 8192 (bf16, the configs select_config
 picks, or the ones given), for Nsight Compute on a GPU machine (the device machines have ``/usr/local/cuda/bin/ncu``):
 
-    ncu -k regex:gemv --launch-count 1 --section WarpStateStats --section Occupancy --section SchedulerStats \
+    ncu -k regex:int4_gemv --launch-count 1 --section WarpStateStats --section Occupancy --section SchedulerStats \
         python benchmarks/ncu_probe.py
-    ncu -k regex:gemm --launch-count 1 --section ... python benchmarks/ncu_probe.py
+    ncu -k regex:int4_gemm --launch-count 1 --section ... python benchmarks/ncu_probe.py
+    # (not regex:gemm: it also matches the GEMM's activation launch, _gemm_x_kernel, which runs first)
     # another config, as KernelConfig's fields in JSON (here the GEMV's shared-memory ring at M=1):
-    ncu -k regex:gemv ... python benchmarks/ncu_probe.py --m1 '{"kind": "gemv", "block_n": 64, "block_k": 128,
+    ncu -k regex:int4_gemv ... python benchmarks/ncu_probe.py --m1 '{"kind": "gemv", "block_n": 64, "block_k": 128,
         "num_warps": 1, "num_stages": 3, "split_k": 8}'
 
 What it said on the H200 is in ``benchmarks/results/kernel_notes.md`` (occupancy and issue rate).

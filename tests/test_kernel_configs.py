@@ -365,3 +365,16 @@ def test_gemv_shared_memory_pipeline_and_fused_sum_compile_to_sm90():
     assert plain.split()[0] == "0" and plain.split()[-1] == "0"  # no async copies, no stack
     assert int(piped.split()[0]) >= 2 and piped.split()[-1] == "0"  # a ring of async copies, no stack
     assert fused == "True True"
+
+
+def test_device_check_script_parses_and_needs_out():
+    """benchmarks/device_check.sh (a lent GPU session's checks in one command) is valid bash and refuses to start
+    without $OUT, the folder whose files come back, before it installs or runs anything."""
+    import os
+    import subprocess
+
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks", "device_check.sh")
+    assert subprocess.run(["bash", "-n", path]).returncode == 0
+    env = {k: v for k, v in os.environ.items() if k != "OUT"}
+    run = subprocess.run(["bash", path], env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode != 0 and "OUT" in run.stderr and "pip" not in run.stdout + run.stderr

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# One lent GPU session's kernel checks as one command (benchmarks/results/kernel_notes.md, "Running the check"):
+#
+#   bash benchmarks/device_check.sh          # in the repo root on the device machine, with $OUT set
+#
+# 1. gpu_check.py on the three goal shapes at M = 1, 2 and 16: every candidate checked against a float64
+#    reference, the fused split-K stress test, the compiled and CUDA-graph module checks, then tuning and the
+#    timing table ($OUT: gpu_check.log, tuned_<gpu>.json, kernels_<gpu>.md, each written as the run goes);
+# 2. bench_layout.py: read rates by layout, the split-K reduce launch and the GEMM's activation launch alone;
+# 3. Nsight Compute's stall reasons for the GEMV (M = 1) and the GEMM (M = 16) that step 1 picked.
+#
+# Each step has its own time limit (seconds; override by environment), so a slow step cannot starve the
+# rest: CHECK_S (default 330), LAYOUT_S (90), NCU_S (45 per kernel): under 9 minutes in all. The device
+# machines have torch and Triton but no torchao and no network: the torchao wheel travels in .whl/ (named in
+# the run's carry; see kernel_notes.md for how to fetch it).
+set -u
+: "${OUT:?set OUT to the folder whose files come back}"
+cd "$(dirname "$0")/.."
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+ln -sfn ../kernels awq_ao/kernels  # the package's kernels, importable without installing the project
+nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv,noheader
+
+timeout "${CHECK_S:-330}" python3 benchmarks/gpu_check.py --out "$OUT" --shapes 3 --m 1 2 16
+echo "gpu_check exit: $?"
+
+timeout "${LAYOUT_S:-90}" python3 benchmarks/bench_layout.py > "$OUT/bench_layout.txt" 2>&1
+echo "bench_layout exit: $?"
+
+cp "$OUT"/tuned_*.json kernels/tuned/ 2>/dev/null  # the picks just tuned, for the probe (loaded after the shipped table)
+NCU=/usr/local/cuda/bin/ncu
+for kernel in int4_gemv int4_gemm; do  # not "gemm" alone: that also matches the GEMM's activation launch
+  timeout "${NCU_S:-45}" "$NCU" -k "regex:$kernel" --launch-count 1 --section WarpStateStats --section Occupancy \
+    --section SchedulerStats --section LaunchStats --metrics "regex:smsp__pcsamp_warps_issue_stalled_.*" \
+    python3 benchmarks/ncu_probe.py > "$OUT/ncu_$kernel.txt" 2>&1
+  echo "ncu $kernel exit: $?"
+done
+ls -l "$OUT"
