@@ -1,0 +1,141 @@
+"""The GEMM's inline-PTX unpacking, run by a small emulator of its few instructions (no GPU needed).
+
+On CUDA the bf16 / fp16 GEMM unpacks weight pairs in PTX (``int4_gemm._pair_asm``,
+``_byte_pair_asm``); the interpreter, which runs the tests, takes their Triton-op twins
+instead, so the PTX strings themselves would otherwise meet their first check on a GPU.
+Here each string runs lane by lane on random words, zero points and scales and must give
+the two columns it promises, ``(q - z) * s`` rounded once to the dtype, bit for bit.
+"""
+
+import pytest
+import torch
+
+from awq_ao.kernels import int4_gemm
+
+DTYPES = {"bf16x2": torch.bfloat16, "f16x2": torch.float16}
+
+
+def _halves_to_float(bits: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """16-bit patterns (int64 tensor, 0 .. 65535) -> fp32 values of ``dtype``."""
+    return bits.to(torch.int32).to(torch.int16).view(dtype).float()
+
+
+def _float_to_halves(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """fp32 -> 16-bit patterns of x rounded once (to nearest even) to ``dtype``."""
+    return x.to(dtype).view(torch.int16).to(torch.int64) & 0xFFFF
+
+
+def _prmt(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """PTX ``prmt.b32`` (default mode): byte k of the result is byte (c >> 4k) & 7 of {b, a}, or that byte's sign
+    replicated when bit 3 of the selector nibble is set."""
+    source = (b << 32) | a
+    out = torch.zeros_like(a)
+    for k in range(4):
+        select = (c >> (4 * k)) & 0xF
+        byte = (source >> (8 * (select & 7))) & 0xFF
+        byte = torch.where((select & 8) != 0, torch.where((byte & 0x80) != 0, 0xFF, 0), byte)
+        out |= byte << (8 * k)
+    return out
+
+
+def run_ptx(ptx: str, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the unpacking asm on many lanes: ``inputs`` maps ``$2, $3, ...`` to int64 tensors (32-bit registers
+    as 0 .. 2**32 - 1, 16-bit ones as 0 .. 65535). Returns the 16-bit outputs ``$0, $1``."""
+    regs = dict(inputs)
+    outputs = {}
+    body = ptx.strip().strip("{}").strip()
+    for statement in filter(None, (s.strip() for s in body.split(";"))):
+        op, _, rest = statement.partition(" ")
+        if op == ".reg":
+            continue
+        args = [a.strip() for a in rest.replace("{", "").replace("}", "").split(",")]
+        if op == "mov.b32" and statement.count("{") and rest.strip().startswith("{"):  # unpack {$0, $1}, t
+            pair = regs[args[2]]
+            outputs[args[0]], outputs[args[1]] = pair & 0xFFFF, pair >> 16
+        elif op == "mov.b32" and len(args) == 3:  # pack: d, {lo, hi}
+            regs[args[0]] = regs[args[1]] | (regs[args[2]] << 16)
+        elif op == "mov.b32":
+            regs[args[0]] = torch.full_like(next(iter(inputs.values())), int(args[1]))
+        elif op == "prmt.b32":
+            regs[args[0]] = _prmt(regs[args[1]], regs[args[2]], regs[args[3]])
+        elif op == "lop3.b32":
+            assert args[4] == "0xEA", "only (a & b) | c is emulated"
+            regs[args[0]] = (regs[args[1]] & int(args[2])) | regs[args[3]]
+        elif op.startswith("fma.rn."):
+            dtype = DTYPES[op.split(".")[2]]
+            a, b, c = (regs[x] for x in args[1:4])
+            halves = []
+            for shift in (0, 16):  # each half: a * b + c, exact in fp32 for these operands, rounded once
+                product = _halves_to_float((a >> shift) & 0xFFFF, dtype) * _halves_to_float((b >> shift) & 0xFFFF,
+                                                                                             dtype)
+                halves.append(_float_to_halves(product + _halves_to_float((c >> shift) & 0xFFFF, dtype), dtype))
+            regs[args[0]] = halves[0] | (halves[1] << 16)
+        else:
+            raise AssertionError(f"unexpected PTX: {statement}")
+    return outputs["$0"], outputs["$1"]
+
+
+def _case(dtype, lanes=4096, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    words = torch.randint(0, 2**32, (lanes,), generator=gen, dtype=torch.int64)
+    z = torch.randint(0, 16, (lanes,), generator=gen)
+    scale = (torch.rand(lanes, generator=gen) * 0.02 + 1e-4).to(dtype)
+    magic = 128.0 if dtype == torch.bfloat16 else 1024.0
+    neg_zero_magic = _float_to_halves(-(z.float() + magic), dtype)
+    return words, z, scale, neg_zero_magic
+
+
+def _expected(words, column, z, scale, dtype):
+    q = (words >> (4 * column)) & 0xF
+    return _float_to_halves((q - z).float() * scale.float(), dtype)
+
+
+def _signed_shift(words, bits):
+    """The 32-bit pattern of ``int32(words) >> bits`` (arithmetic, as Triton shifts an int32)."""
+    signed = torch.where(words >= 2**31, words - 2**32, words)
+    return (signed >> bits) & 0xFFFFFFFF
+
+
+@pytest.mark.parametrize("kind", ["bf16x2", "f16x2"])
+@pytest.mark.parametrize("pair", range(4))
+def test_byte_pair_ptx_gives_columns_2p_and_2p_plus_1(kind, pair):
+    """``_byte_pair_asm`` (the GEMM's ``natural_order``): PRMT of the word and the word >> 4 with the kernel's
+    selector, LOP3, two packed FMAs -> columns 2p and 2p + 1 as ``(q - z) * s`` in the dtype."""
+    dtype = DTYPES[kind]
+    ptx = (int4_gemm._BYTE_PAIR_PTX_BF16 if dtype == torch.bfloat16 else int4_gemm._BYTE_PAIR_PTX_FP16).value
+    words, z, scale, neg = _case(dtype, seed=pair)
+    select = pair | (pair << 4) | ((4 + pair) << 8) | ((4 + pair) << 12)  # as _byte_pair_asm passes it
+    magic = 0x43004300 if dtype == torch.bfloat16 else 0x64006400
+    low, high = run_ptx(ptx, {"$2": words, "$3": neg, "$4": scale.view(torch.int16).to(torch.int64) & 0xFFFF,
+                              "$5": _signed_shift(words, 4), "$6": torch.full_like(words, select),
+                              "$7": torch.full_like(words, magic)})
+    assert torch.equal(low, _expected(words, 2 * pair, z, scale, dtype))
+    assert torch.equal(high, _expected(words, 2 * pair + 1, z, scale, dtype))
+
+
+@pytest.mark.parametrize("kind", ["bf16x2", "f16x2"])
+@pytest.mark.parametrize("pair", range(4))
+def test_pair_ptx_gives_columns_p_and_p_plus_4(kind, pair):
+    """``_pair_asm`` (the default pair order), on the word shifted by 4p as the kernel passes it: columns p and
+    p + 4."""
+    dtype = DTYPES[kind]
+    ptx = (int4_gemm._PAIR_PTX_BF16 if dtype == torch.bfloat16 else int4_gemm._PAIR_PTX_FP16).value
+    words, z, scale, neg = _case(dtype, seed=10 + pair)
+    magic = 0x43004300 if dtype == torch.bfloat16 else 0x64006400
+    low, high = run_ptx(ptx, {"$2": _signed_shift(words, 4 * pair), "$3": neg,
+                              "$4": scale.view(torch.int16).to(torch.int64) & 0xFFFF,
+                              "$5": torch.full_like(words, magic)})
+    assert torch.equal(low, _expected(words, pair, z, scale, dtype))
+    assert torch.equal(high, _expected(words, pair + 4, z, scale, dtype))
+
+
+def test_emulator_catches_a_wrong_selector():
+    """The emulator is not vacuous: the selector of the neighbouring byte gives other columns."""
+    dtype = torch.bfloat16
+    words, z, scale, neg = _case(dtype, seed=99)
+    low, _ = run_ptx(int4_gemm._BYTE_PAIR_PTX_BF16.value,
+                     {"$2": words, "$3": neg, "$4": scale.view(torch.int16).to(torch.int64) & 0xFFFF,
+                      "$5": _signed_shift(words, 4), "$6": torch.full_like(words, 0x5511),
+                      "$7": torch.full_like(words, 0x43004300)})
+    assert not torch.equal(low, _expected(words, 0, z, scale, dtype))
+    assert torch.equal(low, _expected(words, 2, z, scale, dtype))
