@@ -5,6 +5,7 @@
     # another Triton (the device machine's 3.6): install its wheel aside and put it first
     pip install --no-deps --target /tmp/triton36 triton==3.6.0
     PYTHONPATH=/tmp/triton36 python benchmarks/compile_report.py --m 1 2 4
+    python benchmarks/compile_report.py --m 16 --all-ops      # every opcode of each main loop
 
 Triton's wheel carries ptxas and cuobjdump, so kernels compile to SASS here.
 For each launch config: registers, stack (spills), shared memory, and the
@@ -126,7 +127,7 @@ def shortest_load_use(body: list[str]) -> int:
     return best
 
 
-def report(cfg: KernelConfig, dt: str, group: int, arch: int) -> str:
+def report(cfg: KernelConfig, dt: str, group: int, arch: int, top: int = 6) -> str:
     kernel = compile_config(cfg, dt, group, arch)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "k.cubin")
@@ -141,7 +142,7 @@ def report(cfg: KernelConfig, dt: str, group: int, arch: int) -> str:
     body = main_loop(sass)
     count, ops = loop_mix(body)
     weights_per_thread = cfg.block_n * cfg.block_k / (32 * cfg.num_warps)
-    top = ", ".join(f"{op} {n}" for op, n in ops.most_common(6))
+    top = ", ".join(f"{op} {n}" for op, n in ops.most_common(top))
     kind = cfg.kind + ("" if not cfg.prefetch else " prefetch" if cfg.prefetch == 1 else f" prefetch{cfg.prefetch}") + (" swap" if cfg.swap_ab else "")
     kind += (" ring" if cfg.kind == "gemv" and cfg.num_stages >= 3 else "") + (" fused" if cfg.fused_reduce else "")
     kind += " natural" if cfg.natural_order else ""
@@ -156,6 +157,7 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", default="bf16", choices=sorted(TYPES))
     parser.add_argument("--group", type=int, default=128)
     parser.add_argument("--m", type=int, nargs="+", default=[1, 16, 64, 512], help="M values whose candidates to compile")
+    parser.add_argument("--all-ops", action="store_true", help="the loop's whole opcode mix, not its 6 commonest")
     args = parser.parse_args(argv)
     import torch
 
@@ -173,7 +175,7 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for cfg in seen:
         try:
-            print(report(cfg, TYPES[args.dtype], args.group, args.arch), flush=True)
+            print(report(cfg, TYPES[args.dtype], args.group, args.arch, top=None if args.all_ops else 6), flush=True)
         except Exception as exc:
             print(f"| {cfg} | compile error: {type(exc).__name__}: {str(exc).splitlines()[0][:80]} |")
     return 0
