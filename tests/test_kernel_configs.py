@@ -238,19 +238,23 @@ def test_gemm_packed_unpacking_compiles_to_sm90_sass(dt, fma, natural):
     the accumulator is carried through ``tl.dot``), and the main loop of the default M = 16 tile costs under
     5.5 instructions per weight (the fp32 plane unpacking took 5.8; the wgmma descriptors add ~1). In column
     order (``natural_order``) each pair is one byte permute (PRMT, its selector folded in as an immediate) of the
-    word and the word >> 4, for at most 0.3 instructions per weight more.
+    word and the word >> 4, for at most 0.3 instructions per weight more; the kernel passes the selectors the
+    PTX emulator test checks.
 
     Compiled in a child process: this one runs kernels under TRITON_INTERPRET.
     """
     code = (
         f"cfg = KernelConfig('gemm', 64, 128, block_m=16, prefetch=1, swap_ab=True, natural_order={natural})\n"
         f"k = r.compile_config(cfg, '{dt}', 128, 90)\n"
-        f"print('{fma}' in k.asm['ptx'], k.asm['ptx'].count('prmt.b32 t,'))\n"
+        f"print('{fma}' in k.asm['ptx'], k.asm['ptx'].count('prmt.b32 t,'), "
+        "all(re.search(rf'mov.b32 \\t%r\\d+, {sel};', k.asm['ptx']) for sel in (17408, 21777, 26146, 30515)))\n"
         "print(max(int(p) for p in re.findall(r'pendings = (\\d+)', k.asm['ttgir'])))\n"
         f"print(r.report(cfg, '{dt}', 128, 90))\n"
     )
     has_fma, pending, row = _compiled_in_child(code, 3)
-    assert has_fma == f"True {32 if natural else 0}"  # 64 x 128 weights: 1024 words, 4 pairs each, 128 threads
+    # 64 x 128 weights: 1024 words, 4 pairs each, 128 threads; the selectors 0x4400, 0x5511, 0x6622, 0x7733 are the
+    # ones tests/test_ptx_unpacking.py runs the byte-pair PTX with
+    assert has_fma == f"True {32 if natural else 0} {natural}"
     assert int(pending) >= 1, "the loop waits for every MMA before the next tile"
     per_weight = float(row.split("|")[10])
     assert per_weight < (5.8 if natural else 5.5), row
