@@ -29,6 +29,7 @@ them as JSON and prints ``bench_kernels.py``'s table. Exits non-zero when any co
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
@@ -120,25 +121,33 @@ def check_module(device, dtype, mode, fused=False) -> list[tuple[str, float, boo
                                fused_reduce=True)),
               (16, KernelConfig("gemm", 64, 64, split_k=8, block_m=16, num_stages=3, prefetch=1, swap_ab=True,
                                 fused_reduce=True, natural_order=True))} if fused else set()
-    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    saved = dict(configs._TUNED)
-    for bucket, cfg in forced:
-        configs.record(name, bucket, 768, 1024, 64, cfg)
     label = f"module {str(dtype)[6:]} {mode}{' fused' if fused else ''}"
     from torch._dynamo.utils import counters as dynamo_counters
 
     skips_before = dynamo_counters["inductor"]["cudagraph_skips"]
-    try:
+    with _forced_configs(device, forced):
         results = _module_cases(fn, lin, dtype, label)
-    finally:
-        configs._TUNED.clear()
-        configs._TUNED.update(saved)
     if mode == "reduce-overhead":  # the kept split-K counters, updated in place, must not cost the CUDA graphs
         skips = dynamo_counters["inductor"]["cudagraph_skips"] - skips_before
         results.append((f"{label}: CUDA graphs kept ({skips} skipped)", 0.0, skips == 0))
     if mode == "compile" and fused:
         results.append(_kept_counters_not_cloned(lin, dtype, forced))
     return results
+
+
+@contextlib.contextmanager
+def _forced_configs(device, forced):
+    """Record ``forced`` {(M bucket, config)} as this GPU's tuned picks for the module checks' 768 x 1024 g64
+    weight while the block runs; the tuned table as it was afterwards."""
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    saved = dict(configs._TUNED)
+    for bucket, cfg in forced:
+        configs.record(name, bucket, 768, 1024, 64, cfg)
+    try:
+        yield
+    finally:
+        configs._TUNED.clear()
+        configs._TUNED.update(saved)
 
 
 def _kept_counters_not_cloned(lin, dtype, forced) -> tuple[str, float, bool]:
@@ -148,18 +157,11 @@ def _kept_counters_not_cloned(lin, dtype, forced) -> tuple[str, float, bool]:
 
     from awq_ao.kernels.splitk import COUNTER_SLOTS
 
-    name = torch.cuda.get_device_name()
-    saved = dict(configs._TUNED)
-    for bucket, cfg in forced:
-        configs.record(name, bucket, 768, 1024, 64, cfg)
-    try:
+    with _forced_configs(lin.weight.device, forced):
         torch._dynamo.reset()
         fn = torch.compile(lin, fullgraph=True)
         with torch.no_grad():
             _, code = run_and_get_code(fn, torch.randn(1, 1024, dtype=dtype, device=lin.weight.device))
-    finally:
-        configs._TUNED.clear()
-        configs._TUNED.update(saved)
     text = "\n".join(code)
     cloned = f"empty_strided_cuda(({COUNTER_SLOTS}, )" in text  # how Inductor allocates a copy of them
     return (f"module {str(dtype)[6:]} compile fused: kept tile counters updated in place (no clone)", 0.0,

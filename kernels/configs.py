@@ -206,6 +206,13 @@ def default_config(m: int, n: int, k_pad: int, group_size: int, device: torch.de
     return dataclasses.replace(cfg, split_k=_split_for(tiles_mn, k_pad // cfg.block_k, device))
 
 
+def _swapped_async_tile(cfg: KernelConfig) -> bool:
+    """The GEMM family the H200 picked from M = 2 to 64: swapped operands, scale / zero prefetch, BLOCK_K 128,
+    4 warps, 3 stages."""
+    return (cfg.kind == "gemm" and cfg.swap_ab and bool(cfg.prefetch) and cfg.block_k == 128
+            and cfg.num_warps == 4 and cfg.num_stages == 3)
+
+
 def candidate_configs(m: int, n: int, k_pad: int, group_size: int, device: torch.device) -> list[KernelConfig]:
     """The small set ``tune`` times for one (M bucket, N, K, group)."""
     base = default_config(m, n, k_pad, group_size, device)
@@ -253,8 +260,7 @@ def candidate_configs(m: int, n: int, k_pad: int, group_size: int, device: torch
     if m <= 64 and FUSED_REDUCE_CANDIDATES:  # the split-K sum in the kernel (last program per tile, splitk.py) for the default tile and the
         # swapped GEMM tiles: no reduce launch (1.7-2.0 us at M = 1, 4.1-4.7 at M = 16 on the H200,
         # bench_layout_nvidia_h200.txt); the tile counters are the device's kept ones (splitk.tile_counters)
-        fused = [base] + [c for c in out[1:] if m >= 2 and c.kind == "gemm" and c.swap_ab and c.prefetch
-                          and c.block_k == 128 and c.num_warps == 4 and c.num_stages == 3
+        fused = [base] + [c for c in out[1:] if m >= 2 and _swapped_async_tile(c)
                           and c.block_m * c.block_n <= 64 * 64]  # 64 x 128 spills with the sum (528 B stack)
         for cfg in fused:
             out += [dataclasses.replace(cfg, split_k=cfg.split_k * f, fused_reduce=True) for f in (1, 2)]
@@ -262,8 +268,7 @@ def candidate_configs(m: int, n: int, k_pad: int, group_size: int, device: torch
         # as given, no activation launch before the GEMM (bench_layout.py times that launch alone), for one more
         # instruction per word to unpack; with each split and way of adding the splits
         out += [dataclasses.replace(c, natural_order=True) for c in out[1:]
-                if c.kind == "gemm" and c.swap_ab and c.prefetch and c.block_n == 64 and c.block_k == 128
-                and c.num_warps == 4 and c.num_stages == 3 and c.split_k > 1]
+                if _swapped_async_tile(c) and c.block_n == 64 and c.split_k > 1]
     if m > 64:  # (BLOCK_M, BLOCK_N, warps): the two that compile without spills and with the fewest instructions
         for block_m, block_n, warps in ((64, 128, 4), (64, 256, 8)):
             out.append(KernelConfig("gemm", block_n, 64, block_m=block_m, num_warps=warps, num_stages=3,

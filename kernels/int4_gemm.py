@@ -140,19 +140,19 @@ def dequant_tile16(words, z, s, magic_pair, DTYPE: tl.constexpr, USE_ASM: tl.con
     scale = s.to(DTYPE)[:, None]
     bn: tl.constexpr = words.shape[0]
     j: tl.constexpr = words.shape[1]
-    if USE_ASM and NATURAL:
+    if USE_ASM:
         neg = -zero_magic
-        high_nibbles = words >> 4
-        c0, c1 = _byte_pair_asm(words, high_nibbles, 0, neg, scale, magic_pair, DTYPE)
-        c2, c3 = _byte_pair_asm(words, high_nibbles, 1, neg, scale, magic_pair, DTYPE)
-        c4, c5 = _byte_pair_asm(words, high_nibbles, 2, neg, scale, magic_pair, DTYPE)
-        c6, c7 = _byte_pair_asm(words, high_nibbles, 3, neg, scale, magic_pair, DTYPE)
-    elif USE_ASM:
-        neg = -zero_magic
-        c0, c1 = _pair_asm(words, neg, scale, magic_pair, DTYPE)
-        c2, c3 = _pair_asm(words >> 4, neg, scale, magic_pair, DTYPE)
-        c4, c5 = _pair_asm(words >> 8, neg, scale, magic_pair, DTYPE)
-        c6, c7 = _pair_asm(words >> 12, neg, scale, magic_pair, DTYPE)
+        if NATURAL:
+            high_nibbles = words >> 4
+            c0, c1 = _byte_pair_asm(words, high_nibbles, 0, neg, scale, magic_pair, DTYPE)
+            c2, c3 = _byte_pair_asm(words, high_nibbles, 1, neg, scale, magic_pair, DTYPE)
+            c4, c5 = _byte_pair_asm(words, high_nibbles, 2, neg, scale, magic_pair, DTYPE)
+            c6, c7 = _byte_pair_asm(words, high_nibbles, 3, neg, scale, magic_pair, DTYPE)
+        else:
+            c0, c1 = _pair_asm(words, neg, scale, magic_pair, DTYPE)
+            c2, c3 = _pair_asm(words >> 4, neg, scale, magic_pair, DTYPE)
+            c4, c5 = _pair_asm(words >> 8, neg, scale, magic_pair, DTYPE)
+            c6, c7 = _pair_asm(words >> 12, neg, scale, magic_pair, DTYPE)
     else:
         c0, c1 = scaled_pair16(words, 0, zero_magic, scale, magic_pair, DTYPE, NATURAL)
         c2, c3 = scaled_pair16(words, 1, zero_magic, scale, magic_pair, DTYPE, NATURAL)

@@ -49,7 +49,7 @@ def run_ptx(ptx: str, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
         if op == ".reg":
             continue
         args = [a.strip() for a in rest.replace("{", "").replace("}", "").split(",")]
-        if op == "mov.b32" and statement.count("{") and rest.strip().startswith("{"):  # unpack {$0, $1}, t
+        if op == "mov.b32" and rest.strip().startswith("{"):  # unpack: {$0, $1}, t
             pair = regs[args[2]]
             outputs[args[0]], outputs[args[1]] = pair & 0xFFFF, pair >> 16
         elif op == "mov.b32" and len(args) == 3:  # pack: d, {lo, hi}
