@@ -6,6 +6,7 @@
     pip install --no-deps --target /tmp/triton36 triton==3.6.0
     PYTHONPATH=/tmp/triton36 python benchmarks/compile_report.py --m 1 2 4
     python benchmarks/compile_report.py --m 16 --all-ops      # every opcode of each main loop
+    python benchmarks/compile_report.py --m 16 --loop         # and each main loop's instructions, in order
 
 Triton's wheel carries ptxas and cuobjdump, so kernels compile to SASS here.
 For each launch config: registers, stack (spills), shared memory, and the
@@ -127,7 +128,9 @@ def shortest_load_use(body: list[str]) -> int:
     return best
 
 
-def report(cfg: KernelConfig, dt: str, group: int, arch: int, top: int = 6) -> str:
+def report(cfg: KernelConfig, dt: str, group: int, arch: int, top: int = 6, loop: bool = False) -> str:
+    """One table row for ``cfg``: resources, main-loop instructions per weight, the ``top`` commonest opcodes
+    (all with None); with ``loop``, the loop's instructions follow the row, one per line."""
     kernel = compile_config(cfg, dt, group, arch)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "k.cubin")
@@ -148,7 +151,7 @@ def report(cfg: KernelConfig, dt: str, group: int, arch: int, top: int = 6) -> s
     kind += " natural" if cfg.natural_order else ""
     return (f"| {kind} | {cfg.block_m} | {cfg.block_n} | {cfg.block_k} | {cfg.num_warps} | {cfg.num_stages} | "
             f"{regs} | {stack} | {kernel.metadata.shared} | {count / weights_per_thread:.2f} | "
-            f"{shortest_load_use(body)} | {top} |")
+            f"{shortest_load_use(body)} | {top} |" + ("".join(f"\n    {ins}" for ins in body) if loop else ""))
 
 
 def main(argv=None) -> int:
@@ -158,6 +161,7 @@ def main(argv=None) -> int:
     parser.add_argument("--group", type=int, default=128)
     parser.add_argument("--m", type=int, nargs="+", default=[1, 16, 64, 512], help="M values whose candidates to compile")
     parser.add_argument("--all-ops", action="store_true", help="the loop's whole opcode mix, not its 6 commonest")
+    parser.add_argument("--loop", action="store_true", help="each main loop's instructions after its row")
     args = parser.parse_args(argv)
     import torch
 
@@ -175,7 +179,8 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for cfg in seen:
         try:
-            print(report(cfg, TYPES[args.dtype], args.group, args.arch, top=None if args.all_ops else 6), flush=True)
+            print(report(cfg, TYPES[args.dtype], args.group, args.arch, top=None if args.all_ops else 6,
+                         loop=args.loop), flush=True)
         except Exception as exc:
             print(f"| {cfg} | compile error: {type(exc).__name__}: {str(exc).splitlines()[0][:80]} |")
     return 0

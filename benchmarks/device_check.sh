@@ -10,7 +10,7 @@
 # 3. Nsight Compute's stall reasons for the GEMV (M = 1) and the GEMM (M = 16) that step 1 picked.
 #
 # Each step has its own time limit (seconds; override by environment), so a slow step cannot starve the
-# rest: CHECK_S (default 360), LAYOUT_S (90), NCU_S (45 per kernel): under 9.5 minutes in all with the
+# rest: CHECK_S (default 360), LAYOUT_S (90), NCU_S (45 per kernel): 9 minutes of limits in all, plus the
 # install, inside one run's 10. The device machines have torch and Triton but no torchao and no network: the
 # torchao wheel travels in .whl/ (named in the run's carry; see kernel_notes.md for how to fetch it).
 set -u

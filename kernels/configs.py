@@ -78,7 +78,8 @@ GEMV_ROWS = (1, 2, 4)  # rows per GEMV program: a power of two (tl.arange); at 8
 # (BLOCK_N, warps, BLOCK_K, prefetch) the tuner tries at M = 1; none spills on sm_90 with Triton 3.6
 # (benchmarks/results/sass_sm90_triton36.md). A BLOCK_K above the group spans whole groups: 128 with
 # groups of 32 or 64, and 256 with any group. The tiles within 15% of the fastest on at least one goal shape
-# in run 7 on the H200 (benchmarks/results/gpu_check_nvidia_h200_async.log), and the 128 x 128 tiles its shipped
+# in run 7 on the H200 (benchmarks/results/gpu_check_nvidia_h200_async.log; each family's range against the
+# fastest: `python benchmarks/candidates.py --log <that log>`, the source of the ranges below), and the 128 x 128 tiles its shipped
 # table picks for the small shapes; dropped (fifth session, 22 tiles -> 5, to keep the tuning short): every
 # 256-row tile (18-88% slower than the fastest on every goal shape), BLOCK_K 64 (33-64%), two tiles in flight
 # (19-88%), 2-warp 128 x 128 / 128 x 64 and 1-warp 64 x 128 (20-63%), 32 x 512 (37-47%)

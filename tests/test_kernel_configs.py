@@ -382,3 +382,29 @@ def test_device_check_script_parses_and_needs_out():
     env = {k: v for k, v in os.environ.items() if k != "OUT"}
     run = subprocess.run(["bash", path], env=env, capture_output=True, text=True, timeout=60)
     assert run.returncode != 0 and "OUT" in run.stderr and "pip" not in run.stdout + run.stderr
+
+
+def test_candidates_script_counts_and_ranks_families():
+    """benchmarks/candidates.py: the candidate count per M bucket (no GPU, the SM count given; the module's own
+    SM lookup is left as it was) and each family's range against the fastest candidate of each goal shape in a
+    tuning log, over its splits."""
+    script = _benchmark_module("candidates")
+    lookup = configs.sm_count
+    counts = script.count(8192, 8192, 128, 132, (1, 16, 128))
+    assert configs.sm_count is lookup
+    assert counts[1] > counts[16] > counts[128] > 0
+    fast = "kind='gemv', block_n=64, block_k=256, split_k={}, block_m=1"
+    slow = "kind='gemv', block_n=128, block_k=64, split_k={}, block_m=1"
+    lines = [f"  M=1 N=8192 K=8192 g=128 KernelConfig({fast.format(8)}): 17.5 us",
+             f"  M=1 N=8192 K=8192 g=128 KernelConfig({fast.format(4)}): 21.0 us",
+             f"  M=1 N=8192 K=8192 g=128 KernelConfig({slow.format(8)}): 35.0 us",
+             f"  M=1 N=14336 K=4096 g=128 KernelConfig({fast.format(4)}): 20.0 us",
+             f"  M=1 N=14336 K=4096 g=128 KernelConfig({slow.format(4)}): 16.0 us",
+             f"  M=1 N=576 K=576 g=128 KernelConfig({slow.format(1)}): 1.0 us",  # not a goal shape
+             "ok   some other line"]
+    ranges = script.family_ranges(lines)
+    assert list(ranges) == [1]
+    (low_fast, high_fast, fam_fast), (low_slow, high_slow, fam_slow) = ranges[1]
+    assert "split_k" not in fam_fast and "block_n=64" in fam_fast and "block_n=128" in fam_slow
+    assert (low_fast, high_fast) == pytest.approx((1.0, 1.25))  # fastest on 8192^2 (split 8), 20 / 16 elsewhere
+    assert (low_slow, high_slow) == pytest.approx((1.0, 2.0))  # fastest on 14336 x 4096, 35 / 17.5 on 8192^2
