@@ -209,15 +209,12 @@ def _time_over_copies(words, call, resident: bool = False) -> float:
 
 def _time_reduce(m, n, split) -> float:
     """ms of the split-K reduce alone: fp32 partials [split, m, n] -> bf16 [m, n]."""
-    from awq_ao.kernels.splitk import _splitk_reduce_kernel
-    from awq_ao.kernels.int4_matmul import REDUCE_BLOCK
+    from awq_ao.kernels.splitk import add_splits
     from awq_ao.kernels.timing import graph_time_ms
 
     parts = [torch.randn(split, m, n, device="cuda") for _ in range(8)]
     ys = [torch.empty(m, n, dtype=torch.bfloat16, device="cuda") for _ in range(8)]
-    grid = (triton.cdiv(m * n, REDUCE_BLOCK),)
-    return graph_time_ms([lambda p=p, y=y: _splitk_reduce_kernel[grid](p, y, m * n, p.stride(0), SPLIT_K=split,
-                                                                       BLOCK=REDUCE_BLOCK) for p, y in zip(parts, ys)])
+    return graph_time_ms([lambda p=p, y=y: add_splits(p, y) for p, y in zip(parts, ys)])
 
 
 def _time_activation_launch(m, k) -> float:

@@ -1,6 +1,6 @@
 """The tuner's candidate set: how many configs it tries, and how each family fared in a tuning log.
 
-    python benchmarks/candidates.py                  # configs per M bucket at 8192 x 8192 on a 132-SM GPU
+    python benchmarks/candidates.py                  # configs per M bucket at 8192 x 8192 on a 132-SM sm_90 GPU
     python benchmarks/candidates.py --log benchmarks/results/gpu_check_nvidia_h200_async.log
         # each family's time against the fastest candidate of its shape, on the three goal shapes
 
@@ -18,7 +18,7 @@ import sys
 
 import torch
 
-from awq_ao.kernels import configs
+from awq_ao.kernels import configs, int4_wgmma
 
 GOAL_SHAPES = ((8192, 8192), (14336, 4096), (4096, 14336))  # (N, K): 8192^2 and Llama-3-8B gate/up, down
 LINE = re.compile(r"\s+M=(\d+) N=(\d+) K=(\d+) g=(\d+) KernelConfig\((.*)\): ([\d.]+) us")
@@ -26,13 +26,15 @@ LINE = re.compile(r"\s+M=(\d+) N=(\d+) K=(\d+) g=(\d+) KernelConfig\((.*)\): ([\
 
 def count(n: int, k: int, group: int, sms: int, m_values) -> dict[int, int]:
     """{M bucket: number of candidate configs} for an N x K weight on a GPU with ``sms`` SMs."""
-    saved = configs.sm_count
+    saved = configs.sm_count, int4_wgmma.capability_major, int4_wgmma.HAVE_GLUON
     configs.sm_count = lambda index: sms  # candidate splits follow the SM count; no GPU needed
+    int4_wgmma.capability_major = lambda index: 9  # an sm_90 GPU (the H100 / H200), with Gluon
+    int4_wgmma.HAVE_GLUON = True
     try:
         device = torch.device("cuda", 0)
         return {m: len(configs.candidate_configs(m, n, k, group, device)) for m in m_values}
     finally:
-        configs.sm_count = saved
+        configs.sm_count, int4_wgmma.capability_major, int4_wgmma.HAVE_GLUON = saved
 
 
 def family_ranges(lines, shapes=GOAL_SHAPES) -> dict[int, list[tuple[float, float, str]]]:

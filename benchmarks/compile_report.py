@@ -55,9 +55,36 @@ def _signature(kind: str, dt: str) -> dict:
 KERNELS = {"gemv": _int4_gemv_kernel, "gemm": _int4_gemm_kernel, "dequant": _int4_dequant_kernel}
 
 
+def compile_wgmma(cfg: KernelConfig, dt: str, group: int, arch: int, k: int = 4096, pre: bool = False):
+    """The compiled Gluon kernel of a ``wgmma`` config (``int4_wgmma.py``) for K = ``k``, output in the
+    activation dtype (fp32 partials when the config splits K)."""
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    from awq_ao.kernels import int4_wgmma
+
+    tiles = -(-k // int4_wgmma.BLOCK_K)
+    per_split = -(-tiles // cfg.split_k)
+    split_out = per_split < tiles
+    sig = {"x_ptr": f"*{dt}", "q_ptr": "*i32", "s_ptr": f"*{dt}", "z_ptr": "*u8", "pre_ptr": f"*{dt}",
+           "out_ptr": "*fp32" if split_out else f"*{dt}"}
+    sig.update({name: "i32" for name in ("M", "N", "K", "K_WORDS", "stride_xm", "stride_q", "stride_s", "stride_om",
+                                         "stride_osplit", "magic_pair")})
+    constexprs = {"GROUP_SIZE": group, "HAS_PRE_SCALE": pre, "BLOCK_M": cfg.block_m, "TILES": per_split,
+                  "SPLIT_OUT": split_out, "MAGIC": 128.0 if dt == "bf16" else 1024.0}
+    sig.update({name: "constexpr" for name in constexprs})
+    names = list(sig)
+    divisible = [n for n in names if n.endswith("_ptr") or n in ("N", "K", "K_WORDS", "stride_xm", "stride_q",
+                                                               "stride_om", "stride_osplit")]
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in divisible}
+    src = GluonASTSource(int4_wgmma._int4_wgmma_kernel, sig, constexprs=constexprs, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": int4_wgmma.NUM_WARPS})
+
+
 def compile_config(cfg: KernelConfig, dt: str, group: int, arch: int):
     """The compiled kernel of ``cfg`` (split-K output in the activation dtype), as Triton specialises it."""
     kind = cfg.kind
+    if kind == "wgmma":
+        return compile_wgmma(cfg, dt, group, arch)
     sig = _signature(kind, dt)
     constexprs = {"GROUP_SIZE": group, "HAS_PRE_SCALE": False, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k}
     if kind != "dequant":
@@ -171,6 +198,10 @@ def main(argv=None) -> int:
     for m in args.m:
         for cfg in candidate_configs(m, 4096, 4096, args.group, torch.device("cpu")):
             cfg = dataclasses.replace(cfg, split_k=8 if cfg.fused_reduce else 1)  # fused: its epilogue for 8 splits
+            if cfg not in seen:
+                seen.append(cfg)
+        if m <= 64 and args.dtype != "fp32":  # the Gluon wgmma kernel (a candidate on sm_90 GPUs only)
+            cfg = KernelConfig("wgmma", 64, 128, block_m=m).fitted(args.group, 4096)
             if cfg not in seen:
                 seen.append(cfg)
     print(f"sm_{args.arch}, {args.dtype}, group {args.group}, triton {triton.__version__}")

@@ -28,13 +28,15 @@ from typing import Iterable, Optional
 import torch
 import triton
 
+from awq_ao.kernels import int4_wgmma
+
 TUNED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tuned")
 MAX_BUCKET = 512
 
 
 @dataclasses.dataclass(frozen=True)
 class KernelConfig:
-    kind: str  # "gemv", "gemm" or "dequant"
+    kind: str  # "gemv", "gemm", "wgmma" (int4_wgmma.py: sm_90, bf16 / fp16, BLOCK_N 64, BLOCK_K 128) or "dequant"
     block_n: int
     block_k: int
     split_k: int = 1
@@ -56,6 +58,8 @@ class KernelConfig:
         if self.kind == "dequant":
             return dataclasses.replace(self, split_k=1, block_m=1, prefetch=0, swap_ab=False, fused_reduce=False,
                                        natural_order=False)
+        if self.kind == "wgmma":
+            return self._fitted_wgmma(group_size, k_pad)
         kind, block_m = self.kind, self.block_m
         if kind == "gemm" and min(self.block_k, group_size) < 16:  # tl.dot needs K >= 16: the GEMV takes it
             kind, block_m = "gemv", min(block_m, 4)
@@ -73,7 +77,27 @@ class KernelConfig:
                                    natural_order=bool(self.natural_order) and kind == "gemm")
 
 
-KINDS = ("gemv", "gemm", "dequant")
+    def as_swapped_gemm(self, group_size: int, k_pad: int) -> "KernelConfig":
+        """The ``tl.dot`` GEMM's swapped 64 x 128 tile with this config's split and M tile (at least 16): what a
+        ``wgmma`` config runs where that kernel cannot."""
+        return KernelConfig("gemm", 64, 128, split_k=self.split_k, block_m=max(16, self.block_m), num_warps=4,
+                            num_stages=3, swap_ab=True, prefetch=1).fitted(group_size, k_pad)
+
+    def _fitted_wgmma(self, group_size: int, k_pad: int) -> "KernelConfig":
+        """The wgmma kernel's fixed tile (64 x 128, 4 warps), BLOCK_M one of its MMA widths, and at least the
+        split that keeps each program's staged activation within ``WGMMA_SMEM_BYTES``. A group that is not a
+        multiple of 32 (a thread's 32 columns would span two) takes the swapped GEMM tile instead."""
+        block_m = next((b for b in int4_wgmma.WGMMA_BLOCK_M if b >= self.block_m), int4_wgmma.WGMMA_BLOCK_M[-1])
+        if group_size % 32:
+            return self.as_swapped_gemm(group_size, k_pad)
+        tiles = triton.cdiv(k_pad, int4_wgmma.BLOCK_K)
+        most_tiles = int4_wgmma.WGMMA_SMEM_BYTES // (block_m * int4_wgmma.BLOCK_K * 2)  # staged activation tiles per program
+        split_k = min(max(self.split_k, triton.cdiv(tiles, most_tiles)), tiles)
+        return KernelConfig("wgmma", int4_wgmma.BLOCK_N, int4_wgmma.BLOCK_K, split_k=split_k, block_m=block_m,
+                            num_warps=int4_wgmma.NUM_WARPS, num_stages=1)
+
+
+KINDS = ("gemv", "gemm", "wgmma", "dequant")
 GEMV_ROWS = (1, 2, 4)  # rows per GEMV program: a power of two (tl.arange); at 8 the GEMV issues more than the GEMM
 # (BLOCK_N, warps, BLOCK_K, prefetch) the tuner tries at M = 1; none spills on sm_90 with Triton 3.6
 # (benchmarks/results/sass_sm90_triton36.md). A BLOCK_K above the group spans whole groups: 128 with
@@ -111,6 +135,7 @@ SMALL_M_GEMM_TILES = ((64, True, 4, 5),)
 # whether the tuner tries the in-kernel split-K sum (``fused_reduce``); benchmarks/gpu_check.py turns it off for
 # its tuning run when that path fails a correctness check on the GPU at hand
 FUSED_REDUCE_CANDIDATES = True
+WGMMA_PROGRAMS_PER_SM = (2, 4, 6)  # split-K targets of the wgmma kernel's candidates (6 fit an SM at BLOCK_M 16)
 DEQUANT_MIN_M = 128  # from this M bucket on, the default dequantizes once and calls a dense matmul
 
 
@@ -270,6 +295,15 @@ def candidate_configs(m: int, n: int, k_pad: int, group_size: int, device: torch
         # instruction per word to unpack; with each split and way of adding the splits
         out += [dataclasses.replace(c, natural_order=True) for c in out[1:]
                 if _swapped_async_tile(c) and c.block_n == 64 and c.split_k > 1]
+    if m <= 64 and int4_wgmma.wgmma_available(device):  # the Gluon GEMM with the weight as wgmma's register operand
+        # (int4_wgmma.py; sm_90 SASS: 3.3 instructions per weight and no shared-memory round trip in the loop,
+        # 80 registers at BLOCK_M 16), split toward 2, 4 and 6 four-warp programs per SM
+        block_m = next(b for b in int4_wgmma.WGMMA_BLOCK_M if b >= m)
+        tiles_mn = triton.cdiv(n, int4_wgmma.BLOCK_N) * triton.cdiv(m, block_m)
+        k_tiles = triton.cdiv(k_pad, int4_wgmma.BLOCK_K)
+        for per_sm in WGMMA_PROGRAMS_PER_SM:
+            out.append(KernelConfig("wgmma", int4_wgmma.BLOCK_N, int4_wgmma.BLOCK_K, block_m=block_m,
+                                    split_k=_split_for(tiles_mn, k_tiles, device, per_sm)))
     if m > 64:  # (BLOCK_M, BLOCK_N, warps): the two that compile without spills and with the fewest instructions
         for block_m, block_n, warps in ((64, 128, 4), (64, 256, 8)):
             out.append(KernelConfig("gemm", block_n, 64, block_m=block_m, num_warps=warps, num_stages=3,

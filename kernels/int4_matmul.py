@@ -27,17 +27,17 @@ from typing import Optional
 import torch
 import triton
 
+from awq_ao.kernels import int4_wgmma
 from awq_ao.kernels.configs import KernelConfig, select_config
 from awq_ao.kernels.int4_dequant import _int4_dequant_kernel
 from awq_ao.kernels.int4_gemm import _gemm_x_kernel, _int4_gemm_kernel
 from awq_ao.kernels.int4_gemv import _int4_gemv_kernel
 from awq_ao.kernels.int4_planes import MAGIC_BITS, MAGIC_PAIR_BF16, MAGIC_PAIR_FP16
-from awq_ao.kernels.splitk import _splitk_reduce_kernel, tile_counters
+from awq_ao.kernels.splitk import add_splits, tile_counters
 
 _GEMM_MAGIC = {torch.bfloat16: MAGIC_PAIR_BF16, torch.float16: MAGIC_PAIR_FP16, torch.float32: MAGIC_BITS}
 
 GEMM_X_BLOCK = 1024  # activation columns per program of the GEMM's activation launch
-REDUCE_BLOCK = 128  # one output per thread: N = 4096 gets 32 programs (1024 gave 4, each looping)
 
 
 def int4_linear(
@@ -87,6 +87,13 @@ def launch_int4_linear(
     words = qdata.view(torch.int32)
     has_pre = act_pre_scale is not None
     pre = act_pre_scale if has_pre else scale
+    if config.kind == "wgmma":
+        if launcher is None and x.dtype != torch.float32 and int4_wgmma.wgmma_available(x.device):
+            return int4_wgmma.wgmma_linear(x, words, scale, zero_point, pre, has_pre, y, group_size, in_features,
+                                           config)
+        # traced (wrap_triton: Inductor cannot re-emit a Gluon kernel; ops.py routes these shapes to an opaque
+        # op instead), fp32, or no sm_90 / Gluon: the swapped GEMM tile with the same split
+        config = config.as_swapped_gemm(group_size, k_pad)
     if config.kind == "dequant":
         return _dequant_then_mm(x, words, scale, zero_point, pre, has_pre, y, group_size, in_features, config, wrap)
     return fused_linear(x, words, scale, zero_point, pre, has_pre, y, group_size, in_features, n, k_pad, config,
@@ -156,9 +163,7 @@ def fused_linear(x, words, scale, zero_point, pre, has_pre, y, group_size, in_fe
             num_warps=config.num_warps, num_stages=config.num_stages,
         )
     if split > 1 and not fused:
-        wrap(_splitk_reduce_kernel)[(triton.cdiv(m * n, REDUCE_BLOCK),)](
-            out, y, m * n, out.stride(0), SPLIT_K=split, BLOCK=REDUCE_BLOCK,
-        )
+        add_splits(out, y, wrap)
     return y
 
 

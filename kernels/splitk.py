@@ -95,3 +95,14 @@ def _splitk_reduce_kernel(part_ptr, y_ptr, MN, stride_split, SPLIT_K: tl.constex
     for s in tl.static_range(SPLIT_K):
         acc += tl.load(part_ptr + s * stride_split + offs, mask=mask, other=0.0)
     tl.store(y_ptr + offs, acc.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+REDUCE_BLOCK = 128  # one output per thread: N = 4096 gets 32 programs (1024 gave 4, each looping)
+
+
+def add_splits(part: torch.Tensor, y: torch.Tensor, wrap=None) -> None:
+    """y [M, N] = the sum of part [SPLIT_K, M, N] (fp32) over splits, in order: one launch of
+    ``_splitk_reduce_kernel`` (``wrap``: ``torch.library.wrap_triton`` inside a ``triton_op``)."""
+    kernel = _splitk_reduce_kernel if wrap is None else wrap(_splitk_reduce_kernel)
+    mn = y.numel()
+    kernel[(triton.cdiv(mn, REDUCE_BLOCK),)](part, y, mn, part.stride(0), SPLIT_K=part.shape[0], BLOCK=REDUCE_BLOCK)

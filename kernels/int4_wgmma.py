@@ -1,0 +1,273 @@
+"""Hopper int4 GEMM for small M with the dequantized weight as wgmma's register operand (Gluon).
+
+``y = (x * pre) @ dequantize(W).T`` for x bf16 / fp16 [M, K], M up to 64, on sm_90, computed
+swapped (``y.T = W x.T``): the weight tile is the MMA's A operand (64 rows = one warp group's
+M), the activation its B operand (M = the MMA's N: 8 .. 64). Same stored weight layout as the
+other kernels (``qdata.view(int32)`` [N, K_pad / 8], column 8j+i in bits 4i .. 4i+3 of word j).
+
+Why a second GEMM: the ``tl.dot`` GEMM (``int4_gemm.py``) unpacks its weight tile in a blocked
+layout, and Triton converts it to the MMA's register layout through shared memory (on sm_90, per
+128-column tile: 8 stores, 8 ``ldmatrix``, 9 CTA barriers; ``benchmarks/results/kernel_notes.md``).
+Here the layouts are explicit (Gluon), and each thread loads exactly the words whose nibbles are
+its own A-fragment elements, so the unpacked tile *is* the fragment (``convert_layout(...,
+assert_trivial=True)``: the compiler refuses the kernel otherwise) and nothing goes through shared
+memory but the activation, which is staged once per program.
+
+How the words line up with the fragment. wgmma's A fragment (bf16 / fp16, ``k_width`` 2) gives
+thread ``4g + c`` of warp w rows ``16w + g`` and ``16w + g + 8`` and, in each 16-column step, the
+column pairs ``2c, 2c + 1`` and ``2c + 8, 2c + 9``: 32 of each row's 128 columns per tile. The
+product does not depend on the order of K inside a tile, so the kernel feeds the MMA a permuted
+order (the same for the weight and the activation): thread c takes the row's words ``4c .. 4c + 3``
+(one 16-byte load, columns ``32c .. 32c + 31``), and pair p of word ``4c + q`` (its nibbles p and
+p + 4, ``int4_gemm._pair_asm``'s order: one shift and one LOP3 per pair) becomes MMA column
+``32q + 8p + 2c + b`` (b: the pair's half). In stored-column terms, MMA column
+``32q + 16 p1 + 8 p0 + 2c + b`` is column ``32c + 8q + 4b + 2 p1 + p0``: the activation tile is
+loaded in column order (16-byte loads), its axes permuted (``X_TO_MMA``, free: a relabelling of
+registers) and stored to shared memory in MMA order, once per program for its whole K range.
+``mma_column_order`` gives the permutation; ``tests/test_int4_wgmma.py`` checks it, and the
+unpacking's join / permute / reshape, with the same constants in PyTorch.
+
+Per 128-column tile a thread then loads two 16-byte words (rows g and g + 8), one scale and one
+zero per row (its 32 columns lie in one group: groups of 32 .. any multiple of 32), unpacks 64
+weights with 3 shifts, 32 LOP3 and 64 packed FMAs (``(q - z)`` exactly, then times the scale,
+rounded once to the dtype, as a dense dequantized weight is), and issues 8 asynchronous wgmma
+(k = 16) into the fp32 accumulator; the next tile's words, scales and zeros are loaded one tile
+ahead. ``act_pre_scale`` is applied as the activation is staged (``x * pre`` rounded to the
+dtype, as the dense path rounds it): no launch before the kernel in any case.
+
+Split-K over grid axis 2 (the tiles of K are split in contiguous ranges of TILES): each split
+stores an fp32 partial, added by ``splitk._splitk_reduce_kernel`` in split order; with one split y
+is stored directly. Tails in M, N and K are masked. Shared memory per program: TILES * BLOCK_M *
+256 bytes (``KernelConfig.fitted`` keeps it within ``WGMMA_SMEM_BYTES``).
+
+Not traceable by Inductor (it re-emits user kernels as ``@triton.jit`` source), so ``ops.py`` calls
+it through an opaque custom op; it needs ``triton.experimental.gluon`` and a GPU of compute
+capability 9.x (``wgmma_available``).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+try:  # Triton >= 3.5 ships Gluon; without it this path is simply never chosen
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, warpgroup_mma,
+                                                                   warpgroup_mma_wait)
+    HAVE_GLUON = True
+except ImportError:  # pragma: no cover - depends on the installed Triton
+    HAVE_GLUON = False
+
+BLOCK_N = 64  # weight rows per program: one warp group (4 warps x 16 rows)
+BLOCK_K = 128  # columns per K tile
+NUM_WARPS = 4
+WGMMA_BLOCK_M = (8, 16, 32, 64)  # activation rows per program: the MMA's N
+WGMMA_SMEM_BYTES = 64 * 1024  # most shared memory a program's staged activation may take
+
+# The MMA column order of a 128-column tile (see the module docstring). A stored column of the tile is
+# 32c + 8q + 4b + 2 p1 + p0: the activation tile is loaded as [m, c, q, b, p1, p0] and permuted by
+# X_TO_MMA to [m, q, p1, p0, c, b]; the unpacked weight comes out of the joins as [n, c, q, b, p0, p1] and
+# is permuted by A_TO_MMA to the same [n, q, p1, p0, c, b]; both are then reshaped to [rows, 128].
+X_TO_MMA = (0, 2, 4, 5, 1, 3)
+A_TO_MMA = (0, 2, 5, 4, 1, 3)
+
+
+def mma_column_order() -> torch.Tensor:
+    """int64 [128]: the stored column (within a tile) that MMA column k' holds, as the kernel stages x."""
+    cols = torch.arange(BLOCK_K).reshape(1, 4, 4, 2, 2, 2)  # [m, c, q, b, p1, p0] in stored order
+    return cols.permute(X_TO_MMA).reshape(BLOCK_K)
+
+
+@functools.lru_cache(maxsize=None)
+def capability_major(device_index: int) -> int:
+    return torch.cuda.get_device_capability(device_index)[0]
+
+
+def wgmma_available(device: torch.device) -> bool:
+    """Whether this kernel can run on ``device`` (CUDA, compute capability 9.x, Triton with Gluon)."""
+    if not HAVE_GLUON or device.type != "cuda":
+        return False
+    return capability_major(device.index if device.index is not None else torch.cuda.current_device()) == 9
+
+
+def _pair_ptx(one_bits: int, kind: str) -> str:
+    """PTX of ``_pair``: LOP3 ``(w & 0x000F000F) | magic``, then ``t * 1 + (-(magic + z))`` (exact) and
+    ``(q - z) * s + (-0)`` (one rounding) as packed FMAs. $3 and $4 come packed (the row's value in both
+    halves), made once per row and tile; the halves go out as $0 (column p) and $1 (column p + 4)."""
+    return ("{ .reg .b32 t, one, mz; "
+            f"mov.b32 one, {one_bits}; mov.b32 mz, 2147516416; "  # mz: two -0.0
+            "lop3.b32 t, $2, 983055, $5, 0xEA; "
+            f"fma.rn.{kind} t, t, one, $3; fma.rn.{kind} t, t, $4, mz; mov.b32 {{$0, $1}}, t; }}")
+
+
+PAIR_PTX_BF16 = _pair_ptx(0x3F803F80, "bf16x2")
+PAIR_PTX_FP16 = _pair_ptx(0x3C003C00, "f16x2")
+MAGIC_OFFSET = {torch.bfloat16: 128.0, torch.float16: 1024.0}  # the 16-bit magic's value (int4_planes)
+
+
+if HAVE_GLUON:
+    _PTX_BF16 = gl.constexpr(PAIR_PTX_BF16)
+    _PTX_FP16 = gl.constexpr(PAIR_PTX_FP16)
+    _X_TO_MMA = gl.constexpr(X_TO_MMA)
+    _A_TO_MMA = gl.constexpr(A_TO_MMA)
+    _cta_barrier = getattr(gl, "thread_barrier", None) or gl.barrier  # renamed in Triton 3.9
+
+    @gluon.jit
+    def _pair(words, neg_zero2, scale2, magic_pair, DTYPE: gl.constexpr):
+        """Pair p of each word (the word already shifted right by 4p) -> columns p and p + 4 as DTYPE
+        ``(q - z) * s``. neg_zero2 / scale2: int32, ``-(magic + z)`` and ``s`` in both 16-bit halves."""
+        if DTYPE == gl.bfloat16:
+            return gl.inline_asm_elementwise(_PTX_BF16, "=h,=h,r,r,r,r", [words, neg_zero2, scale2, magic_pair],
+                                             dtype=(gl.bfloat16, gl.bfloat16), is_pure=True, pack=1)
+        else:
+            return gl.inline_asm_elementwise(_PTX_FP16, "=h,=h,r,r,r,r", [words, neg_zero2, scale2, magic_pair],
+                                             dtype=(gl.float16, gl.float16), is_pure=True, pack=1)
+
+    @gluon.jit
+    def _both_halves(v, DTYPE: gl.constexpr):
+        """DTYPE tensor -> int32 with its 16 bits in both halves (a packed operand of ``_pair``)."""
+        bits = v.to(DTYPE).to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF
+        return bits | (bits << 16)
+
+    @gluon.jit
+    def _int4_wgmma_kernel(
+        x_ptr, q_ptr, s_ptr, z_ptr, pre_ptr, out_ptr,
+        M, N, K, K_WORDS, stride_xm, stride_q, stride_s, stride_om, stride_osplit, magic_pair,
+        GROUP_SIZE: gl.constexpr, HAS_PRE_SCALE: gl.constexpr, BLOCK_M: gl.constexpr, TILES: gl.constexpr,
+        SPLIT_OUT: gl.constexpr, MAGIC: gl.constexpr,
+    ):
+        """One program: rows [64 pid_n, +64) of W, activation rows [BLOCK_M pid_m, +BLOCK_M), K tiles
+        [TILES pid_k, +TILES). out: y [M, N] in x's dtype, or (SPLIT_OUT) fp32 partials [split, M, N]."""
+        DTYPE: gl.constexpr = x_ptr.dtype.element_ty
+        # words [64 rows, 4 (c), 4 (q)]: thread 4g + c of warp w holds rows 16w + g and 16w + g + 8, words 4c .. 4c+3
+        WORDS: gl.constexpr = gl.DistributedLinearLayout(
+            reg_bases=[[0, 0, 1], [0, 0, 2], [8, 0, 0]],
+            lane_bases=[[0, 1, 0], [0, 2, 0], [1, 0, 0], [2, 0, 0], [4, 0, 0]],
+            warp_bases=[[16, 0, 0], [32, 0, 0]], block_bases=[], shape=[64, 4, 4])
+        ROW_C: gl.constexpr = gl.SliceLayout(2, WORDS)  # [64, 4]: a row's scale / zero for each thread's 32 columns
+        ACC: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                      instr_shape=[16, BLOCK_M, 16])
+        A_OP: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=ACC, k_width=2)
+        # the activation tile [m, c, q, b, p1, p0]: 8 stored-consecutive columns (16 bytes) per thread
+        XL: gl.constexpr = gl.BlockedLayout([1, 1, 1, 2, 2, 2], [2, 4, 4, 1, 1, 1], [4, 1, 1, 1, 1, 1],
+                                            [5, 4, 3, 2, 1, 0])
+        XS: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+
+        pid_n = gl.program_id(0)
+        pid_m = gl.program_id(1)
+        pid_k = gl.program_id(2)
+        m0 = pid_m * BLOCK_M
+        k0 = pid_k * (TILES * 128)
+
+        # 1. the activation of the whole K range, in MMA column order, into shared memory (once)
+        x_smem = gl.allocate_shared_memory(DTYPE, [TILES, BLOCK_M, 128], XS)
+        L5: gl.constexpr = gl.SliceLayout(5, XL)
+        L4: gl.constexpr = gl.SliceLayout(4, L5)
+        L3: gl.constexpr = gl.SliceLayout(3, L4)
+        L2: gl.constexpr = gl.SliceLayout(2, L3)
+        mi = gl.arange(0, BLOCK_M, gl.SliceLayout(1, L2))
+        ci = gl.arange(0, 4, gl.SliceLayout(0, L2))
+        qi = gl.arange(0, 4, gl.SliceLayout(0, gl.SliceLayout(1, L3)))
+        bi = gl.arange(0, 2, gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(2, L4))))
+        p1i = gl.arange(0, 2, gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(2, gl.SliceLayout(3, L5)))))
+        p0i = gl.arange(0, 2, gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(2, gl.SliceLayout(3, gl.SliceLayout(4, XL))))))
+        rows_x = m0 + mi[:, None, None, None, None, None]
+        cols = (ci[None, :, None, None, None, None] * 32 + qi[None, None, :, None, None, None] * 8
+                + bi[None, None, None, :, None, None] * 4 + p1i[None, None, None, None, :, None] * 2
+                + p0i[None, None, None, None, None, :])
+        for t in range(TILES):
+            col = k0 + t * 128 + cols
+            live = (rows_x < M) & (col < K)
+            xt = gl.load(x_ptr + rows_x * stride_xm + col, mask=live, other=0.0)
+            if HAS_PRE_SCALE:
+                pre = gl.load(pre_ptr + col, mask=col < K, other=0.0)
+                xt = (xt.to(gl.float32) * pre.to(gl.float32)).to(DTYPE)
+            xt = gl.reshape(gl.permute(xt, _X_TO_MMA.value), [BLOCK_M, 128])
+            x_smem.index(t).store(xt)
+        fence_async_shared()  # the generic-proxy stores before the MMAs' async-proxy reads
+        _cta_barrier()
+
+        # 2. the weight tiles, one ahead in registers, unpacked straight into the A fragment
+        rows = pid_n * 64 + gl.arange(0, 64, gl.SliceLayout(1, ROW_C))
+        cs = gl.arange(0, 4, gl.SliceLayout(0, ROW_C))
+        qs = gl.arange(0, 4, gl.SliceLayout(0, gl.SliceLayout(1, WORDS)))
+        row_live = rows[:, None] < N
+        word_ptrs = q_ptr + rows[:, None, None] * stride_q + cs[None, :, None] * 4 + qs[None, None, :]
+        word_cols = cs[None, :, None] * 4 + qs[None, None, :]
+        kw = k0 // 8
+        words = gl.load(word_ptrs + kw, mask=row_live[:, :, None] & (kw + word_cols < K_WORDS), other=0)
+        kc = k0 + cs[None, :] * 32
+        g_live = row_live & (kc < K_WORDS * 8)
+        s = gl.load(s_ptr + rows[:, None] * stride_s + kc // GROUP_SIZE, mask=g_live, other=0.0)
+        z = gl.load(z_ptr + rows[:, None] * stride_s + kc // GROUP_SIZE, mask=g_live, other=0)
+        acc = gl.zeros([64, BLOCK_M], gl.float32, ACC)
+        for t in range(TILES):
+            # next tile's loads first (masked off past this program's range: no traffic)
+            kw_next = (k0 + (t + 1) * 128) // 8
+            ahead = t + 1 < TILES
+            words_next = gl.load(word_ptrs + kw_next,
+                                 mask=row_live[:, :, None] & (kw_next + word_cols < K_WORDS) & ahead, other=0)
+            kc_next = k0 + (t + 1) * 128 + cs[None, :] * 32
+            g_next = row_live & (kc_next < K_WORDS * 8) & ahead
+            s_next = gl.load(s_ptr + rows[:, None] * stride_s + kc_next // GROUP_SIZE, mask=g_next, other=0.0)
+            z_next = gl.load(z_ptr + rows[:, None] * stride_s + kc_next // GROUP_SIZE, mask=g_next, other=0)
+
+            scale2 = _both_halves(s, DTYPE)[:, :, None]
+            neg_zero2 = _both_halves(-(z.to(gl.float32) + MAGIC), DTYPE)[:, :, None]
+            l0, h0 = _pair(words, neg_zero2, scale2, magic_pair, DTYPE)
+            l1, h1 = _pair(words >> 4, neg_zero2, scale2, magic_pair, DTYPE)
+            l2, h2 = _pair(words >> 8, neg_zero2, scale2, magic_pair, DTYPE)
+            l3, h3 = _pair(words >> 12, neg_zero2, scale2, magic_pair, DTYPE)
+            # [64, c, q] x (pair p, half b) -> [64, c, q, b, p0, p1] -> MMA order [64, q, p1, p0, c, b]
+            a = gl.join(gl.join(gl.join(l0, h0), gl.join(l1, h1)), gl.join(gl.join(l2, h2), gl.join(l3, h3)))
+            a = gl.reshape(gl.permute(a, _A_TO_MMA.value), [64, 128])
+            a = gl.convert_layout(a, A_OP, assert_trivial=True)
+            acc = warpgroup_mma(a, x_smem.index(t).permute((1, 0)), acc, is_async=True)
+            acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a))[0]
+            words, s, z = words_next, s_next, z_next
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+
+        # 3. y.T tile -> y (or the split's fp32 partial), stored from the accumulator's own layout
+        on = pid_n * 64 + gl.arange(0, 64, gl.SliceLayout(1, ACC))
+        om = m0 + gl.arange(0, BLOCK_M, gl.SliceLayout(0, ACC))
+        ptrs = out_ptr + pid_k * stride_osplit + om[None, :] * stride_om + on[:, None]
+        live = (on[:, None] < N) & (om[None, :] < M)
+        if SPLIT_OUT:
+            gl.store(ptrs, acc, mask=live)
+        else:
+            gl.store(ptrs, acc.to(DTYPE), mask=live)
+
+
+def wgmma_linear(x, words, scale, zero_point, pre, has_pre, y, group_size, in_features, config) -> torch.Tensor:
+    """Launch the kernel of ``config`` (kind ``"wgmma"``, fitted) for x [M, K] bf16 / fp16 on sm_90; y [M, N].
+
+    words: int32 [N, K_pad / 8]; scale [N, K_pad / G] in x's dtype; zero_point uint8 [N, K_pad / G]; pre [K]
+    (read only when ``has_pre``). With more than one split, the fp32 partials are added by the split-K
+    reduce launch.
+    """
+    import triton
+
+    from awq_ao.kernels.int4_planes import MAGIC_PAIR_BF16, MAGIC_PAIR_FP16
+    from awq_ao.kernels.splitk import add_splits
+
+    m, n = x.shape[0], words.shape[0]
+    if y is None:
+        y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    k_words = words.shape[1]
+    tiles = triton.cdiv(k_words * 8, BLOCK_K)
+    tiles_per_split = triton.cdiv(tiles, config.split_k)
+    split = triton.cdiv(tiles, tiles_per_split)
+    out = y if split == 1 else torch.empty((split, m, n), dtype=torch.float32, device=x.device)
+    grid = (triton.cdiv(n, BLOCK_N), triton.cdiv(m, config.block_m), split)
+    _int4_wgmma_kernel[grid](
+        x, words, scale, zero_point, pre, out, m, n, in_features, k_words, x.stride(0), words.stride(0),
+        scale.stride(0), out.stride(-2), out.stride(0) if split > 1 else 0,
+        MAGIC_PAIR_BF16 if x.dtype == torch.bfloat16 else MAGIC_PAIR_FP16,
+        GROUP_SIZE=group_size, HAS_PRE_SCALE=has_pre, BLOCK_M=config.block_m, TILES=tiles_per_split,
+        SPLIT_OUT=split > 1, MAGIC=MAGIC_OFFSET[x.dtype], num_warps=NUM_WARPS,
+    )
+    if split > 1:
+        add_splits(out, y)
+    return y
