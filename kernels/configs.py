@@ -135,7 +135,6 @@ SMALL_M_GEMM_TILES = ((64, True, 4, 5),)
 # whether the tuner tries the in-kernel split-K sum (``fused_reduce``); benchmarks/gpu_check.py turns it off for
 # its tuning run when that path fails a correctness check on the GPU at hand
 FUSED_REDUCE_CANDIDATES = True
-WGMMA_PROGRAMS_PER_SM = (2, 4, 6)  # split-K targets of the wgmma kernel's candidates (6 fit an SM at BLOCK_M 16)
 DEQUANT_MIN_M = 128  # from this M bucket on, the default dequantizes once and calls a dense matmul
 
 
@@ -297,13 +296,14 @@ def candidate_configs(m: int, n: int, k_pad: int, group_size: int, device: torch
                 if _swapped_async_tile(c) and c.block_n == 64 and c.split_k > 1]
     if m <= 64 and int4_wgmma.wgmma_available(device):  # the Gluon GEMM with the weight as wgmma's register operand
         # (int4_wgmma.py; sm_90 SASS: 3.3 instructions per weight and no shared-memory round trip in the loop,
-        # 80 registers at BLOCK_M 16), split toward 2, 4 and 6 four-warp programs per SM
+        # 80 registers at BLOCK_M 16, so up to 6 four-warp programs per SM), split toward 2 programs per SM and
+        # 2 and 4 times that (fitted() raises a split whose staged activation would not fit)
         block_m = next(b for b in int4_wgmma.WGMMA_BLOCK_M if b >= m)
         tiles_mn = triton.cdiv(n, int4_wgmma.BLOCK_N) * triton.cdiv(m, block_m)
         k_tiles = triton.cdiv(k_pad, int4_wgmma.BLOCK_K)
-        for per_sm in WGMMA_PROGRAMS_PER_SM:
-            out.append(KernelConfig("wgmma", int4_wgmma.BLOCK_N, int4_wgmma.BLOCK_K, block_m=block_m,
-                                    split_k=_split_for(tiles_mn, k_tiles, device, per_sm)))
+        split = _split_for(tiles_mn, k_tiles, device)
+        out += [KernelConfig("wgmma", int4_wgmma.BLOCK_N, int4_wgmma.BLOCK_K, block_m=block_m,
+                             split_k=min(split * f, k_tiles)) for f in (1, 2, 4)]
     if m > 64:  # (BLOCK_M, BLOCK_N, warps): the two that compile without spills and with the fewest instructions
         for block_m, block_n, warps in ((64, 128, 4), (64, 256, 8)):
             out.append(KernelConfig("gemm", block_n, 64, block_m=block_m, num_warps=warps, num_stages=3,

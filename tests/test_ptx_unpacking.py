@@ -1,7 +1,7 @@
 """The GEMM's inline-PTX unpacking, run by a small emulator of its few instructions (no GPU needed).
 
 On CUDA the bf16 / fp16 GEMM unpacks weight pairs in PTX (``int4_gemm._pair_asm``,
-``_byte_pair_asm``); the interpreter, which runs the tests, takes their Triton-op twins
+``_byte_pair_asm``, and the Gluon kernel's ``int4_wgmma._pair``, which no interpreter runs); the interpreter, which runs the tests, takes their Triton-op twins
 instead, so the PTX strings themselves would otherwise meet their first check on a GPU.
 Here each string runs lane by lane on random words, zero points and scales and must give
 the two columns it promises, ``(q - z) * s`` rounded once to the dtype, bit for bit.
@@ -10,7 +10,7 @@ the two columns it promises, ``(q - z) * s`` rounded once to the dtype, bit for 
 import pytest
 import torch
 
-from awq_ao.kernels import int4_gemm
+from awq_ao.kernels import int4_gemm, int4_wgmma
 
 DTYPES = {"bf16x2": torch.bfloat16, "f16x2": torch.float16}
 
@@ -125,6 +125,22 @@ def test_pair_ptx_gives_columns_p_and_p_plus_4(kind, pair):
     low, high = run_ptx(ptx, {"$2": _signed_shift(words, 4 * pair), "$3": neg,
                               "$4": scale.view(torch.int16).to(torch.int64) & 0xFFFF,
                               "$5": torch.full_like(words, magic)})
+    assert torch.equal(low, _expected(words, pair, z, scale, dtype))
+    assert torch.equal(high, _expected(words, pair + 4, z, scale, dtype))
+
+
+@pytest.mark.parametrize("kind", ["bf16x2", "f16x2"])
+@pytest.mark.parametrize("pair", range(4))
+def test_wgmma_pair_ptx_with_packed_operands(kind, pair):
+    """``int4_wgmma._pair`` (the Gluon kernel's unpacking): as ``_pair_asm``, but the zero term and the scale
+    come packed (the row's value in both halves, made once per row and tile): columns p and p + 4."""
+    dtype = DTYPES[kind]
+    ptx = int4_wgmma.PAIR_PTX_BF16 if dtype == torch.bfloat16 else int4_wgmma.PAIR_PTX_FP16
+    words, z, scale, neg = _case(dtype, seed=20 + pair)
+    scale_bits = scale.view(torch.int16).to(torch.int64) & 0xFFFF
+    magic = 0x43004300 if dtype == torch.bfloat16 else 0x64006400
+    low, high = run_ptx(ptx, {"$2": _signed_shift(words, 4 * pair), "$3": neg | (neg << 16),
+                              "$4": scale_bits | (scale_bits << 16), "$5": torch.full_like(words, magic)})
     assert torch.equal(low, _expected(words, pair, z, scale, dtype))
     assert torch.equal(high, _expected(words, pair + 4, z, scale, dtype))
 

@@ -1,0 +1,130 @@
+"""The Gluon wgmma GEMM (``awq_ao/kernels/int4_wgmma.py``) without a GPU.
+
+Gluon kernels do not run under the interpreter, so the kernel itself is checked in three other ways:
+
+* its index algebra: the unpacked weight tile and the staged activation tile, built here with the
+  same joins, permutations and reshapes in PyTorch (which share Gluon's value semantics), must hold
+  the weight and the activation in one and the same column order, so their product is ``x @ W.T``;
+* its PTX (``tests/test_ptx_unpacking.py`` runs it on an emulator);
+* its sm_90 compile (``tests/test_kernel_configs.py``): the unpacked tile converts to the MMA's register
+  layout trivially (``assert_trivial``), and the main loop has no shared-memory traffic.
+
+And its plumbing: configs, the fallback where it cannot run, and the op dispatch.
+"""
+
+import pytest
+import torch
+
+from awq_ao import quant
+from awq_ao.kernels import KernelConfig, int4_linear, int4_wgmma
+
+
+def test_mma_column_order_is_the_documented_permutation():
+    """MMA column 32q + 16 p1 + 8 p0 + 2c + b holds stored column 32c + 8q + 4b + 2 p1 + p0 (module docstring)."""
+    order = int4_wgmma.mma_column_order()
+    assert sorted(order.tolist()) == list(range(128))
+    for q in range(4):
+        for p in range(4):
+            for c in range(4):
+                for b in range(2):
+                    assert order[32 * q + 8 * p + 2 * c + b] == 32 * c + 8 * q + 4 * b + p
+
+
+def _join(a, b):
+    """Gluon's ``join``: a new last axis of size 2."""
+    return torch.stack([a, b], dim=-1)
+
+
+def _unpacked_tile_as_the_kernel_builds_it(words, zero, scale):
+    """words int32 [64, 16] (one 128-column tile), zero / scale [64, 4] (per row, per thread c's 32 columns)
+    -> fp64 [64, 128] ``(q - z) * s``, assembled as ``_int4_wgmma_kernel`` assembles its A operand."""
+    w = words.reshape(64, 4, 4).to(torch.int64) & 0xFFFFFFFF  # [n, c, q]
+    z = zero[:, :, None].double()
+    s = scale[:, :, None].double()
+
+    def pair(p):  # _pair on words >> 4p: nibbles p (low half) and p + 4 (high half)
+        return (((w >> (4 * p)) & 0xF) - z) * s, (((w >> (4 * p + 16)) & 0xF) - z) * s
+
+    (l0, h0), (l1, h1), (l2, h2), (l3, h3) = (pair(p) for p in range(4))
+    a = _join(_join(_join(l0, h0), _join(l1, h1)), _join(_join(l2, h2), _join(l3, h3)))
+    return a.permute(int4_wgmma.A_TO_MMA).reshape(64, 128)
+
+
+@pytest.mark.parametrize("group", [32, 64, 128])
+def test_unpacked_weight_and_staged_activation_share_one_column_order(group):
+    """The A operand is the dequantized tile in ``mma_column_order``; the staged activation (loaded as
+    [m, c, q, b, p1, p0], permuted by X_TO_MMA) is x in that same order; so their product is x @ W.T."""
+    gen = torch.Generator().manual_seed(group)
+    q = torch.randint(0, 16, (64, 128), generator=gen, dtype=torch.uint8)
+    zero = torch.randint(0, 16, (64, 128 // group), generator=gen, dtype=torch.uint8)
+    scale = torch.rand(64, 128 // group, generator=gen, dtype=torch.float64) + 0.5
+    words = quant.pack_int4(q).view(torch.int32)  # the stored layout: column 8j+i in bits 4i..4i+3 of word j
+    dense = quant.dequantize(q, scale, zero, group, 128, torch.float64)
+    thread_group = torch.arange(4) * 32 // group  # thread c's 32 columns lie in one group
+    a = _unpacked_tile_as_the_kernel_builds_it(words, zero[:, thread_group], scale[:, thread_group])
+    order = int4_wgmma.mma_column_order()
+    assert torch.equal(a, dense[:, order])
+
+    x = torch.randn(16, 128, generator=gen, dtype=torch.float64)
+    staged = x.reshape(16, 4, 4, 2, 2, 2).permute(int4_wgmma.X_TO_MMA).reshape(16, 128)
+    assert torch.equal(staged, x[:, order])
+    torch.testing.assert_close(staged @ a.T, x @ dense.T, rtol=1e-12, atol=1e-12)
+
+
+def test_a_wrong_permutation_is_caught():
+    """The check above is not vacuous: the activation's permutation used for the weight breaks the product."""
+    gen = torch.Generator().manual_seed(1)
+    q = torch.randint(0, 16, (64, 128), generator=gen, dtype=torch.uint8)
+    words = quant.pack_int4(q).view(torch.int32)
+    ones, zeros = torch.ones(64, 4, dtype=torch.float64), torch.zeros(64, 4, dtype=torch.uint8)
+    saved = int4_wgmma.A_TO_MMA
+    try:
+        int4_wgmma.A_TO_MMA = int4_wgmma.X_TO_MMA
+        a = _unpacked_tile_as_the_kernel_builds_it(words, zeros, ones)
+    finally:
+        int4_wgmma.A_TO_MMA = saved
+    assert not torch.equal(a, q.double()[:, int4_wgmma.mma_column_order()])
+
+
+def test_fitted_config_keeps_the_staged_activation_in_shared_memory():
+    """BLOCK_M rounds up to an MMA width; the split grows until TILES * BLOCK_M * 256 bytes fit; a group that is
+    not a multiple of 32 takes the swapped tl.dot GEMM tile."""
+    cfg = KernelConfig("wgmma", 64, 128, block_m=3, split_k=1).fitted(128, 8192)  # 64 tiles of 128 columns
+    assert (cfg.kind, cfg.block_m, cfg.block_n, cfg.block_k, cfg.num_warps) == ("wgmma", 8, 64, 128, 4)
+    assert cfg.split_k == 2  # 32 tiles x 8 rows x 256 bytes = 64 KB
+    assert KernelConfig("wgmma", 64, 128, block_m=16, split_k=1).fitted(128, 8192).split_k == 4
+    assert KernelConfig("wgmma", 64, 128, block_m=64, split_k=8).fitted(128, 14336).split_k == 28
+    assert KernelConfig("wgmma", 64, 128, block_m=16, split_k=64).fitted(64, 256).split_k == 2  # at most the tiles
+    fallback = KernelConfig("wgmma", 64, 128, block_m=8, split_k=4).fitted(16, 4096)
+    assert (fallback.kind, fallback.swap_ab, fallback.block_m, fallback.block_k) == ("gemm", True, 16, 16)
+
+
+@pytest.mark.parametrize("with_pre", [False, True])
+def test_wgmma_config_falls_back_to_the_swapped_gemm_where_it_cannot_run(with_pre):
+    """On a CPU (the interpreter), a wgmma config runs the swapped tl.dot GEMM with its split, correctly."""
+    gen = torch.Generator().manual_seed(3)
+    n, k, group = 96, 320, 32
+    q, scale, zero = quant.quantize(torch.randn(n, k, generator=gen), 4, group, scale_dtype=torch.float16)
+    x = torch.randn(5, k, generator=gen).to(torch.float16)
+    pre = (torch.rand(k, generator=gen) + 0.5).to(torch.float16) if with_pre else None
+    cfg = KernelConfig("wgmma", 64, 128, block_m=8, split_k=2)
+    y = int4_linear(x, quant.pack_int4(q), scale, zero, group, k, act_pre_scale=pre, config=cfg)
+    dense = quant.dequantize(q, scale, zero, group, k, torch.float64)
+    xs = x.double() if pre is None else (x.float() * pre.float()).to(torch.float16).double()
+    expected = xs @ dense.T
+    assert ((y.double() - expected).norm() / expected.norm()).item() < 3e-3
+
+
+def test_no_wgmma_candidates_or_dispatch_without_an_sm90_gpu():
+    from awq_ao import ops
+    from awq_ao.kernels.configs import candidate_configs
+
+    assert not int4_wgmma.wgmma_available(torch.device("cpu"))
+    assert all(c.kind != "wgmma" for m in (1, 16, 64) for c in candidate_configs(m, 4096, 4096, 128,
+                                                                                 torch.device("cpu")))
+
+    class Weight:
+        qdata = torch.zeros(64, 64, dtype=torch.uint8)
+        group_size = 128
+
+    assert not ops._runs_wgmma(torch.zeros(1, 128, dtype=torch.bfloat16), Weight())
