@@ -3,15 +3,18 @@
 #
 #   bash benchmarks/device_check.sh          # in the repo root on the device machine, with $OUT set
 #
+# 0. wgmma_check.py: the Gluon wgmma kernel's correctness and its timing table on the goal shapes at M = 1
+#    and 16 ($OUT/wgmma_check.log, wgmma_<gpu>.md); if it fails, AWQ_AO_DISABLE_WGMMA=1 keeps the kernel out of
+#    the steps after it;
 # 1. gpu_check.py on the three goal shapes at M = 1, 2 and 16: every candidate checked against a float64
 #    reference, the fused split-K stress test, the compiled and CUDA-graph module checks, then tuning and the
 #    timing table ($OUT: gpu_check.log, tuned_<gpu>.json, kernels_<gpu>.md, each written as the run goes);
 # 2. bench_layout.py: read rates by layout, the split-K reduce launch and the GEMM's activation launch alone;
-# 3. Nsight Compute's stall reasons for the GEMV (M = 1) and the GEMM (M = 16) that step 1 picked.
+# 3. Nsight Compute's stall reasons for the GEMV (M = 1) that step 1 picked and the wgmma kernel (M = 16).
 #
 # Each step has its own time limit (seconds; override by environment), so a slow step cannot starve the
-# rest: CHECK_S (default 360), LAYOUT_S (90), NCU_S (45 per kernel): 9 minutes of limits in all, plus the
-# install, inside one run's 10. The device machines have torch and Triton but no torchao and no network: the
+# rest: WGMMA_S (default 120), CHECK_S (330), LAYOUT_S (60), NCU_S (30 per kernel): 9.5 minutes of limits in
+# all, plus the install, inside one run's 10. The device machines have torch and Triton but no torchao and no network: the
 # torchao wheel travels in .whl/ (named in the run's carry; see kernel_notes.md for how to fetch it).
 set -u
 : "${OUT:?set OUT to the folder whose files come back}"
@@ -21,18 +24,26 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 ln -sfn ../kernels awq_ao/kernels  # the package's kernels, importable without installing the project
 nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv,noheader
 
-timeout "${CHECK_S:-360}" python3 benchmarks/gpu_check.py --out "$OUT" --shapes 3 --m 1 2 16
+# 0. the Gluon wgmma kernel first, in a process of its own: if it fails (or faults), it is off for the rest
+timeout "${WGMMA_S:-120}" python3 benchmarks/wgmma_check.py --out "$OUT" 2>&1 | tee "$OUT/wgmma_check.log"
+status=${PIPESTATUS[0]}
+echo "wgmma_check exit: $status"
+if [ "$status" != 0 ]; then export AWQ_AO_DISABLE_WGMMA=1; fi
+
+timeout "${CHECK_S:-330}" python3 benchmarks/gpu_check.py --out "$OUT" --shapes 3 --m 1 2 16
 echo "gpu_check exit: $?"
 
-timeout "${LAYOUT_S:-90}" python3 benchmarks/bench_layout.py > "$OUT/bench_layout.txt" 2>&1
+timeout "${LAYOUT_S:-60}" python3 benchmarks/bench_layout.py > "$OUT/bench_layout.txt" 2>&1
 echo "bench_layout exit: $?"
 
 cp "$OUT"/tuned_*.json kernels/tuned/ 2>/dev/null  # the picks just tuned, for the probe (loaded after the shipped table)
 NCU=/usr/local/cuda/bin/ncu
-for kernel in int4_gemv int4_gemm; do  # not "gemm" alone: that also matches the GEMM's activation launch
-  timeout "${NCU_S:-45}" "$NCU" -k "regex:$kernel" --launch-count 1 --section WarpStateStats --section Occupancy \
-    --section SchedulerStats --section LaunchStats --metrics "regex:smsp__pcsamp_warps_issue_stalled_.*" \
-    python3 benchmarks/ncu_probe.py > "$OUT/ncu_$kernel.txt" 2>&1
-  echo "ncu $kernel exit: $?"
-done
+SECTIONS=(--section WarpStateStats --section Occupancy --section SchedulerStats --section LaunchStats
+          --metrics "regex:smsp__pcsamp_warps_issue_stalled_.*")
+timeout "${NCU_S:-30}" "$NCU" -k regex:int4_gemv --launch-count 1 "${SECTIONS[@]}" \
+  python3 benchmarks/ncu_probe.py > "$OUT/ncu_int4_gemv.txt" 2>&1
+echo "ncu int4_gemv exit: $?"
+timeout "${NCU_S:-30}" "$NCU" -k regex:int4_wgmma --launch-count 1 "${SECTIONS[@]}" python3 benchmarks/ncu_probe.py \
+  --m16 '{"kind": "wgmma", "block_n": 64, "block_k": 128, "block_m": 16, "split_k": 4}' > "$OUT/ncu_int4_wgmma.txt" 2>&1
+echo "ncu int4_wgmma exit: $?"
 ls -l "$OUT"

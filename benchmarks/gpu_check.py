@@ -8,8 +8,9 @@ Correctness (fresh random data per case, output poisoned with NaN first, error
 relative to a float64 reference ``(x * pre) @ dequantize(W).T``):
 
 1. every candidate launch config the tuner may pick (GEMV with 1, 2 or 4 rows,
-   GEMM, split-K, dequantize + mm) on 4096 x 4096 at M = 1, 2, 4, 16, 64, 128,
-   512, bf16;
+   GEMM, the Gluon wgmma kernel on sm_90, split-K, dequantize + mm) on 4096 x
+   4096 at M = 1, 2, 4, 16, 64, 128, 512, bf16 (with and without a pre-scale
+   where the config handles it in a way of its own);
 2. the default dispatch over M = 1 .. 300, bf16 and fp16, with tails in N and K,
    groups 32 / 64 / 128, 2- and 3-bit codes, with and without act_pre_scale;
 3. split-K determinism (two runs, identical bits), and the in-kernel split-K
@@ -20,7 +21,9 @@ relative to a float64 reference ``(x * pre) @ dequantize(W).T``):
    and under CUDA graphs once more with ``fused_reduce`` configs forced for
    M = 1, 3 and 16 (at 16 in column order, ``natural_order``: one launch), checking that no CUDA graph is skipped and that Inductor
    updates the kept tile counters in place (any failure there also keeps the
-   fused sum out of the tuning);
+   fused sum out of the tuning); on sm_90, once more with the Gluon wgmma
+   kernel forced for those M (``awq_ao::int4_linear_wgmma``, eager, compiled,
+   CUDA graphs);
 
 then (unless --no-bench) it tunes the configs for the benchmark shapes, saves
 them as JSON and prints ``bench_kernels.py``'s table. Exits non-zero when any correctness case fails.
@@ -42,7 +45,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import awq_ao  # noqa: E402,F401
 from awq_ao import AWQInt4Tensor, quant  # noqa: E402
-from awq_ao.kernels import KernelConfig, configs, int4_linear  # noqa: E402
+from awq_ao.kernels import KernelConfig, configs, int4_linear, int4_wgmma  # noqa: E402
 from awq_ao.kernels.splitk import tile_counters  # noqa: E402
 
 TOL = {torch.float32: 2e-3, torch.float16: 3e-3, torch.bfloat16: 1.5e-2}
@@ -102,13 +105,14 @@ def check_fused_reduce(device, dtype, calls: int) -> list[tuple[str, bool]]:
     return results
 
 
-def check_module(device, dtype, mode, fused=False) -> list[tuple[str, float, bool]]:
+def check_module(device, dtype, mode, fused=False, wgmma=False) -> list[tuple[str, float, bool]]:
     """One Linear, compiled once per mode, called at M = 1, 3, 16, 200, 16, 1 (dynamic shapes after the second).
 
     The M values cover the GEMV (1 row and several), the GEMM and dequantize + mm. ``fused``: the M
     buckets 1, 4 and 16 take split-K configs with the in-kernel sum (recorded as tuned for this GPU
     while the check runs), so the counters' launches go through torch.compile and CUDA graphs; at 16 in
-    column order (``natural_order``), one launch in all.
+    column order (``natural_order``), one launch in all. ``wgmma``: those buckets take the Gluon wgmma
+    kernel (``awq_ao::int4_linear_wgmma``, an opaque op) instead, split and unsplit.
     """
     torch.manual_seed(0)
     torch._dynamo.reset()  # Linear.forward is one code object for every module: keep the caches apart
@@ -121,7 +125,11 @@ def check_module(device, dtype, mode, fused=False) -> list[tuple[str, float, boo
                                fused_reduce=True)),
               (16, KernelConfig("gemm", 64, 64, split_k=8, block_m=16, num_stages=3, prefetch=1, swap_ab=True,
                                 fused_reduce=True, natural_order=True))} if fused else set()
-    label = f"module {str(dtype)[6:]} {mode}{' fused' if fused else ''}"
+    if wgmma:
+        forced = {(1, KernelConfig("wgmma", 64, 128, block_m=8, split_k=4)),
+                  (4, KernelConfig("wgmma", 64, 128, block_m=8, split_k=1)),
+                  (16, KernelConfig("wgmma", 64, 128, block_m=16, split_k=2))}
+    label = f"module {str(dtype)[6:]} {mode}{' fused' if fused else ''}{' wgmma' if wgmma else ''}"
     from torch._dynamo.utils import counters as dynamo_counters
 
     skips_before = dynamo_counters["inductor"]["cudagraph_skips"]
@@ -196,7 +204,8 @@ def correctness(device, quick: bool, m_values=None) -> int:
     if on_gpu and not quick:
         for m in m_values or (1, 2, 4, 16, 64, 128, 512):
             for cfg in configs.candidate_configs(m, 4096, 4096, 128, device):
-                for with_pre in (False, True) if cfg.natural_order else (False,):  # column order: 1 or 2 launches
+                # column order: 1 or 2 launches; wgmma: the pre-scale is applied as the activation is staged
+                for with_pre in (False, True) if cfg.natural_order or cfg.kind == "wgmma" else (False,):
                     try:
                         err, ok = check_kernel(device, torch.bfloat16, m, 4096, 4096, 128, with_pre=with_pre,
                                                config=cfg)
@@ -237,6 +246,11 @@ def module_checks(device) -> int:
             failures += report(label, err, ok)
             if fused:
                 configs.FUSED_REDUCE_CANDIDATES &= ok
+    if int4_wgmma.wgmma_available(device):  # the Gluon kernel through its opaque op, compiled and in CUDA graphs
+        for dtype, mode in ((torch.bfloat16, "eager"), (torch.bfloat16, "compile"), (torch.float16, "compile"),
+                            (torch.bfloat16, "reduce-overhead")):
+            for label, err, ok in check_module(device, dtype, mode, wgmma=True):
+                failures += report(label, err, ok)
     return failures
 
 

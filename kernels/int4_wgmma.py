@@ -48,6 +48,7 @@ capability 9.x (``wgmma_available``).
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 
@@ -86,8 +87,10 @@ def capability_major(device_index: int) -> int:
 
 
 def wgmma_available(device: torch.device) -> bool:
-    """Whether this kernel can run on ``device`` (CUDA, compute capability 9.x, Triton with Gluon)."""
-    if not HAVE_GLUON or device.type != "cuda":
+    """Whether this kernel can run on ``device`` (CUDA, compute capability 9.x, Triton with Gluon), unless
+    the environment sets ``AWQ_AO_DISABLE_WGMMA=1`` (``benchmarks/device_check.sh`` does, for the rest of
+    its run, if ``wgmma_check.py`` fails)."""
+    if not HAVE_GLUON or device.type != "cuda" or os.environ.get("AWQ_AO_DISABLE_WGMMA") == "1":
         return False
     return capability_major(device.index if device.index is not None else torch.cuda.current_device()) == 9
 

@@ -128,3 +128,30 @@ def test_no_wgmma_candidates_or_dispatch_without_an_sm90_gpu():
         group_size = 128
 
     assert not ops._runs_wgmma(torch.zeros(1, 128, dtype=torch.bfloat16), Weight())
+
+
+def test_availability_follows_the_gpu_and_the_switch(monkeypatch):
+    """An sm_90 device with Gluon takes the kernel; another capability, or AWQ_AO_DISABLE_WGMMA=1, does not."""
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(int4_wgmma, "HAVE_GLUON", True)
+    monkeypatch.setattr(int4_wgmma, "capability_major", lambda index: 9)
+    monkeypatch.delenv("AWQ_AO_DISABLE_WGMMA", raising=False)
+    assert int4_wgmma.wgmma_available(cuda)
+    monkeypatch.setenv("AWQ_AO_DISABLE_WGMMA", "1")
+    assert not int4_wgmma.wgmma_available(cuda)
+    monkeypatch.delenv("AWQ_AO_DISABLE_WGMMA")
+    monkeypatch.setattr(int4_wgmma, "capability_major", lambda index: 8)
+    assert not int4_wgmma.wgmma_available(cuda)
+
+
+def test_wgmma_check_script_refuses_without_a_gpu(tmp_path, capsys):
+    """benchmarks/wgmma_check.py (the kernel's first GPU run) stays importable and says what it needs."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks", "wgmma_check.py")
+    spec = importlib.util.spec_from_file_location("wgmma_check", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--out", str(tmp_path)]) == 2
+    assert "sm_90" in capsys.readouterr().out

@@ -1,0 +1,137 @@
+"""First GPU run of the Gluon wgmma kernel (``awq_ao/kernels/int4_wgmma.py``): correctness, then a timing table.
+
+    python benchmarks/wgmma_check.py --out DIR      # on an sm_90 GPU (H100 / H200); about a minute
+
+Run in a process of its own before ``gpu_check.py`` (``device_check.sh`` does): a kernel that faults takes
+its CUDA context down with it, and a failure here turns the kernel off for the rest of the session
+(``AWQ_AO_DISABLE_WGMMA=1``). Correctness: bf16 and fp16, fresh random data, output poisoned with NaN,
+error relative to a float64 reference, over tails in M, N and K, groups 32 / 64 / 128, with and without
+``act_pre_scale``, at several splits. Timing (CUDA-graph replays over rotated weight copies,
+``kernels/timing.py``): on the three goal shapes at M = 1 and 16, the kernel at each split against what
+``select_config`` runs today and bf16 ``F.linear``; written to DIR/wgmma_<gpu>.md as it goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from awq_ao import quant  # noqa: E402
+from awq_ao.kernels import KernelConfig, int4_linear, int4_wgmma, select_config  # noqa: E402
+
+TOL = {torch.bfloat16: 1e-2, torch.float16: 3e-3}
+CASES = ((1, 4096, 4096, 128), (5, 1000, 4100, 64), (16, 14336, 4096, 128), (33, 576, 576, 32),
+         (64, 4096, 1000, 128), (3, 8192, 8192, 128))
+GOAL_SHAPES = ((8192, 8192), (14336, 4096), (4096, 14336))  # (N, K)
+SPLITS = (1, 2, 4, 8, 16)
+
+
+def case(m, n, k, group, dtype, with_pre, device):
+    w = torch.randn(n, k, device=device) * 0.05
+    q, s, z = quant.quantize(w, 4, group, scale_dtype=dtype)
+    pre = (torch.rand(k, device=device) + 0.5).to(dtype) if with_pre else None
+    x = torch.randn(m, k, dtype=dtype, device=device)
+    xs = x.double() if pre is None else (x.float() * pre.float()).to(dtype).double()
+    ref = xs @ quant.dequantize(q, s, z, group, k, torch.float64).t()
+    return x, quant.pack_int4(q), s, z, pre, ref
+
+
+def correctness(device) -> int:
+    failures = 0
+    for dtype in (torch.bfloat16, torch.float16):
+        for m, n, k, group in CASES:
+            for with_pre in (False, True):
+                x, qdata, s, z, pre, ref = case(m, n, k, group, dtype, with_pre, device)
+                for split in SPLITS:
+                    cfg = KernelConfig("wgmma", 64, 128, block_m=m, split_k=split)
+                    out = torch.full((m, n), float("nan"), dtype=dtype, device=device)
+                    int4_linear(x, qdata, s, z, group, k, act_pre_scale=pre, out=out, config=cfg)
+                    err = ((out.double() - ref).norm() / ref.norm()).item()
+                    ok = bool(torch.isfinite(out).all()) and err < TOL[dtype]
+                    failures += not ok
+                    fitted = cfg.fitted(group, qdata.shape[1] * 2)
+                    print(f"{'ok  ' if ok else 'FAIL'} {str(dtype)[6:]} M={m} N={n} K={k} g={group} pre={with_pre} "
+                          f"BM={fitted.block_m} split={fitted.split_k}: rel err {err:.2e}", flush=True)
+    return failures
+
+
+def timing(device, out_path) -> None:
+    from awq_ao.kernels.int4_matmul import launch_int4_linear
+    from awq_ao.kernels.splitk import tile_counters
+    from awq_ao.kernels.timing import copies_for, graph_time_ms, l2_bytes
+
+    dtype, group = torch.bfloat16, 128
+    counters = tile_counters(device)
+    header = ("| N | K | M | bf16 F.linear us | select_config us (config) | wgmma best us (split) | "
+              "wgmma / bf16 speedup | wgmma / select_config speedup | every split us |")
+    lines = [f"{torch.cuda.get_device_name()}, torch {torch.__version__}", "", header, "|---" * 9 + "|"]
+    with open(out_path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines), flush=True)
+    for n, k in GOAL_SHAPES:
+        for m in (1, 16):
+            reps = copies_for(n * k // 2, l2_bytes(), most=64)
+            sets = [(torch.randn(m, k, dtype=dtype, device=device),
+                     torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, device=device),
+                     (torch.rand(n, k // group, device=device) * 0.01 + 1e-3).to(dtype),
+                     torch.randint(0, 16, (n, k // group), dtype=torch.uint8, device=device),
+                     torch.empty(m, n, dtype=dtype, device=device)) for _ in range(reps)]
+            dense = [torch.randn(n, k, dtype=dtype, device=device) for _ in range(max(2, reps // 4))]
+            bf16_us = 1e3 * graph_time_ms([lambda w=w, s=sets[0]: F.linear(s[0], w) for w in dense])
+            del dense
+
+            def run(cfg):
+                return 1e3 * graph_time_ms([lambda s=s: launch_int4_linear(
+                    s[0], s[1], s[2], s[3], None, s[4], group, k, config=cfg, counters=counters) for s in sets])
+
+            base_cfg = select_config(m, n, k, group, device)
+            base_us = run(base_cfg)
+            per_split = {}
+            for split in SPLITS:
+                cfg = KernelConfig("wgmma", 64, 128, block_m=m, split_k=split).fitted(group, k)
+                if cfg.split_k not in per_split:
+                    per_split[cfg.split_k] = run(cfg)
+            best_split = min(per_split, key=per_split.get)
+            best = per_split[best_split]
+            short = {f.name: getattr(base_cfg, f.name) for f in dataclasses.fields(base_cfg)
+                     if getattr(base_cfg, f.name) != f.default}
+            row = (f"| {n} | {k} | {m} | {bf16_us:.1f} | {base_us:.1f} ({short}) | {best:.1f} ({best_split}) | "
+                   f"{bf16_us / best:.2f}x | {base_us / best:.2f}x | "
+                   + ", ".join(f"s{sp} {us:.1f}" for sp, us in sorted(per_split.items())) + " |")
+            print(row, flush=True)
+            with open(out_path, "a") as f:
+                f.write(row + "\n")
+            del sets
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=".", help="folder for wgmma_<gpu>.md")
+    parser.add_argument("--no-bench", action="store_true", help="correctness only")
+    args = parser.parse_args(argv)
+    device = torch.device("cuda")
+    if not torch.cuda.is_available() or not int4_wgmma.wgmma_available(device):
+        print("error: needs an sm_90 GPU and a Triton with Gluon")
+        return 2
+    import triton
+
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}")
+    torch.manual_seed(0)
+    failures = correctness(device)
+    print(f"wgmma correctness: {failures} failed", flush=True)
+    if failures == 0 and not args.no_bench:
+        os.makedirs(args.out, exist_ok=True)
+        name = torch.cuda.get_device_name().replace(" ", "_").lower()
+        timing(device, os.path.join(args.out, f"wgmma_{name}.md"))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
