@@ -101,8 +101,11 @@ def int4_linear_wgmma(
     x [M, K] -> [M, N] in x.dtype. Opaque to the compiler: Inductor re-emits a ``triton_op``'s kernels as
     ``@triton.jit`` source, which a Gluon kernel is not."""
     from awq_ao.kernels.int4_matmul import launch_int4_linear
+    from awq_ao.kernels.splitk import tile_counters
 
-    return launch_int4_linear(x, qdata, scale, zero_point, act_pre_scale, None, group_size, in_features)
+    # the op runs eagerly even in a compiled graph, so the kept counters need no graph input here
+    return launch_int4_linear(x, qdata, scale, zero_point, act_pre_scale, None, group_size, in_features,
+                              counters=tile_counters(x.device))
 
 
 @int4_linear_wgmma.register_fake

@@ -66,11 +66,12 @@ def compile_wgmma(cfg: KernelConfig, dt: str, group: int, arch: int, k: int = 40
     per_split = -(-tiles // cfg.split_k)
     split_out = per_split < tiles
     sig = {"x_ptr": f"*{dt}", "q_ptr": "*i32", "s_ptr": f"*{dt}", "z_ptr": "*u8", "pre_ptr": f"*{dt}",
-           "out_ptr": "*fp32" if split_out else f"*{dt}"}
+           "out_ptr": "*fp32" if split_out else f"*{dt}", "y_ptr": f"*{dt}", "counter_ptr": "*i32"}
     sig.update({name: "i32" for name in ("M", "N", "K", "K_WORDS", "stride_xm", "stride_q", "stride_s", "stride_om",
                                          "stride_osplit", "magic_pair")})
     constexprs = {"GROUP_SIZE": group, "HAS_PRE_SCALE": pre, "BLOCK_M": cfg.block_m, "TILES": per_split,
-                  "SPLIT_OUT": split_out, "MAGIC": 128.0 if dt == "bf16" else 1024.0}
+                  "SPLIT_OUT": split_out, "FUSED_SPLITS": cfg.split_k if cfg.fused_reduce and split_out else 0,
+                  "MAGIC": 128.0 if dt == "bf16" else 1024.0}
     sig.update({name: "constexpr" for name in constexprs})
     names = list(sig)
     divisible = [n for n in names if n.endswith("_ptr") or n in ("N", "K", "K_WORDS", "stride_xm", "stride_q",

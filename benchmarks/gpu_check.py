@@ -91,10 +91,13 @@ def check_fused_reduce(device, dtype, calls: int) -> list[tuple[str, bool]]:
     """
     n, k = (4096, 4096) if device.type == "cuda" else (64, 256)
     results = []
-    for m, base in ((1, KernelConfig("gemv", 64, 256, split_k=16, num_warps=2)),
-                    (2, KernelConfig("gemv", 64, 256, split_k=8, block_m=2, num_warps=2)),
-                    (16, KernelConfig("gemm", 64, 128, split_k=8, block_m=16, num_stages=3, prefetch=1,
-                                      swap_ab=True))):
+    cases = [(1, KernelConfig("gemv", 64, 256, split_k=16, num_warps=2)),
+             (2, KernelConfig("gemv", 64, 256, split_k=8, block_m=2, num_warps=2)),
+             (16, KernelConfig("gemm", 64, 128, split_k=8, block_m=16, num_stages=3, prefetch=1, swap_ab=True))]
+    if int4_wgmma.wgmma_available(device):
+        cases += [(1, KernelConfig("wgmma", 64, 128, block_m=8, split_k=8)),
+                  (16, KernelConfig("wgmma", 64, 128, block_m=16, split_k=4))]
+    for m, base in cases:
         x, (qdata, s, z), _, _ = make_case(device, dtype, m, n, k, 128)
         fused = dataclasses.replace(base, fused_reduce=True)
         want = int4_linear(x, qdata, s, z, 128, k, config=base)

@@ -6,7 +6,7 @@ Run in a process of its own before ``gpu_check.py`` (``device_check.sh`` does): 
 its CUDA context down with it, and a failure here turns the kernel off for the rest of the session
 (``AWQ_AO_DISABLE_WGMMA=1``). Correctness: bf16 and fp16, fresh random data, output poisoned with NaN,
 error relative to a float64 reference, over tails in M, N and K, groups 32 / 64 / 128, with and without
-``act_pre_scale``, at several splits. Timing (CUDA-graph replays over rotated weight copies,
+``act_pre_scale``, at several splits, with the reduce launch and with the in-kernel sum. Timing (CUDA-graph replays over rotated weight copies,
 ``kernels/timing.py``): on the three goal shapes at M = 1 and 16, the kernel at each split against what
 ``select_config`` runs today and bf16 ``F.linear``; written to DIR/wgmma_<gpu>.md as it goes.
 """
@@ -49,8 +49,8 @@ def correctness(device) -> int:
         for m, n, k, group in CASES:
             for with_pre in (False, True):
                 x, qdata, s, z, pre, ref = case(m, n, k, group, dtype, with_pre, device)
-                for split in SPLITS:
-                    cfg = KernelConfig("wgmma", 64, 128, block_m=m, split_k=split)
+                for split, fused in [(sp, False) for sp in SPLITS] + [(4, True), (8, True)]:
+                    cfg = KernelConfig("wgmma", 64, 128, block_m=m, split_k=split, fused_reduce=fused)
                     out = torch.full((m, n), float("nan"), dtype=dtype, device=device)
                     int4_linear(x, qdata, s, z, group, k, act_pre_scale=pre, out=out, config=cfg)
                     err = ((out.double() - ref).norm() / ref.norm()).item()
@@ -58,7 +58,8 @@ def correctness(device) -> int:
                     failures += not ok
                     fitted = cfg.fitted(group, qdata.shape[1] * 2)
                     print(f"{'ok  ' if ok else 'FAIL'} {str(dtype)[6:]} M={m} N={n} K={k} g={group} pre={with_pre} "
-                          f"BM={fitted.block_m} split={fitted.split_k}: rel err {err:.2e}", flush=True)
+                          f"BM={fitted.block_m} split={fitted.split_k}{' fused' if fitted.fused_reduce else ''}: "
+                          f"rel err {err:.2e}", flush=True)
     return failures
 
 
@@ -70,7 +71,7 @@ def timing(device, out_path) -> None:
     dtype, group = torch.bfloat16, 128
     counters = tile_counters(device)
     header = ("| N | K | M | bf16 F.linear us | select_config us (config) | wgmma best us (split) | "
-              "wgmma / bf16 speedup | wgmma / select_config speedup | every split us |")
+              "wgmma / bf16 speedup | wgmma / select_config speedup | every split us (f: fused sum) |")
     lines = [f"{torch.cuda.get_device_name()}, torch {torch.__version__}", "", header, "|---" * 9 + "|"]
     with open(out_path, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -93,18 +94,20 @@ def timing(device, out_path) -> None:
 
             base_cfg = select_config(m, n, k, group, device)
             base_us = run(base_cfg)
-            per_split = {}
+            per_split = {}  # "s4" (reduce launch) / "s4f" (fused sum) -> us
             for split in SPLITS:
-                cfg = KernelConfig("wgmma", 64, 128, block_m=m, split_k=split).fitted(group, k)
-                if cfg.split_k not in per_split:
-                    per_split[cfg.split_k] = run(cfg)
+                for fused in (False, True):
+                    cfg = KernelConfig("wgmma", 64, 128, block_m=m, split_k=split, fused_reduce=fused).fitted(group, k)
+                    label = f"s{cfg.split_k}{'f' if cfg.fused_reduce else ''}"
+                    if label not in per_split:
+                        per_split[label] = run(cfg)
             best_split = min(per_split, key=per_split.get)
             best = per_split[best_split]
             short = {f.name: getattr(base_cfg, f.name) for f in dataclasses.fields(base_cfg)
                      if getattr(base_cfg, f.name) != f.default}
             row = (f"| {n} | {k} | {m} | {bf16_us:.1f} | {base_us:.1f} ({short}) | {best:.1f} ({best_split}) | "
                    f"{bf16_us / best:.2f}x | {base_us / best:.2f}x | "
-                   + ", ".join(f"s{sp} {us:.1f}" for sp, us in sorted(per_split.items())) + " |")
+                   + ", ".join(f"{label} {us:.1f}" for label, us in per_split.items()) + " |")
             print(row, flush=True)
             with open(out_path, "a") as f:
                 f.write(row + "\n")

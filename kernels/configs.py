@@ -94,7 +94,8 @@ class KernelConfig:
         most_tiles = int4_wgmma.WGMMA_SMEM_BYTES // (block_m * int4_wgmma.BLOCK_K * 2)  # staged activation tiles per program
         split_k = min(max(self.split_k, triton.cdiv(tiles, most_tiles)), tiles)
         return KernelConfig("wgmma", int4_wgmma.BLOCK_N, int4_wgmma.BLOCK_K, split_k=split_k, block_m=block_m,
-                            num_warps=int4_wgmma.NUM_WARPS, num_stages=1)
+                            num_warps=int4_wgmma.NUM_WARPS, num_stages=1,
+                            fused_reduce=bool(self.fused_reduce) and split_k > 1)
 
 
 KINDS = ("gemv", "gemm", "wgmma", "dequant")
@@ -302,8 +303,9 @@ def candidate_configs(m: int, n: int, k_pad: int, group_size: int, device: torch
         tiles_mn = triton.cdiv(n, int4_wgmma.BLOCK_N) * triton.cdiv(m, block_m)
         k_tiles = triton.cdiv(k_pad, int4_wgmma.BLOCK_K)
         split = _split_for(tiles_mn, k_tiles, device)
-        out += [KernelConfig("wgmma", int4_wgmma.BLOCK_N, int4_wgmma.BLOCK_K, block_m=block_m,
-                             split_k=min(split * f, k_tiles)) for f in (1, 2, 4)]
+        for fused in (False, True) if FUSED_REDUCE_CANDIDATES else (False,):  # with each way of adding splits
+            out += [KernelConfig("wgmma", int4_wgmma.BLOCK_N, int4_wgmma.BLOCK_K, block_m=block_m,
+                                 split_k=min(split * f, k_tiles), fused_reduce=fused) for f in (1, 2, 4)]
     if m > 64:  # (BLOCK_M, BLOCK_N, warps): the two that compile without spills and with the fewest instructions
         for block_m, block_n, warps in ((64, 128, 4), (64, 256, 8)):
             out.append(KernelConfig("gemm", block_n, 64, block_m=block_m, num_warps=warps, num_stages=3,

@@ -90,7 +90,7 @@ def launch_int4_linear(
     if config.kind == "wgmma":
         if launcher is None and x.dtype != torch.float32 and int4_wgmma.wgmma_available(x.device):
             return int4_wgmma.wgmma_linear(x, words, scale, zero_point, pre, has_pre, y, group_size, in_features,
-                                           config)
+                                           config, counters=counters)
         # traced (wrap_triton: Inductor cannot re-emit a Gluon kernel; ops.py routes these shapes to an opaque
         # op instead), fp32, or no sm_90 / Gluon: the swapped GEMM tile with the same split
         config = config.as_swapped_gemm(group_size, k_pad)

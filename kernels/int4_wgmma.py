@@ -36,8 +36,10 @@ ahead. ``act_pre_scale`` is applied as the activation is staged (``x * pre`` rou
 dtype, as the dense path rounds it): no launch before the kernel in any case.
 
 Split-K over grid axis 2 (the tiles of K are split in contiguous ranges of TILES): each split
-stores an fp32 partial, added by ``splitk._splitk_reduce_kernel`` in split order; with one split y
-is stored directly. Tails in M, N and K are masked. Shared memory per program: TILES * BLOCK_M *
+stores an fp32 partial, added in split order by ``splitk._splitk_reduce_kernel`` or, with
+``fused_reduce``, by the tile's last program (``splitk.py``'s counters and memory ordering: a CTA
+barrier, one acquire-release atomic, the partials read through L2); with one split y is stored
+directly. Tails in M, N and K are masked. Shared memory per program: TILES * BLOCK_M *
 256 bytes (``KernelConfig.fitted`` keeps it within ``WGMMA_SMEM_BYTES``).
 
 Not traceable by Inductor (it re-emits user kernels as ``@triton.jit`` source), so ``ops.py`` calls
@@ -136,13 +138,15 @@ if HAVE_GLUON:
 
     @gluon.jit
     def _int4_wgmma_kernel(
-        x_ptr, q_ptr, s_ptr, z_ptr, pre_ptr, out_ptr,
+        x_ptr, q_ptr, s_ptr, z_ptr, pre_ptr, out_ptr, y_ptr, counter_ptr,
         M, N, K, K_WORDS, stride_xm, stride_q, stride_s, stride_om, stride_osplit, magic_pair,
         GROUP_SIZE: gl.constexpr, HAS_PRE_SCALE: gl.constexpr, BLOCK_M: gl.constexpr, TILES: gl.constexpr,
-        SPLIT_OUT: gl.constexpr, MAGIC: gl.constexpr,
+        SPLIT_OUT: gl.constexpr, FUSED_SPLITS: gl.constexpr, MAGIC: gl.constexpr,
     ):
         """One program: rows [64 pid_n, +64) of W, activation rows [BLOCK_M pid_m, +BLOCK_M), K tiles
-        [TILES pid_k, +TILES). out: y [M, N] in x's dtype, or (SPLIT_OUT) fp32 partials [split, M, N]."""
+        [TILES pid_k, +TILES). out: y [M, N] in x's dtype, or (SPLIT_OUT) fp32 partials [split, M, N]; with
+        FUSED_SPLITS (the split count) the last program of each output tile adds them into y [M, N]
+        (``splitk.py``'s protocol: counter_ptr holds one zeroed int32 per output tile, left at 0)."""
         DTYPE: gl.constexpr = x_ptr.dtype.element_ty
         # words [64 rows, 4 (c), 4 (q)]: thread 4g + c of warp w holds rows 16w + g and 16w + g + 8, words 4c .. 4c+3
         WORDS: gl.constexpr = gl.DistributedLinearLayout(
@@ -239,16 +243,30 @@ if HAVE_GLUON:
         live = (on[:, None] < N) & (om[None, :] < M)
         if SPLIT_OUT:
             gl.store(ptrs, acc, mask=live)
+            if FUSED_SPLITS > 0:  # the last of the tile's programs to arrive adds the partials, in split order
+                counter = counter_ptr + pid_m * gl.num_programs(0) + pid_n
+                _cta_barrier()  # every thread's partial store before the counter's release
+                arrived = gl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
+                if arrived == FUSED_SPLITS - 1:
+                    total = gl.zeros([64, BLOCK_M], gl.float32, ACC)
+                    first = out_ptr + om[None, :] * stride_om + on[:, None]
+                    for split in gl.static_range(FUSED_SPLITS):
+                        total += gl.load(first + split * stride_osplit, mask=live, other=0.0, cache_modifier=".cg")
+                    gl.store(y_ptr + om[None, :] * stride_om + on[:, None], total.to(y_ptr.dtype.element_ty),
+                             mask=live)
+                    gl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")
         else:
             gl.store(ptrs, acc.to(DTYPE), mask=live)
 
 
-def wgmma_linear(x, words, scale, zero_point, pre, has_pre, y, group_size, in_features, config) -> torch.Tensor:
+def wgmma_linear(x, words, scale, zero_point, pre, has_pre, y, group_size, in_features, config,
+                 counters=None) -> torch.Tensor:
     """Launch the kernel of ``config`` (kind ``"wgmma"``, fitted) for x [M, K] bf16 / fp16 on sm_90; y [M, N].
 
     words: int32 [N, K_pad / 8]; scale [N, K_pad / G] in x's dtype; zero_point uint8 [N, K_pad / G]; pre [K]
     (read only when ``has_pre``). With more than one split, the fp32 partials are added by the split-K
-    reduce launch.
+    reduce launch or (``fused_reduce``) in the kernel, on ``counters`` (int32, all zero: the device's kept
+    ones, ``splitk.tile_counters``; zeroed per call where there are none or too few).
     """
     import triton
 
@@ -264,13 +282,17 @@ def wgmma_linear(x, words, scale, zero_point, pre, has_pre, y, group_size, in_fe
     split = triton.cdiv(tiles, tiles_per_split)
     out = y if split == 1 else torch.empty((split, m, n), dtype=torch.float32, device=x.device)
     grid = (triton.cdiv(n, BLOCK_N), triton.cdiv(m, config.block_m), split)
+    fused = config.fused_reduce and split > 1
+    if fused and (counters is None or counters.numel() < grid[0] * grid[1]):
+        counters = torch.zeros(grid[0] * grid[1], dtype=torch.int32, device=x.device)
     _int4_wgmma_kernel[grid](
-        x, words, scale, zero_point, pre, out, m, n, in_features, k_words, x.stride(0), words.stride(0),
-        scale.stride(0), out.stride(-2), out.stride(0) if split > 1 else 0,
+        x, words, scale, zero_point, pre, out, y, counters if fused else y, m, n, in_features, k_words,
+        x.stride(0), words.stride(0), scale.stride(0), out.stride(-2), out.stride(0) if split > 1 else 0,
         MAGIC_PAIR_BF16 if x.dtype == torch.bfloat16 else MAGIC_PAIR_FP16,
         GROUP_SIZE=group_size, HAS_PRE_SCALE=has_pre, BLOCK_M=config.block_m, TILES=tiles_per_split,
-        SPLIT_OUT=split > 1, MAGIC=MAGIC_OFFSET[x.dtype], num_warps=NUM_WARPS,
+        SPLIT_OUT=split > 1, FUSED_SPLITS=split if fused else 0, MAGIC=MAGIC_OFFSET[x.dtype],
+        num_warps=NUM_WARPS,
     )
-    if split > 1:
+    if split > 1 and not fused:
         add_splits(out, y)
     return y

@@ -95,6 +95,8 @@ def test_fitted_config_keeps_the_staged_activation_in_shared_memory():
     assert KernelConfig("wgmma", 64, 128, block_m=16, split_k=1).fitted(128, 8192).split_k == 4
     assert KernelConfig("wgmma", 64, 128, block_m=64, split_k=8).fitted(128, 14336).split_k == 28
     assert KernelConfig("wgmma", 64, 128, block_m=16, split_k=64).fitted(64, 256).split_k == 2  # at most the tiles
+    assert KernelConfig("wgmma", 64, 128, block_m=16, split_k=4, fused_reduce=True).fitted(128, 8192).fused_reduce
+    assert not KernelConfig("wgmma", 64, 128, block_m=8, split_k=1, fused_reduce=True).fitted(128, 512).fused_reduce
     fallback = KernelConfig("wgmma", 64, 128, block_m=8, split_k=4).fitted(16, 4096)
     assert (fallback.kind, fallback.swap_ab, fallback.block_m, fallback.block_k) == ("gemm", True, 16, 16)
 

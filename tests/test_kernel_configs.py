@@ -285,6 +285,24 @@ def test_wgmma_kernel_compiles_to_sm90_without_a_shared_memory_round_trip(dt, bl
     assert not {"STS", "LDS", "LDSM", "BAR"} & set(mix), row
 
 
+def test_wgmma_fused_split_sum_follows_the_counter_protocol():
+    """With ``fused_reduce`` the wgmma kernel's epilogue is splitk.py's: a CTA barrier, then one thread's
+    acquire-release GPU-scope atomic on the tile's counter, the partials read through L2 (``ld.global.cg``),
+    the counter set back to 0; the main loop is unchanged."""
+    pytest.importorskip("triton.experimental.gluon")
+    code = (
+        "cfg = KernelConfig('wgmma', 64, 128, block_m=16, split_k=4, fused_reduce=True).fitted(128, 4096)\n"
+        "ptx = r.compile_wgmma(cfg, 'bf16', 128, 90).asm['ptx']\n"
+        "i = ptx.index('atom.global.gpu.acq_rel.add')\n"
+        "print('bar.sync' in ptx[ptx.rindex('st.global', 0, i):i], ptx.count('ld.global.cg'),"
+        " 'atom.global.gpu.relaxed.exch' in ptx)\n"
+    )
+    (line,) = _compiled_in_child(code, 1)
+    barrier, cg_loads, reset = line.split()
+    assert barrier == "True" and reset == "True", line
+    assert int(cg_loads) == 4 * 8, line  # 4 splits x (64 x 16 outputs / 128 threads)
+
+
 def test_bench_layout_reads_every_word_once_in_each_layout():
     """benchmarks/bench_layout.py (the next layout experiment): the tiled copy holds each tile as one
     contiguous block, and its read kernel sums every word exactly once in every layout (interpreter)."""
