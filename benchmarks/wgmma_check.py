@@ -111,7 +111,7 @@ def timing(device, out_path) -> None:
             print(row, flush=True)
             with open(out_path, "a") as f:
                 f.write(row + "\n")
-            del sets
+            sets = None  # free the copies before the next shape
 
 
 def main(argv=None) -> int:
