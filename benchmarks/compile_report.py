@@ -71,6 +71,7 @@ def compile_wgmma(cfg: KernelConfig, dt: str, group: int, arch: int, k: int = 40
                                          "stride_osplit", "magic_pair")})
     constexprs = {"GROUP_SIZE": group, "HAS_PRE_SCALE": pre, "BLOCK_M": cfg.block_m, "TILES": per_split,
                   "SPLIT_OUT": split_out, "FUSED_SPLITS": cfg.split_k if cfg.fused_reduce and split_out else 0,
+                  "TWO_BUFFERS": cfg.prefetch == 2,
                   "MAGIC": 128.0 if dt == "bf16" else 1024.0}
     sig.update({name: "constexpr" for name in constexprs})
     names = list(sig)
@@ -173,8 +174,14 @@ def report(cfg: KernelConfig, dt: str, group: int, arch: int, top: int = 6, loop
     body = main_loop(sass)
     count, ops = loop_mix(body)
     weights_per_thread = cfg.block_n * cfg.block_k / (32 * cfg.num_warps)
+    if cfg.kind == "wgmma" and cfg.prefetch == 2:  # two weight buffers: the loop body unpacks two tiles
+        weights_per_thread *= 2
     top = ", ".join(f"{op} {n}" for op, n in ops.most_common(top))
-    kind = cfg.kind + ("" if not cfg.prefetch else " prefetch" if cfg.prefetch == 1 else f" prefetch{cfg.prefetch}") + (" swap" if cfg.swap_ab else "")
+    if cfg.kind == "wgmma":
+        kind = "wgmma" + (" 2 buffers" if cfg.prefetch == 2 else "")
+    else:
+        kind = cfg.kind + ("" if not cfg.prefetch else " prefetch" if cfg.prefetch == 1 else f" prefetch{cfg.prefetch}")
+    kind += " swap" if cfg.swap_ab else ""
     kind += (" ring" if cfg.kind == "gemv" and cfg.num_stages >= 3 else "") + (" fused" if cfg.fused_reduce else "")
     kind += " natural" if cfg.natural_order else ""
     return (f"| {kind} | {cfg.block_m} | {cfg.block_n} | {cfg.block_k} | {cfg.num_warps} | {cfg.num_stages} | "
@@ -202,9 +209,10 @@ def main(argv=None) -> int:
             if cfg not in seen:
                 seen.append(cfg)
         if m <= 64 and args.dtype != "fp32":  # the Gluon wgmma kernel (a candidate on sm_90 GPUs only)
-            cfg = KernelConfig("wgmma", 64, 128, block_m=m).fitted(args.group, 4096)
-            if cfg not in seen:
-                seen.append(cfg)
+            for buffers in (1, 2):
+                cfg = KernelConfig("wgmma", 64, 128, block_m=m, prefetch=buffers).fitted(args.group, 4096)
+                if cfg not in seen:
+                    seen.append(cfg)
     print(f"sm_{args.arch}, {args.dtype}, group {args.group}, triton {triton.__version__}")
     print("| kind | BM | BN | BK | warps | stages | regs | stack | smem | loop instr / weight / thread "
           "| shortest LDG -> use (instr) | top ops |")

@@ -43,7 +43,8 @@ class KernelConfig:
     block_m: int = 1  # gemm: the M tile; gemv: activation rows per program (1, 2 or 4)
     num_warps: int = 4
     num_stages: int = 2  # gemm: Triton's pipeline depth; gemv: 3 or more streams the words through shared memory
-    prefetch: int = 0  # gemv: weight tiles loaded ahead in registers (0, 1, 2); gemm: next scale and zero (0, 1)
+    prefetch: int = 0  # gemv: weight tiles loaded ahead in registers (0, 1, 2); gemm: next scale and zero (0, 1);
+    # wgmma: register buffers of weight tiles (1, 2)
     swap_ab: bool = False  # gemm only: compute y.T = W x.T (weight tile as the MMA's A operand)
     fused_reduce: bool = False  # split-K: the last program of each tile adds the partials (no second launch)
     natural_order: bool = False  # gemm, bf16 / fp16: unpack in column order and read x as given (no launch before)
@@ -94,7 +95,7 @@ class KernelConfig:
         most_tiles = int4_wgmma.WGMMA_SMEM_BYTES // (block_m * int4_wgmma.BLOCK_K * 2)  # staged activation tiles per program
         split_k = min(max(self.split_k, triton.cdiv(tiles, most_tiles)), tiles)
         return KernelConfig("wgmma", int4_wgmma.BLOCK_N, int4_wgmma.BLOCK_K, split_k=split_k, block_m=block_m,
-                            num_warps=int4_wgmma.NUM_WARPS, num_stages=1,
+                            num_warps=int4_wgmma.NUM_WARPS, num_stages=1, prefetch=2 if self.prefetch >= 2 else 1,
                             fused_reduce=bool(self.fused_reduce) and split_k > 1)
 
 
@@ -304,8 +305,10 @@ def candidate_configs(m: int, n: int, k_pad: int, group_size: int, device: torch
         k_tiles = triton.cdiv(k_pad, int4_wgmma.BLOCK_K)
         split = _split_for(tiles_mn, k_tiles, device)
         for fused in (False, True) if FUSED_REDUCE_CANDIDATES else (False,):  # with each way of adding splits
-            out += [KernelConfig("wgmma", int4_wgmma.BLOCK_N, int4_wgmma.BLOCK_K, block_m=block_m,
-                                 split_k=min(split * f, k_tiles), fused_reduce=fused) for f in (1, 2, 4)]
+            for buffers in (1, 2):  # weight tiles in registers: one buffer (80 registers) or two (128, no copies)
+                out += [KernelConfig("wgmma", int4_wgmma.BLOCK_N, int4_wgmma.BLOCK_K, block_m=block_m,
+                                     prefetch=buffers, split_k=min(split * f, k_tiles), fused_reduce=fused)
+                        for f in (1, 2, 4)]
     if m > 64:  # (BLOCK_M, BLOCK_N, warps): the two that compile without spills and with the fewest instructions
         for block_m, block_n, warps in ((64, 128, 4), (64, 256, 8)):
             out.append(KernelConfig("gemm", block_n, 64, block_m=block_m, num_warps=warps, num_stages=3,

@@ -31,8 +31,9 @@ Per 128-column tile a thread then loads two 16-byte words (rows g and g + 8), on
 zero per row (its 32 columns lie in one group: groups of 32 .. any multiple of 32), unpacks 64
 weights with 3 shifts, 32 LOP3 and 64 packed FMAs (``(q - z)`` exactly, then times the scale,
 rounded once to the dtype, as a dense dequantized weight is), and issues 8 asynchronous wgmma
-(k = 16) into the fp32 accumulator; the next tile's words, scales and zeros are loaded one tile
-ahead. ``act_pre_scale`` is applied as the activation is staged (``x * pre`` rounded to the
+(k = 16) into the fp32 accumulator; the words, scales and zeros are loaded a tile ahead, from one
+register buffer or (``KernelConfig.prefetch`` 2) two, each refilled for the tile two ahead as soon
+as its tile is unpacked (the first loads go out before the activation is staged). ``act_pre_scale`` is applied as the activation is staged (``x * pre`` rounded to the
 dtype, as the dense path rounds it): no launch before the kernel in any case.
 
 Split-K over grid axis 2 (the tiles of K are split in contiguous ranges of TILES): each split
@@ -137,11 +138,45 @@ if HAVE_GLUON:
         return bits | (bits << 16)
 
     @gluon.jit
+    def _weight_tile(q_ptr, s_ptr, z_ptr, rows, row_live, cs, qs, k, live, K_WORDS, stride_q, stride_s,
+                     GROUP_SIZE: gl.constexpr):
+        """The 128-column weight tile at column k: words int32 [64, 4 (c), 4 (q)] (thread c's 16 bytes of each of
+        its rows), and uint8 zero / DTYPE scale [64, 4] (its 32 columns lie in one group); masked off past K,
+        past N and where ``live`` is False (no memory traffic)."""
+        word = k // 8 + cs[None, :, None] * 4 + qs[None, None, :]
+        words = gl.load(q_ptr + rows[:, None, None] * stride_q + word,
+                        mask=row_live[:, :, None] & (word < K_WORDS) & live, other=0)
+        col = k + cs[None, :] * 32
+        group = rows[:, None] * stride_s + col // GROUP_SIZE
+        group_live = row_live & (col < K_WORDS * 8) & live
+        scale = gl.load(s_ptr + group, mask=group_live, other=0.0)
+        zero = gl.load(z_ptr + group, mask=group_live, other=0)
+        return words, scale, zero
+
+    @gluon.jit
+    def _mma_tile(acc, words, scale, zero, x_tile, magic_pair, DTYPE: gl.constexpr, MAGIC: gl.constexpr,
+                  A_OP: gl.constexpr):
+        """Unpack one weight tile (``_weight_tile``'s) into the A fragment and issue its 8 asynchronous wgmma
+        against the staged activation tile x_tile [BLOCK_M, 128]; waits for the previous tile's."""
+        scale2 = _both_halves(scale, DTYPE)[:, :, None]
+        neg_zero2 = _both_halves(-(zero.to(gl.float32) + MAGIC), DTYPE)[:, :, None]
+        l0, h0 = _pair(words, neg_zero2, scale2, magic_pair, DTYPE)
+        l1, h1 = _pair(words >> 4, neg_zero2, scale2, magic_pair, DTYPE)
+        l2, h2 = _pair(words >> 8, neg_zero2, scale2, magic_pair, DTYPE)
+        l3, h3 = _pair(words >> 12, neg_zero2, scale2, magic_pair, DTYPE)
+        # [64, c, q] x (pair p, half b) -> [64, c, q, b, p0, p1] -> MMA order [64, q, p1, p0, c, b]
+        a = gl.join(gl.join(gl.join(l0, h0), gl.join(l1, h1)), gl.join(gl.join(l2, h2), gl.join(l3, h3)))
+        a = gl.reshape(gl.permute(a, _A_TO_MMA.value), [64, 128])
+        a = gl.convert_layout(a, A_OP, assert_trivial=True)
+        acc = warpgroup_mma(a, x_tile.permute((1, 0)), acc, is_async=True)
+        return warpgroup_mma_wait(num_outstanding=1, deps=(acc, a))[0]
+
+    @gluon.jit
     def _int4_wgmma_kernel(
         x_ptr, q_ptr, s_ptr, z_ptr, pre_ptr, out_ptr, y_ptr, counter_ptr,
         M, N, K, K_WORDS, stride_xm, stride_q, stride_s, stride_om, stride_osplit, magic_pair,
         GROUP_SIZE: gl.constexpr, HAS_PRE_SCALE: gl.constexpr, BLOCK_M: gl.constexpr, TILES: gl.constexpr,
-        SPLIT_OUT: gl.constexpr, FUSED_SPLITS: gl.constexpr, MAGIC: gl.constexpr,
+        SPLIT_OUT: gl.constexpr, FUSED_SPLITS: gl.constexpr, TWO_BUFFERS: gl.constexpr, MAGIC: gl.constexpr,
     ):
         """One program: rows [64 pid_n, +64) of W, activation rows [BLOCK_M pid_m, +BLOCK_M), K tiles
         [TILES pid_k, +TILES). out: y [M, N] in x's dtype, or (SPLIT_OUT) fp32 partials [split, M, N]; with
@@ -168,6 +203,18 @@ if HAVE_GLUON:
         m0 = pid_m * BLOCK_M
         k0 = pid_k * (TILES * 128)
 
+        # 0. the first weight tiles' loads, in flight while the activation is staged
+        rows = pid_n * 64 + gl.arange(0, 64, gl.SliceLayout(1, ROW_C))
+        cs = gl.arange(0, 4, gl.SliceLayout(0, ROW_C))
+        qs = gl.arange(0, 4, gl.SliceLayout(0, gl.SliceLayout(1, WORDS)))
+        row_live = rows[:, None] < N
+        w_a, s_a, z_a = _weight_tile(q_ptr, s_ptr, z_ptr, rows, row_live, cs, qs, k0, True, K_WORDS, stride_q,
+                                     stride_s, GROUP_SIZE)
+        if TWO_BUFFERS:
+            w_b, s_b, z_b = _weight_tile(q_ptr, s_ptr, z_ptr, rows, row_live, cs, qs, k0 + 128, TILES > 1, K_WORDS,
+                                         stride_q, stride_s, GROUP_SIZE)
+        acc = gl.zeros([64, BLOCK_M], gl.float32, ACC)
+
         # 1. the activation of the whole K range, in MMA column order, into shared memory (once)
         x_smem = gl.allocate_shared_memory(DTYPE, [TILES, BLOCK_M, 128], XS)
         L5: gl.constexpr = gl.SliceLayout(5, XL)
@@ -186,8 +233,7 @@ if HAVE_GLUON:
                 + p0i[None, None, None, None, None, :])
         for t in range(TILES):
             col = k0 + t * 128 + cols
-            live = (rows_x < M) & (col < K)
-            xt = gl.load(x_ptr + rows_x * stride_xm + col, mask=live, other=0.0)
+            xt = gl.load(x_ptr + rows_x * stride_xm + col, mask=(rows_x < M) & (col < K), other=0.0)
             if HAS_PRE_SCALE:
                 pre = gl.load(pre_ptr + col, mask=col < K, other=0.0)
                 xt = (xt.to(gl.float32) * pre.to(gl.float32)).to(DTYPE)
@@ -196,44 +242,29 @@ if HAVE_GLUON:
         fence_async_shared()  # the generic-proxy stores before the MMAs' async-proxy reads
         _cta_barrier()
 
-        # 2. the weight tiles, one ahead in registers, unpacked straight into the A fragment
-        rows = pid_n * 64 + gl.arange(0, 64, gl.SliceLayout(1, ROW_C))
-        cs = gl.arange(0, 4, gl.SliceLayout(0, ROW_C))
-        qs = gl.arange(0, 4, gl.SliceLayout(0, gl.SliceLayout(1, WORDS)))
-        row_live = rows[:, None] < N
-        word_ptrs = q_ptr + rows[:, None, None] * stride_q + cs[None, :, None] * 4 + qs[None, None, :]
-        word_cols = cs[None, :, None] * 4 + qs[None, None, :]
-        kw = k0 // 8
-        words = gl.load(word_ptrs + kw, mask=row_live[:, :, None] & (kw + word_cols < K_WORDS), other=0)
-        kc = k0 + cs[None, :] * 32
-        g_live = row_live & (kc < K_WORDS * 8)
-        s = gl.load(s_ptr + rows[:, None] * stride_s + kc // GROUP_SIZE, mask=g_live, other=0.0)
-        z = gl.load(z_ptr + rows[:, None] * stride_s + kc // GROUP_SIZE, mask=g_live, other=0)
-        acc = gl.zeros([64, BLOCK_M], gl.float32, ACC)
-        for t in range(TILES):
-            # next tile's loads first (masked off past this program's range: no traffic)
-            kw_next = (k0 + (t + 1) * 128) // 8
-            ahead = t + 1 < TILES
-            words_next = gl.load(word_ptrs + kw_next,
-                                 mask=row_live[:, :, None] & (kw_next + word_cols < K_WORDS) & ahead, other=0)
-            kc_next = k0 + (t + 1) * 128 + cs[None, :] * 32
-            g_next = row_live & (kc_next < K_WORDS * 8) & ahead
-            s_next = gl.load(s_ptr + rows[:, None] * stride_s + kc_next // GROUP_SIZE, mask=g_next, other=0.0)
-            z_next = gl.load(z_ptr + rows[:, None] * stride_s + kc_next // GROUP_SIZE, mask=g_next, other=0)
-
-            scale2 = _both_halves(s, DTYPE)[:, :, None]
-            neg_zero2 = _both_halves(-(z.to(gl.float32) + MAGIC), DTYPE)[:, :, None]
-            l0, h0 = _pair(words, neg_zero2, scale2, magic_pair, DTYPE)
-            l1, h1 = _pair(words >> 4, neg_zero2, scale2, magic_pair, DTYPE)
-            l2, h2 = _pair(words >> 8, neg_zero2, scale2, magic_pair, DTYPE)
-            l3, h3 = _pair(words >> 12, neg_zero2, scale2, magic_pair, DTYPE)
-            # [64, c, q] x (pair p, half b) -> [64, c, q, b, p0, p1] -> MMA order [64, q, p1, p0, c, b]
-            a = gl.join(gl.join(gl.join(l0, h0), gl.join(l1, h1)), gl.join(gl.join(l2, h2), gl.join(l3, h3)))
-            a = gl.reshape(gl.permute(a, _A_TO_MMA.value), [64, 128])
-            a = gl.convert_layout(a, A_OP, assert_trivial=True)
-            acc = warpgroup_mma(a, x_smem.index(t).permute((1, 0)), acc, is_async=True)
-            acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a))[0]
-            words, s, z = words_next, s_next, z_next
+        # 2. the weight tiles, each loaded a tile ahead. TWO_BUFFERS: two at a time from two register buffers
+        # (a, b), each refilled right after its tile is unpacked, for the tile two ahead, so the loop carries no
+        # copies; else one buffer, rotated. In sm_90 SASS ptxas places the refills after the tile's MMAs and,
+        # with one buffer, copies the freshly loaded registers at the top of the next iteration, which waits
+        # for the load there (kernel_notes.md); with two, each load has the other tile's work to arrive in, for
+        # 128 registers instead of 80
+        if TWO_BUFFERS:
+            for pair in range(TILES // 2):
+                t = 2 * pair
+                acc = _mma_tile(acc, w_a, s_a, z_a, x_smem.index(t), magic_pair, DTYPE, MAGIC, A_OP)
+                w_a, s_a, z_a = _weight_tile(q_ptr, s_ptr, z_ptr, rows, row_live, cs, qs, k0 + (t + 2) * 128,
+                                             t + 2 < TILES, K_WORDS, stride_q, stride_s, GROUP_SIZE)
+                acc = _mma_tile(acc, w_b, s_b, z_b, x_smem.index(t + 1), magic_pair, DTYPE, MAGIC, A_OP)
+                w_b, s_b, z_b = _weight_tile(q_ptr, s_ptr, z_ptr, rows, row_live, cs, qs, k0 + (t + 3) * 128,
+                                             t + 3 < TILES, K_WORDS, stride_q, stride_s, GROUP_SIZE)
+            if TILES % 2 == 1:
+                acc = _mma_tile(acc, w_a, s_a, z_a, x_smem.index(TILES - 1), magic_pair, DTYPE, MAGIC, A_OP)
+        else:
+            for t in range(TILES):
+                w_n, s_n, z_n = _weight_tile(q_ptr, s_ptr, z_ptr, rows, row_live, cs, qs, k0 + (t + 1) * 128,
+                                             t + 1 < TILES, K_WORDS, stride_q, stride_s, GROUP_SIZE)
+                acc = _mma_tile(acc, w_a, s_a, z_a, x_smem.index(t), magic_pair, DTYPE, MAGIC, A_OP)
+                w_a, s_a, z_a = w_n, s_n, z_n
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
 
         # 3. y.T tile -> y (or the split's fp32 partial), stored from the accumulator's own layout
@@ -291,7 +322,7 @@ def wgmma_linear(x, words, scale, zero_point, pre, has_pre, y, group_size, in_fe
         MAGIC_PAIR_BF16 if x.dtype == torch.bfloat16 else MAGIC_PAIR_FP16,
         GROUP_SIZE=group_size, HAS_PRE_SCALE=has_pre, BLOCK_M=config.block_m, TILES=tiles_per_split,
         SPLIT_OUT=split > 1, FUSED_SPLITS=split if fused else 0, MAGIC=MAGIC_OFFSET[x.dtype],
-        num_warps=NUM_WARPS,
+        TWO_BUFFERS=config.prefetch == 2, num_warps=NUM_WARPS,
     )
     if split > 1 and not fused:
         add_splits(out, y)
