@@ -13,7 +13,7 @@
 # 3. Nsight Compute's stall reasons for the GEMV (M = 1) that step 1 picked and the wgmma kernel (M = 16).
 #
 # Each step has its own time limit (seconds; override by environment), so a slow step cannot starve the
-# rest: WGMMA_S (default 120), CHECK_S (330), LAYOUT_S (60), NCU_S (30 per kernel): 9.5 minutes of limits in
+# rest: WGMMA_S (default 150), CHECK_S (300), LAYOUT_S (60), NCU_S (30 per kernel): 9.5 minutes of limits in
 # all, plus the install, inside one run's 10. The device machines have torch and Triton but no torchao and no network: the
 # torchao wheel travels in .whl/ (named in the run's carry; see kernel_notes.md for how to fetch it).
 set -u
@@ -25,12 +25,12 @@ ln -sfn ../kernels awq_ao/kernels  # the package's kernels, importable without i
 nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv,noheader
 
 # 0. the Gluon wgmma kernel first, in a process of its own: if it fails (or faults), it is off for the rest
-timeout "${WGMMA_S:-120}" python3 benchmarks/wgmma_check.py --out "$OUT" 2>&1 | tee "$OUT/wgmma_check.log"
+timeout "${WGMMA_S:-150}" python3 benchmarks/wgmma_check.py --out "$OUT" 2>&1 | tee "$OUT/wgmma_check.log"
 status=${PIPESTATUS[0]}
 echo "wgmma_check exit: $status"
 if [ "$status" != 0 ]; then export AWQ_AO_DISABLE_WGMMA=1; fi
 
-timeout "${CHECK_S:-330}" python3 benchmarks/gpu_check.py --out "$OUT" --shapes 3 --m 1 2 16
+timeout "${CHECK_S:-300}" python3 benchmarks/gpu_check.py --out "$OUT" --shapes 3 --m 1 2 16
 echo "gpu_check exit: $?"
 
 timeout "${LAYOUT_S:-60}" python3 benchmarks/bench_layout.py > "$OUT/bench_layout.txt" 2>&1

@@ -1,12 +1,14 @@
 """First GPU run of the Gluon wgmma kernel (``awq_ao/kernels/int4_wgmma.py``): correctness, then a timing table.
 
-    python benchmarks/wgmma_check.py --out DIR      # on an sm_90 GPU (H100 / H200); about a minute
+    python benchmarks/wgmma_check.py --out DIR      # on an sm_90 GPU (H100 / H200); about two minutes
+    TRITON_INTERPRET=1 python benchmarks/wgmma_check.py --dry-run   # no GPU: the script's own check
 
 Run in a process of its own before ``gpu_check.py`` (``device_check.sh`` does): a kernel that faults takes
 its CUDA context down with it, and a failure here turns the kernel off for the rest of the session
 (``AWQ_AO_DISABLE_WGMMA=1``). Correctness: bf16 and fp16, fresh random data, output poisoned with NaN,
 error relative to a float64 reference, over tails in M, N and K, groups 32 / 64 / 128, with and without
-``act_pre_scale``, at several splits, with the reduce launch and with the in-kernel sum. Timing (CUDA-graph replays over rotated weight copies,
+``act_pre_scale``, at several splits, with the reduce launch and with the in-kernel sum, one and two weight
+buffers. Timing (CUDA-graph replays over rotated weight copies,
 ``kernels/timing.py``): on the three goal shapes at M = 1 and 16, the kernel at each split against what
 ``select_config`` runs today and bf16 ``F.linear``; written to DIR/wgmma_<gpu>.md as it goes.
 """
@@ -30,7 +32,14 @@ TOL = {torch.bfloat16: 1e-2, torch.float16: 3e-3}
 CASES = ((1, 4096, 4096, 128), (5, 1000, 4100, 64), (16, 14336, 4096, 128), (33, 576, 576, 32),
          (64, 4096, 1000, 128), (3, 8192, 8192, 128))
 GOAL_SHAPES = ((8192, 8192), (14336, 4096), (4096, 14336))  # (N, K)
-SPLITS = (1, 2, 4, 8, 16)
+# (split, fused sum, weight buffers): the configs each correctness case runs, and those each timing row times
+CHECKED = ((1, False, 1), (4, False, 2), (16, False, 1), (4, True, 1), (8, True, 2))
+TIMED = tuple((split, True, buffers) for split in (2, 4, 8, 16) for buffers in (1, 2)) + ((4, False, 1),)
+
+
+def label(cfg) -> str:
+    """A fitted wgmma config in short: BM16 s4f b2 = BLOCK_M 16, split 4, fused sum, two weight buffers."""
+    return f"BM{cfg.block_m} s{cfg.split_k}{'f' if cfg.fused_reduce else ''} b{cfg.prefetch}"
 
 
 def case(m, n, k, group, dtype, with_pre, device):
@@ -43,14 +52,14 @@ def case(m, n, k, group, dtype, with_pre, device):
     return x, quant.pack_int4(q), s, z, pre, ref
 
 
-def correctness(device) -> int:
+def correctness(device, cases=CASES, dtypes=(torch.bfloat16, torch.float16)) -> int:
     failures = 0
-    for dtype in (torch.bfloat16, torch.float16):
-        for m, n, k, group in CASES:
+    for dtype in dtypes:
+        for m, n, k, group in cases:
             for with_pre in (False, True):
                 x, qdata, s, z, pre, ref = case(m, n, k, group, dtype, with_pre, device)
-                for split, fused in [(sp, False) for sp in SPLITS] + [(4, True), (8, True)]:
-                    cfg = KernelConfig("wgmma", 64, 128, block_m=m, split_k=split, fused_reduce=fused)
+                for split, fused, buffers in CHECKED:
+                    cfg = KernelConfig("wgmma", 64, 128, block_m=m, split_k=split, fused_reduce=fused, prefetch=buffers)
                     out = torch.full((m, n), float("nan"), dtype=dtype, device=device)
                     int4_linear(x, qdata, s, z, group, k, act_pre_scale=pre, out=out, config=cfg)
                     err = ((out.double() - ref).norm() / ref.norm()).item()
@@ -58,8 +67,7 @@ def correctness(device) -> int:
                     failures += not ok
                     fitted = cfg.fitted(group, qdata.shape[1] * 2)
                     print(f"{'ok  ' if ok else 'FAIL'} {str(dtype)[6:]} M={m} N={n} K={k} g={group} pre={with_pre} "
-                          f"BM={fitted.block_m} split={fitted.split_k}{' fused' if fitted.fused_reduce else ''}: "
-                          f"rel err {err:.2e}", flush=True)
+                          f"{label(fitted)}: rel err {err:.2e}", flush=True)
     return failures
 
 
@@ -70,8 +78,9 @@ def timing(device, out_path) -> None:
 
     dtype, group = torch.bfloat16, 128
     counters = tile_counters(device)
-    header = ("| N | K | M | bf16 F.linear us | select_config us (config) | wgmma best us (split) | "
-              "wgmma / bf16 speedup | wgmma / select_config speedup | every split us (f: fused sum) |")
+    header = ("| N | K | M | bf16 F.linear us | select_config us (config) | wgmma best us (config) | "
+              "wgmma / bf16 speedup | wgmma / select_config speedup | every config us (s: split, f: fused sum, "
+              "b: weight buffers) |")
     lines = [f"{torch.cuda.get_device_name()}, torch {torch.__version__}", "", header, "|---" * 9 + "|"]
     with open(out_path, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -94,20 +103,19 @@ def timing(device, out_path) -> None:
 
             base_cfg = select_config(m, n, k, group, device)
             base_us = run(base_cfg)
-            per_split = {}  # "s4" (reduce launch) / "s4f" (fused sum) -> us
-            for split in SPLITS:
-                for fused in (False, True):
-                    cfg = KernelConfig("wgmma", 64, 128, block_m=m, split_k=split, fused_reduce=fused).fitted(group, k)
-                    label = f"s{cfg.split_k}{'f' if cfg.fused_reduce else ''}"
-                    if label not in per_split:
-                        per_split[label] = run(cfg)
+            per_split = {}  # label (split, fused sum, buffers) -> us
+            for split, fused, buffers in TIMED:
+                cfg = KernelConfig("wgmma", 64, 128, block_m=m, split_k=split, fused_reduce=fused,
+                                   prefetch=buffers).fitted(group, k)
+                if label(cfg) not in per_split:
+                    per_split[label(cfg)] = run(cfg)
             best_split = min(per_split, key=per_split.get)
             best = per_split[best_split]
             short = {f.name: getattr(base_cfg, f.name) for f in dataclasses.fields(base_cfg)
                      if getattr(base_cfg, f.name) != f.default}
             row = (f"| {n} | {k} | {m} | {bf16_us:.1f} | {base_us:.1f} ({short}) | {best:.1f} ({best_split}) | "
                    f"{bf16_us / best:.2f}x | {base_us / best:.2f}x | "
-                   + ", ".join(f"{label} {us:.1f}" for label, us in per_split.items()) + " |")
+                   + ", ".join(f"{name} {us:.1f}" for name, us in per_split.items()) + " |")
             print(row, flush=True)
             with open(out_path, "a") as f:
                 f.write(row + "\n")
@@ -118,7 +126,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=".", help="folder for wgmma_<gpu>.md")
     parser.add_argument("--no-bench", action="store_true", help="correctness only")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="no GPU: small cases on CPU under TRITON_INTERPRET=1, where wgmma configs take the "
+                             "swapped tl.dot GEMM (checks the script, not the kernel)")
     args = parser.parse_args(argv)
+    if args.dry_run:
+        failures = correctness(torch.device("cpu"), cases=((1, 64, 256, 128), (5, 72, 160, 32)),
+                               dtypes=(torch.float16,))  # the interpreter has no bf16
+        print(f"dry run: {failures} failed")
+        return 1 if failures else 0
     device = torch.device("cuda")
     if not torch.cuda.is_available() or not int4_wgmma.wgmma_available(device):
         print("error: needs an sm_90 GPU and a Triton with Gluon")

@@ -157,3 +157,6 @@ def test_wgmma_check_script_refuses_without_a_gpu(tmp_path, capsys):
     spec.loader.exec_module(module)
     assert module.main(["--out", str(tmp_path)]) == 2
     assert "sm_90" in capsys.readouterr().out
+    assert module.main(["--dry-run"]) == 0  # its correctness half, on the CPU fallback
+    out = capsys.readouterr().out
+    assert "dry run: 0 failed" in out and out.count("ok  ") == 2 * 2 * len(module.CHECKED)
