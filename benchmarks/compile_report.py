@@ -71,7 +71,7 @@ def compile_wgmma(cfg: KernelConfig, dt: str, group: int, arch: int, k: int = 40
                                          "stride_osplit", "magic_pair")})
     constexprs = {"GROUP_SIZE": group, "HAS_PRE_SCALE": pre, "BLOCK_M": cfg.block_m, "TILES": per_split,
                   "SPLIT_OUT": split_out, "FUSED_SPLITS": cfg.split_k if cfg.fused_reduce and split_out else 0,
-                  "TWO_BUFFERS": cfg.prefetch == 2,
+                  "TWO_BUFFERS": cfg.prefetch == 2, "RING": cfg.num_stages if cfg.num_stages >= 3 else 0,
                   "MAGIC": 128.0 if dt == "bf16" else 1024.0}
     sig.update({name: "constexpr" for name in constexprs})
     names = list(sig)
@@ -178,7 +178,7 @@ def report(cfg: KernelConfig, dt: str, group: int, arch: int, top: int = 6, loop
         weights_per_thread *= 2
     top = ", ".join(f"{op} {n}" for op, n in ops.most_common(top))
     if cfg.kind == "wgmma":
-        kind = "wgmma" + (" 2 buffers" if cfg.prefetch == 2 else "")
+        kind = "wgmma" + (" ring" if cfg.num_stages >= 3 else " 2 buffers" if cfg.prefetch == 2 else "")
     else:
         kind = cfg.kind + ("" if not cfg.prefetch else " prefetch" if cfg.prefetch == 1 else f" prefetch{cfg.prefetch}")
     kind += " swap" if cfg.swap_ab else ""
@@ -209,8 +209,9 @@ def main(argv=None) -> int:
             if cfg not in seen:
                 seen.append(cfg)
         if m <= 64 and args.dtype != "fp32":  # the Gluon wgmma kernel (a candidate on sm_90 GPUs only)
-            for buffers in (1, 2):
-                cfg = KernelConfig("wgmma", 64, 128, block_m=m, prefetch=buffers).fitted(args.group, 4096)
+            for buffers, stages in ((1, 1), (2, 1), (1, 4)):  # register buffers, or the shared-memory ring
+                cfg = KernelConfig("wgmma", 64, 128, block_m=m, prefetch=buffers, num_stages=stages).fitted(
+                    args.group, 4096)
                 if cfg not in seen:
                     seen.append(cfg)
     print(f"sm_{args.arch}, {args.dtype}, group {args.group}, triton {triton.__version__}")

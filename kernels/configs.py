@@ -85,17 +85,22 @@ class KernelConfig:
                             num_stages=3, swap_ab=True, prefetch=1).fitted(group_size, k_pad)
 
     def _fitted_wgmma(self, group_size: int, k_pad: int) -> "KernelConfig":
-        """The wgmma kernel's fixed tile (64 x 128, 4 warps), BLOCK_M one of its MMA widths, and at least the
-        split that keeps each program's staged activation within ``WGMMA_SMEM_BYTES``. A group that is not a
-        multiple of 32 (a thread's 32 columns would span two) takes the swapped GEMM tile instead."""
+        """The wgmma kernel's fixed tile (64 x 128, 4 warps), BLOCK_M one of its MMA widths, weight tiles in
+        one or two register buffers (``prefetch``) or a shared-memory ring (``num_stages`` >= 3 stages), and
+        at least the split that keeps each program's shared memory within ``WGMMA_SMEM_BYTES``. A group that
+        is not a multiple of 32 (a thread's 32 columns would span two) takes the swapped GEMM tile instead."""
         block_m = next((b for b in int4_wgmma.WGMMA_BLOCK_M if b >= self.block_m), int4_wgmma.WGMMA_BLOCK_M[-1])
         if group_size % 32:
             return self.as_swapped_gemm(group_size, k_pad)
         tiles = triton.cdiv(k_pad, int4_wgmma.BLOCK_K)
-        most_tiles = int4_wgmma.WGMMA_SMEM_BYTES // (block_m * int4_wgmma.BLOCK_K * 2)  # staged activation tiles per program
-        split_k = min(max(self.split_k, triton.cdiv(tiles, most_tiles)), tiles)
+        ring = self.num_stages if self.num_stages >= 3 else 0
+        split_k = max(1, min(self.split_k, tiles))
+        while split_k < tiles and int4_wgmma.shared_bytes(block_m, triton.cdiv(tiles, split_k), ring) > \
+                int4_wgmma.WGMMA_SMEM_BYTES:
+            split_k += 1
         return KernelConfig("wgmma", int4_wgmma.BLOCK_N, int4_wgmma.BLOCK_K, split_k=split_k, block_m=block_m,
-                            num_warps=int4_wgmma.NUM_WARPS, num_stages=1, prefetch=2 if self.prefetch >= 2 else 1,
+                            num_warps=int4_wgmma.NUM_WARPS, num_stages=max(ring, 1),
+                            prefetch=2 if self.prefetch >= 2 and not ring else 1,
                             fused_reduce=bool(self.fused_reduce) and split_k > 1)
 
 
@@ -305,10 +310,12 @@ def candidate_configs(m: int, n: int, k_pad: int, group_size: int, device: torch
         k_tiles = triton.cdiv(k_pad, int4_wgmma.BLOCK_K)
         split = _split_for(tiles_mn, k_tiles, device)
         for fused in (False, True) if FUSED_REDUCE_CANDIDATES else (False,):  # with each way of adding splits
-            for buffers in (1, 2):  # weight tiles in registers: one buffer (80 registers) or two (128, no copies)
+            # weight tiles in registers, one buffer (80 registers) or two (128, no copies), or through a
+            # 4-stage shared-memory ring by cp.async
+            for buffers, stages in ((1, 1), (2, 1), (1, 4)):
                 out += [KernelConfig("wgmma", int4_wgmma.BLOCK_N, int4_wgmma.BLOCK_K, block_m=block_m,
-                                     prefetch=buffers, split_k=min(split * f, k_tiles), fused_reduce=fused)
-                        for f in (1, 2, 4)]
+                                     prefetch=buffers, num_stages=stages, split_k=min(split * f, k_tiles),
+                                     fused_reduce=fused) for f in (1, 2, 4)]
     if m > 64:  # (BLOCK_M, BLOCK_N, warps): the two that compile without spills and with the fewest instructions
         for block_m, block_n, warps in ((64, 128, 4), (64, 256, 8)):
             out.append(KernelConfig("gemm", block_n, 64, block_m=block_m, num_warps=warps, num_stages=3,

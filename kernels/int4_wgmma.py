@@ -33,7 +33,12 @@ weights with 3 shifts, 32 LOP3 and 64 packed FMAs (``(q - z)`` exactly, then tim
 rounded once to the dtype, as a dense dequantized weight is), and issues 8 asynchronous wgmma
 (k = 16) into the fp32 accumulator; the words, scales and zeros are loaded a tile ahead, from one
 register buffer or (``KernelConfig.prefetch`` 2) two, each refilled for the tile two ahead as soon
-as its tile is unpacked (the first loads go out before the activation is staged). ``act_pre_scale`` is applied as the activation is staged (``x * pre`` rounded to the
+as its tile is unpacked (the first loads go out before the activation is staged). Or
+(``KernelConfig.num_stages`` >= 3) the words stream through a shared-memory ring by ``cp.async``,
+``num_stages - 1`` tiles ahead, each thread's own 16-byte pieces (read back with ``ld.shared``), and
+every tile's scales and zeros are staged with the activation: no global load waits in the loop, for
+the two CTA barriers per tile that the compiler's shared-memory analysis adds (it cannot know that each
+thread reads only what it copied). ``act_pre_scale`` is applied as the activation is staged (``x * pre`` rounded to the
 dtype, as the dense path rounds it): no launch before the kernel in any case.
 
 Split-K over grid axis 2 (the tiles of K are split in contiguous ranges of TILES): each split
@@ -58,6 +63,7 @@ import torch
 try:  # Triton >= 3.5 ships Gluon; without it this path is simply never chosen
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.ampere import async_copy
     from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, warpgroup_mma,
                                                                    warpgroup_mma_wait)
     HAVE_GLUON = True
@@ -68,7 +74,8 @@ BLOCK_N = 64  # weight rows per program: one warp group (4 warps x 16 rows)
 BLOCK_K = 128  # columns per K tile
 NUM_WARPS = 4
 WGMMA_BLOCK_M = (8, 16, 32, 64)  # activation rows per program: the MMA's N
-WGMMA_SMEM_BYTES = 64 * 1024  # most shared memory a program's staged activation may take
+WGMMA_SMEM_BYTES = 64 * 1024  # most shared memory a program may take (the split grows to fit)
+RING_STAGE_BYTES = BLOCK_N * BLOCK_K // 2  # one weight tile's words in the ring
 
 # The MMA column order of a 128-column tile (see the module docstring). A stored column of the tile is
 # 32c + 8q + 4b + 2 p1 + p0: the activation tile is loaded as [m, c, q, b, p1, p0] and permuted by
@@ -87,6 +94,13 @@ def mma_column_order() -> torch.Tensor:
 @functools.lru_cache(maxsize=None)
 def capability_major(device_index: int) -> int:
     return torch.cuda.get_device_capability(device_index)[0]
+
+
+def shared_bytes(block_m: int, tiles: int, ring: int) -> int:
+    """Shared memory of one program: its staged activation (``tiles`` x BLOCK_M x 128 x 2 bytes), and with a
+    ring of ``ring`` stages the ring and every tile's scales and zeros ([64, 4] x 3 bytes each)."""
+    staged = tiles * block_m * BLOCK_K * 2
+    return staged + (ring * RING_STAGE_BYTES + tiles * BLOCK_N * 4 * 3 if ring else 0)
 
 
 def wgmma_available(device: torch.device) -> bool:
@@ -119,6 +133,7 @@ if HAVE_GLUON:
     _X_TO_MMA = gl.constexpr(X_TO_MMA)
     _A_TO_MMA = gl.constexpr(A_TO_MMA)
     _cta_barrier = getattr(gl, "thread_barrier", None) or gl.barrier  # renamed in Triton 3.9
+    _async_load = getattr(async_copy, "async_load", None) or async_copy.async_copy_global_to_shared  # likewise
 
     @gluon.jit
     def _pair(words, neg_zero2, scale2, magic_pair, DTYPE: gl.constexpr):
@@ -146,12 +161,28 @@ if HAVE_GLUON:
         word = k // 8 + cs[None, :, None] * 4 + qs[None, None, :]
         words = gl.load(q_ptr + rows[:, None, None] * stride_q + word,
                         mask=row_live[:, :, None] & (word < K_WORDS) & live, other=0)
+        scale, zero = _scale_tile(s_ptr, z_ptr, rows, row_live, cs, k, live, K_WORDS, stride_s, GROUP_SIZE)
+        return words, scale, zero
+
+    @gluon.jit
+    def _scale_tile(s_ptr, z_ptr, rows, row_live, cs, k, live, K_WORDS, stride_s, GROUP_SIZE: gl.constexpr):
+        """``_weight_tile``'s scale and zero [64, 4] alone."""
         col = k + cs[None, :] * 32
         group = rows[:, None] * stride_s + col // GROUP_SIZE
         group_live = row_live & (col < K_WORDS * 8) & live
         scale = gl.load(s_ptr + group, mask=group_live, other=0.0)
         zero = gl.load(z_ptr + group, mask=group_live, other=0)
-        return words, scale, zero
+        return scale, zero
+
+    @gluon.jit
+    def _copy_words(slot, q_ptr, rows, row_live, cs, qs, k, live, K_WORDS, stride_q):
+        """Asynchronous copy (``cp.async``, 16 bytes per row per thread) of the words of the 128-column tile at
+        column k into ``slot`` [64, 4, 4] int32, laid out as ``_weight_tile``'s words, so each thread reads back
+        only what it copied itself (no CTA barrier: its own ``wait_group`` suffices); masked as there."""
+        word = k // 8 + cs[None, :, None] * 4 + qs[None, None, :]
+        _async_load(slot, q_ptr + rows[:, None, None] * stride_q + word,
+                    mask=row_live[:, :, None] & (word < K_WORDS) & live)
+        async_copy.commit_group()
 
     @gluon.jit
     def _mma_tile(acc, words, scale, zero, x_tile, magic_pair, DTYPE: gl.constexpr, MAGIC: gl.constexpr,
@@ -176,7 +207,8 @@ if HAVE_GLUON:
         x_ptr, q_ptr, s_ptr, z_ptr, pre_ptr, out_ptr, y_ptr, counter_ptr,
         M, N, K, K_WORDS, stride_xm, stride_q, stride_s, stride_om, stride_osplit, magic_pair,
         GROUP_SIZE: gl.constexpr, HAS_PRE_SCALE: gl.constexpr, BLOCK_M: gl.constexpr, TILES: gl.constexpr,
-        SPLIT_OUT: gl.constexpr, FUSED_SPLITS: gl.constexpr, TWO_BUFFERS: gl.constexpr, MAGIC: gl.constexpr,
+        SPLIT_OUT: gl.constexpr, FUSED_SPLITS: gl.constexpr, TWO_BUFFERS: gl.constexpr, RING: gl.constexpr,
+        MAGIC: gl.constexpr,
     ):
         """One program: rows [64 pid_n, +64) of W, activation rows [BLOCK_M pid_m, +BLOCK_M), K tiles
         [TILES pid_k, +TILES). out: y [M, N] in x's dtype, or (SPLIT_OUT) fp32 partials [split, M, N]; with
@@ -208,8 +240,14 @@ if HAVE_GLUON:
         cs = gl.arange(0, 4, gl.SliceLayout(0, ROW_C))
         qs = gl.arange(0, 4, gl.SliceLayout(0, gl.SliceLayout(1, WORDS)))
         row_live = rows[:, None] < N
-        w_a, s_a, z_a = _weight_tile(q_ptr, s_ptr, z_ptr, rows, row_live, cs, qs, k0, True, K_WORDS, stride_q,
-                                     stride_s, GROUP_SIZE)
+        if RING > 0:  # the words of the first RING - 1 tiles into the ring; scales and zeros staged below
+            WS: gl.constexpr = gl.SwizzledSharedLayout(vec=4, per_phase=1, max_phase=1, order=[2, 1, 0])
+            ring = gl.allocate_shared_memory(gl.int32, [RING, 64, 4, 4], WS)
+            for i in gl.static_range(RING - 1):
+                _copy_words(ring.index(i), q_ptr, rows, row_live, cs, qs, k0 + i * 128, i < TILES, K_WORDS, stride_q)
+        else:
+            w_a, s_a, z_a = _weight_tile(q_ptr, s_ptr, z_ptr, rows, row_live, cs, qs, k0, True, K_WORDS, stride_q,
+                                         stride_s, GROUP_SIZE)
         if TWO_BUFFERS:
             w_b, s_b, z_b = _weight_tile(q_ptr, s_ptr, z_ptr, rows, row_live, cs, qs, k0 + 128, TILES > 1, K_WORDS,
                                          stride_q, stride_s, GROUP_SIZE)
@@ -239,6 +277,15 @@ if HAVE_GLUON:
                 xt = (xt.to(gl.float32) * pre.to(gl.float32)).to(DTYPE)
             xt = gl.reshape(gl.permute(xt, _X_TO_MMA.value), [BLOCK_M, 128])
             x_smem.index(t).store(xt)
+        if RING > 0:  # and every tile's scales and zeros, read from shared memory in the loop
+            SZ: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0])
+            s_smem = gl.allocate_shared_memory(DTYPE, [TILES, 64, 4], SZ)
+            z_smem = gl.allocate_shared_memory(gl.uint8, [TILES, 64, 4], SZ)
+            for t in range(TILES):
+                st, zt = _scale_tile(s_ptr, z_ptr, rows, row_live, cs, k0 + t * 128, True, K_WORDS, stride_s,
+                                     GROUP_SIZE)
+                s_smem.index(t).store(st)
+                z_smem.index(t).store(zt)
         fence_async_shared()  # the generic-proxy stores before the MMAs' async-proxy reads
         _cta_barrier()
 
@@ -248,7 +295,16 @@ if HAVE_GLUON:
         # with one buffer, copies the freshly loaded registers at the top of the next iteration, which waits
         # for the load there (kernel_notes.md); with two, each load has the other tile's work to arrive in, for
         # 128 registers instead of 80
-        if TWO_BUFFERS:
+        if RING > 0:  # the words through the ring, RING - 1 tiles ahead: LDGSTS, no registers to wait on
+            for t in range(TILES):
+                ahead = t + RING - 1
+                _copy_words(ring.index(ahead % RING), q_ptr, rows, row_live, cs, qs, k0 + ahead * 128, ahead < TILES,
+                            K_WORDS, stride_q)
+                async_copy.wait_group(RING - 1)  # this thread's copies of tile t have landed
+                words = ring.index(t % RING).load(WORDS)
+                acc = _mma_tile(acc, words, s_smem.index(t).load(ROW_C), z_smem.index(t).load(ROW_C),
+                                x_smem.index(t), magic_pair, DTYPE, MAGIC, A_OP)
+        elif TWO_BUFFERS:
             for pair in range(TILES // 2):
                 t = 2 * pair
                 acc = _mma_tile(acc, w_a, s_a, z_a, x_smem.index(t), magic_pair, DTYPE, MAGIC, A_OP)
@@ -322,7 +378,8 @@ def wgmma_linear(x, words, scale, zero_point, pre, has_pre, y, group_size, in_fe
         MAGIC_PAIR_BF16 if x.dtype == torch.bfloat16 else MAGIC_PAIR_FP16,
         GROUP_SIZE=group_size, HAS_PRE_SCALE=has_pre, BLOCK_M=config.block_m, TILES=tiles_per_split,
         SPLIT_OUT=split > 1, FUSED_SPLITS=split if fused else 0, MAGIC=MAGIC_OFFSET[x.dtype],
-        TWO_BUFFERS=config.prefetch == 2, num_warps=NUM_WARPS,
+        TWO_BUFFERS=config.prefetch == 2, RING=config.num_stages if config.num_stages >= 3 else 0,
+        num_warps=NUM_WARPS,
     )
     if split > 1 and not fused:
         add_splits(out, y)

@@ -97,6 +97,9 @@ def test_fitted_config_keeps_the_staged_activation_in_shared_memory():
     assert KernelConfig("wgmma", 64, 128, block_m=16, split_k=64).fitted(64, 256).split_k == 2  # at most the tiles
     assert KernelConfig("wgmma", 64, 128, block_m=16, split_k=4, fused_reduce=True).fitted(128, 8192).fused_reduce
     assert not KernelConfig("wgmma", 64, 128, block_m=8, split_k=1, fused_reduce=True).fitted(128, 512).fused_reduce
+    ring = KernelConfig("wgmma", 64, 128, block_m=16, split_k=4, num_stages=4, prefetch=2).fitted(128, 8192)
+    assert (ring.num_stages, ring.prefetch, ring.split_k) == (4, 1, 7)  # 10 tiles: 40 KB + ring 16 KB + scales
+    assert int4_wgmma.shared_bytes(16, 10, 4) <= int4_wgmma.WGMMA_SMEM_BYTES < int4_wgmma.shared_bytes(16, 11, 4)
     fallback = KernelConfig("wgmma", 64, 128, block_m=8, split_k=4).fitted(16, 4096)
     assert (fallback.kind, fallback.swap_ab, fallback.block_m, fallback.block_k) == ("gemm", True, 16, 16)
 
