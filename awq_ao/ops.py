@@ -9,8 +9,8 @@
   the launch configuration comes from ``awq_ao.kernels.select_config`` (tuned
   table keyed by GPU, M bucket, N, K and group, else a heuristic). Where that
   config is the Gluon wgmma kernel (sm_90, bf16 / fp16; a tuned table's pick),
-  ``awq_ao::int4_linear_wgmma`` instead: an opaque custom op, since Inductor
-  cannot re-emit a Gluon kernel.
+  the op's body calls ``awq_ao::int4_linear_wgmma``: an opaque custom op, since
+  Inductor cannot re-emit a Gluon kernel.
 * CPU, bf16 activations, at most ``CPU_INT4_MAX_M`` rows, and a weight shape the
   kernel takes (N % 16 == 0, group 32/64/128/256): ``aten._weight_int4pack_mm_for_cpu``
   on the layout prepared once when the weight was built.
@@ -98,8 +98,9 @@ def int4_linear_wgmma(
     in_features: int,
 ) -> Tensor:
     """sm_90 path for the shapes whose config is the Gluon wgmma kernel (``awq_ao/kernels/int4_wgmma.py``);
-    x [M, K] -> [M, N] in x.dtype. Opaque to the compiler: Inductor re-emits a ``triton_op``'s kernels as
-    ``@triton.jit`` source, which a Gluon kernel is not."""
+    x [M, K] -> [M, N] in x.dtype. Called from ``int4_linear_triton``'s body when the config it selects is
+    that kernel, so the choice stays out of Dynamo-traced code; opaque to the compiler, since Inductor
+    re-emits a ``triton_op``'s kernels as ``@triton.jit`` source, which a Gluon kernel is not."""
     from awq_ao.kernels.int4_matmul import launch_int4_linear
     from awq_ao.kernels.splitk import tile_counters
 
@@ -111,17 +112,6 @@ def int4_linear_wgmma(
 @int4_linear_wgmma.register_fake
 def _(x, qdata, scale, zero_point, act_pre_scale, group_size, in_features):
     return x.new_empty((x.shape[0], qdata.shape[0]))
-
-
-def _runs_wgmma(x2d: Tensor, w) -> bool:
-    """Whether this CUDA call's config (tuned table or default, by M bucket) is the Gluon wgmma kernel."""
-    from awq_ao.kernels import int4_wgmma
-    from awq_ao.kernels.configs import select_config
-
-    if x2d.dtype == torch.float32 or not int4_wgmma.wgmma_available(x2d.device):
-        return False
-    k_pad = w.qdata.shape[1] * 2
-    return select_config(x2d.shape[0], w.qdata.shape[0], k_pad, w.group_size, x2d.device).kind == "wgmma"
 
 
 def cpu_fast_path_applies(x: Tensor, w) -> bool:
@@ -162,15 +152,10 @@ def int4_linear(x: Tensor, w, bias: Optional[Tensor] = None) -> Tensor:
     if x.device.type == "cuda":
         from awq_ao.kernels.splitk import tile_counters
 
-        if _runs_wgmma(x2d, w):
-            y = torch.ops.awq_ao.int4_linear_wgmma(
-                x2d.contiguous(), w.qdata, w.scale, w.zero_point, w.act_pre_scale, w.group_size, k
-            )
-        else:
-            y = torch.ops.awq_ao.int4_linear_triton(
-                x2d.contiguous(), w.qdata, w.scale, w.zero_point, w.act_pre_scale, w.group_size, k,
-                tile_counters(x.device),
-            )
+        y = torch.ops.awq_ao.int4_linear_triton(
+            x2d.contiguous(), w.qdata, w.scale, w.zero_point, w.act_pre_scale, w.group_size, k,
+            tile_counters(x.device),
+        )
     elif cpu_fast_path_applies(x, w):
         if w.act_pre_scale is not None:
             x2d = x2d * w.act_pre_scale

@@ -88,12 +88,14 @@ def launch_int4_linear(
     has_pre = act_pre_scale is not None
     pre = act_pre_scale if has_pre else scale
     if config.kind == "wgmma":
-        if launcher is None and x.dtype != torch.float32 and int4_wgmma.wgmma_available(x.device):
+        if x.dtype != torch.float32 and int4_wgmma.wgmma_available(x.device):
+            if launcher is not None:  # inside the triton_op: Inductor cannot re-emit a Gluon kernel, so the
+                # kernel runs in an opaque op of its own (which comes back here with no launcher)
+                return torch.ops.awq_ao.int4_linear_wgmma(x, qdata, scale, zero_point, act_pre_scale, group_size,
+                                                          in_features)
             return int4_wgmma.wgmma_linear(x, words, scale, zero_point, pre, has_pre, y, group_size, in_features,
                                            config, counters=counters)
-        # traced (wrap_triton: Inductor cannot re-emit a Gluon kernel; ops.py routes these shapes to an opaque
-        # op instead), fp32, or no sm_90 / Gluon: the swapped GEMM tile with the same split
-        config = config.as_swapped_gemm(group_size, k_pad)
+        config = config.as_swapped_gemm(group_size, k_pad)  # fp32, or no sm_90 / Gluon: the swapped GEMM tile
     if config.kind == "dequant":
         return _dequant_then_mm(x, words, scale, zero_point, pre, has_pre, y, group_size, in_features, config, wrap)
     return fused_linear(x, words, scale, zero_point, pre, has_pre, y, group_size, in_features, n, k_pad, config,

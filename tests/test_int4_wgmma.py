@@ -120,19 +120,24 @@ def test_wgmma_config_falls_back_to_the_swapped_gemm_where_it_cannot_run(with_pr
     assert ((y.double() - expected).norm() / expected.norm()).item() < 3e-3
 
 
-def test_no_wgmma_candidates_or_dispatch_without_an_sm90_gpu():
-    from awq_ao import ops
+def test_no_wgmma_candidates_without_an_sm90_gpu():
     from awq_ao.kernels.configs import candidate_configs
 
     assert not int4_wgmma.wgmma_available(torch.device("cpu"))
     assert all(c.kind != "wgmma" for m in (1, 16, 64) for c in candidate_configs(m, 4096, 4096, 128,
                                                                                  torch.device("cpu")))
 
-    class Weight:
-        qdata = torch.zeros(64, 64, dtype=torch.uint8)
-        group_size = 128
 
-    assert not ops._runs_wgmma(torch.zeros(1, 128, dtype=torch.bfloat16), Weight())
+def test_wgmma_op_is_registered_with_a_fake():
+    """The opaque op the triton_op's body calls for wgmma configs: its fake gives [M, N] in x's dtype."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        x = torch.empty(5, 256, dtype=torch.bfloat16)
+        y = torch.ops.awq_ao.int4_linear_wgmma(x, torch.empty(96, 128, dtype=torch.uint8),
+                                              torch.empty(96, 2, dtype=torch.bfloat16),
+                                              torch.empty(96, 2, dtype=torch.uint8), None, 128, 256)
+    assert y.shape == (5, 96) and y.dtype == torch.bfloat16
 
 
 def test_availability_follows_the_gpu_and_the_switch(monkeypatch):
@@ -163,3 +168,31 @@ def test_wgmma_check_script_refuses_without_a_gpu(tmp_path, capsys):
     assert module.main(["--dry-run"]) == 0  # its correctness half, on the CPU fallback
     out = capsys.readouterr().out
     assert "dry run: 0 failed" in out and out.count("ok  ") == 2 * 2 * len(module.CHECKED)
+
+
+def test_triton_op_sends_wgmma_configs_to_the_opaque_op(monkeypatch):
+    """Where the selected config is the wgmma kernel, the triton_op's body calls awq_ao::int4_linear_wgmma (so
+    Inductor never sees a Gluon kernel), and that op launches it with the kept counters. Here the GPU check
+    and the launch itself are stand-ins; the stand-in launch runs the swapped GEMM the CPU can run."""
+    from awq_ao.kernels import int4_matmul
+
+    gen = torch.Generator().manual_seed(5)
+    n, k, group = 64, 256, 128
+    q, scale, zero = quant.quantize(torch.randn(n, k, generator=gen), 4, group, scale_dtype=torch.float16)
+    x = torch.randn(3, k, generator=gen).to(torch.float16)
+    wgmma = KernelConfig("wgmma", 64, 128, block_m=8, split_k=2, fused_reduce=True).fitted(group, k)
+    launched = []
+
+    def stand_in(x, words, scale, zero_point, pre, has_pre, y, group_size, in_features, config, counters=None):
+        launched.append((config, counters is not None))
+        return int4_matmul.fused_linear(x, words, scale, zero_point, pre, has_pre, y, group_size, in_features,
+                                        words.shape[0], words.shape[1] * 8, config.as_swapped_gemm(group_size, k),
+                                        lambda kernel: kernel)
+
+    monkeypatch.setattr(int4_wgmma, "wgmma_available", lambda device: True)
+    monkeypatch.setattr(int4_wgmma, "wgmma_linear", stand_in)
+    monkeypatch.setattr(int4_matmul, "select_config", lambda *args: wgmma)
+    y = torch.ops.awq_ao.int4_linear_triton(x, quant.pack_int4(q), scale, zero, None, group, k)
+    assert launched == [(wgmma, True)]
+    expected = x.double() @ quant.dequantize(q, scale, zero, group, k, torch.float64).T
+    assert ((y.double() - expected).norm() / expected.norm()).item() < 3e-3
