@@ -22,8 +22,9 @@ order (the same for the weight and the activation): thread c takes the row's wor
 p + 4, ``int4_gemm._pair_asm``'s order: one shift and one LOP3 per pair) becomes MMA column
 ``32q + 8p + 2c + b`` (b: the pair's half). In stored-column terms, MMA column
 ``32q + 16 p1 + 8 p0 + 2c + b`` is column ``32c + 8q + 4b + 2 p1 + p0``: the activation tile is
-loaded in column order (16-byte loads), its axes permuted (``X_TO_MMA``, free: a relabelling of
-registers) and stored to shared memory in MMA order, once per program for its whole K range.
+loaded in stored order (as [m, c, q, b, p1, p0]), its axes permuted (``X_TO_MMA``, free: a
+relabelling of registers) and stored to shared memory in MMA order, once per program for its whole
+K range.
 ``mma_column_order`` gives the permutation; ``tests/test_int4_wgmma.py`` checks it, and the
 unpacking's join / permute / reshape, with the same constants in PyTorch.
 
@@ -37,20 +38,21 @@ as its tile is unpacked (the first loads go out before the activation is staged)
 (``KernelConfig.num_stages`` >= 3) the words stream through a shared-memory ring by ``cp.async``,
 ``num_stages - 1`` tiles ahead, each thread's own 16-byte pieces (read back with ``ld.shared``), and
 every tile's scales and zeros are staged with the activation: no global load waits in the loop, for
-the two CTA barriers per tile that the compiler's shared-memory analysis adds (it cannot know that each
-thread reads only what it copied). ``act_pre_scale`` is applied as the activation is staged (``x * pre`` rounded to the
-dtype, as the dense path rounds it): no launch before the kernel in any case.
+the two CTA barriers per tile that the compiler's shared-memory analysis adds (it cannot know that
+each thread reads only what it copied). ``act_pre_scale`` is applied as the activation is staged
+(``x * pre`` rounded to the dtype, as the dense path rounds it): no launch before the kernel in any
+case.
 
 Split-K over grid axis 2 (the tiles of K are split in contiguous ranges of TILES): each split
 stores an fp32 partial, added in split order by ``splitk._splitk_reduce_kernel`` or, with
 ``fused_reduce``, by the tile's last program (``splitk.py``'s counters and memory ordering: a CTA
 barrier, one acquire-release atomic, the partials read through L2); with one split y is stored
-directly. Tails in M, N and K are masked. Shared memory per program: TILES * BLOCK_M *
-256 bytes (``KernelConfig.fitted`` keeps it within ``WGMMA_SMEM_BYTES``).
+directly. Tails in M, N and K are masked. Shared memory per program: ``shared_bytes``
+(``KernelConfig.fitted`` raises the split until it is within ``WGMMA_SMEM_BYTES``).
 
-Not traceable by Inductor (it re-emits user kernels as ``@triton.jit`` source), so ``ops.py`` calls
-it through an opaque custom op; it needs ``triton.experimental.gluon`` and a GPU of compute
-capability 9.x (``wgmma_available``).
+Not traceable by Inductor (it re-emits user kernels as ``@triton.jit`` source), so the
+``triton_op``'s body runs it through an opaque custom op (``awq_ao/ops.py``); it needs
+``triton.experimental.gluon`` and a GPU of compute capability 9.x (``wgmma_available``).
 """
 
 from __future__ import annotations
@@ -158,9 +160,8 @@ if HAVE_GLUON:
         """The 128-column weight tile at column k: words int32 [64, 4 (c), 4 (q)] (thread c's 16 bytes of each of
         its rows), and uint8 zero / DTYPE scale [64, 4] (its 32 columns lie in one group); masked off past K,
         past N and where ``live`` is False (no memory traffic)."""
-        word = k // 8 + cs[None, :, None] * 4 + qs[None, None, :]
-        words = gl.load(q_ptr + rows[:, None, None] * stride_q + word,
-                        mask=row_live[:, :, None] & (word < K_WORDS) & live, other=0)
+        ptrs, mask = _word_addresses(q_ptr, rows, row_live, cs, qs, k, live, K_WORDS, stride_q)
+        words = gl.load(ptrs, mask=mask, other=0)
         scale, zero = _scale_tile(s_ptr, z_ptr, rows, row_live, cs, k, live, K_WORDS, stride_s, GROUP_SIZE)
         return words, scale, zero
 
@@ -175,13 +176,20 @@ if HAVE_GLUON:
         return scale, zero
 
     @gluon.jit
+    def _word_addresses(q_ptr, rows, row_live, cs, qs, k, live, K_WORDS, stride_q):
+        """Pointers and mask [64, 4 (c), 4 (q)] of the words of the 128-column tile at column k (thread c's 16
+        bytes of each of its rows); off past K, past N and where ``live`` is False."""
+        word = k // 8 + cs[None, :, None] * 4 + qs[None, None, :]
+        return q_ptr + rows[:, None, None] * stride_q + word, row_live[:, :, None] & (word < K_WORDS) & live
+
+    @gluon.jit
     def _copy_words(slot, q_ptr, rows, row_live, cs, qs, k, live, K_WORDS, stride_q):
         """Asynchronous copy (``cp.async``, 16 bytes per row per thread) of the words of the 128-column tile at
-        column k into ``slot`` [64, 4, 4] int32, laid out as ``_weight_tile``'s words, so each thread reads back
-        only what it copied itself (no CTA barrier: its own ``wait_group`` suffices); masked as there."""
-        word = k // 8 + cs[None, :, None] * 4 + qs[None, None, :]
-        _async_load(slot, q_ptr + rows[:, None, None] * stride_q + word,
-                    mask=row_live[:, :, None] & (word < K_WORDS) & live)
+        column k into ``slot`` [64, 4, 4] int32, laid out as ``_weight_tile``'s words, then a commit. Each
+        thread reads back only what it copied itself, so its own ``wait_group`` would suffice; Triton's
+        shared-memory analysis adds CTA barriers anyway."""
+        ptrs, mask = _word_addresses(q_ptr, rows, row_live, cs, qs, k, live, K_WORDS, stride_q)
+        _async_load(slot, ptrs, mask=mask)
         async_copy.commit_group()
 
     @gluon.jit
