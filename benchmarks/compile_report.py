@@ -58,6 +58,7 @@ KERNELS = {"gemv": _int4_gemv_kernel, "gemm": _int4_gemm_kernel, "dequant": _int
 def compile_wgmma(cfg: KernelConfig, dt: str, group: int, arch: int, k: int = 4096, pre: bool = False):
     """The compiled Gluon kernel of a ``wgmma`` config (``int4_wgmma.py``) for K = ``k``, output in the
     activation dtype (fp32 partials when the config splits K)."""
+    import torch
     from triton.experimental.gluon._runtime import GluonASTSource
 
     from awq_ao.kernels import int4_wgmma
@@ -72,7 +73,7 @@ def compile_wgmma(cfg: KernelConfig, dt: str, group: int, arch: int, k: int = 40
     constexprs = {"GROUP_SIZE": group, "HAS_PRE_SCALE": pre, "BLOCK_M": cfg.block_m, "TILES": per_split,
                   "SPLIT_OUT": split_out, "FUSED_SPLITS": cfg.split_k if cfg.fused_reduce and split_out else 0,
                   "TWO_BUFFERS": cfg.prefetch == 2, "RING": cfg.num_stages if cfg.num_stages >= 3 else 0,
-                  "MAGIC": 128.0 if dt == "bf16" else 1024.0}
+                  "NEG_MAGIC": int4_wgmma.NEG_MAGIC_PAIR[torch.bfloat16 if dt == "bf16" else torch.float16]}
     sig.update({name: "constexpr" for name in constexprs})
     names = list(sig)
     divisible = [n for n in names if n.endswith("_ptr") or n in ("N", "K", "K_WORDS", "stride_xm", "stride_q",

@@ -126,7 +126,10 @@ def _pair_ptx(one_bits: int, kind: str) -> str:
 
 PAIR_PTX_BF16 = _pair_ptx(0x3F803F80, "bf16x2")
 PAIR_PTX_FP16 = _pair_ptx(0x3C003C00, "f16x2")
-MAGIC_OFFSET = {torch.bfloat16: 128.0, torch.float16: 1024.0}  # the 16-bit magic's value (int4_planes)
+# -(magic + z) in both 16-bit halves is NEG_MAGIC_PAIR + z * 0x10001: magic + z (z < 16) is exact with the
+# magic's exponent (128.0 = 0x4300 in bf16, 1024.0 = 0x6400 in fp16, whose last mantissa bit is 1), so its
+# bits are the magic's plus z, and the sign is bit 15; one integer multiply-add per row and tile (as int32)
+NEG_MAGIC_PAIR = {torch.bfloat16: 0xC300C300 - (1 << 32), torch.float16: 0xE400E400 - (1 << 32)}
 
 
 if HAVE_GLUON:
@@ -193,12 +196,12 @@ if HAVE_GLUON:
         async_copy.commit_group()
 
     @gluon.jit
-    def _mma_tile(acc, words, scale, zero, x_tile, magic_pair, DTYPE: gl.constexpr, MAGIC: gl.constexpr,
+    def _mma_tile(acc, words, scale, zero, x_tile, magic_pair, DTYPE: gl.constexpr, NEG_MAGIC: gl.constexpr,
                   A_OP: gl.constexpr):
         """Unpack one weight tile (``_weight_tile``'s) into the A fragment and issue its 8 asynchronous wgmma
         against the staged activation tile x_tile [BLOCK_M, 128]; waits for the previous tile's."""
         scale2 = _both_halves(scale, DTYPE)[:, :, None]
-        neg_zero2 = _both_halves(-(zero.to(gl.float32) + MAGIC), DTYPE)[:, :, None]
+        neg_zero2 = (zero.to(gl.int32) * 0x10001 + NEG_MAGIC)[:, :, None]
         l0, h0 = _pair(words, neg_zero2, scale2, magic_pair, DTYPE)
         l1, h1 = _pair(words >> 4, neg_zero2, scale2, magic_pair, DTYPE)
         l2, h2 = _pair(words >> 8, neg_zero2, scale2, magic_pair, DTYPE)
@@ -216,7 +219,7 @@ if HAVE_GLUON:
         M, N, K, K_WORDS, stride_xm, stride_q, stride_s, stride_om, stride_osplit, magic_pair,
         GROUP_SIZE: gl.constexpr, HAS_PRE_SCALE: gl.constexpr, BLOCK_M: gl.constexpr, TILES: gl.constexpr,
         SPLIT_OUT: gl.constexpr, FUSED_SPLITS: gl.constexpr, TWO_BUFFERS: gl.constexpr, RING: gl.constexpr,
-        MAGIC: gl.constexpr,
+        NEG_MAGIC: gl.constexpr,
     ):
         """One program: rows [64 pid_n, +64) of W, activation rows [BLOCK_M pid_m, +BLOCK_M), K tiles
         [TILES pid_k, +TILES). out: y [M, N] in x's dtype, or (SPLIT_OUT) fp32 partials [split, M, N]; with
@@ -311,23 +314,23 @@ if HAVE_GLUON:
                 async_copy.wait_group(RING - 1)  # this thread's copies of tile t have landed
                 words = ring.index(t % RING).load(WORDS)
                 acc = _mma_tile(acc, words, s_smem.index(t).load(ROW_C), z_smem.index(t).load(ROW_C),
-                                x_smem.index(t), magic_pair, DTYPE, MAGIC, A_OP)
+                                x_smem.index(t), magic_pair, DTYPE, NEG_MAGIC, A_OP)
         elif TWO_BUFFERS:
             for pair in range(TILES // 2):
                 t = 2 * pair
-                acc = _mma_tile(acc, w_a, s_a, z_a, x_smem.index(t), magic_pair, DTYPE, MAGIC, A_OP)
+                acc = _mma_tile(acc, w_a, s_a, z_a, x_smem.index(t), magic_pair, DTYPE, NEG_MAGIC, A_OP)
                 w_a, s_a, z_a = _weight_tile(q_ptr, s_ptr, z_ptr, rows, row_live, cs, qs, k0 + (t + 2) * 128,
                                              t + 2 < TILES, K_WORDS, stride_q, stride_s, GROUP_SIZE)
-                acc = _mma_tile(acc, w_b, s_b, z_b, x_smem.index(t + 1), magic_pair, DTYPE, MAGIC, A_OP)
+                acc = _mma_tile(acc, w_b, s_b, z_b, x_smem.index(t + 1), magic_pair, DTYPE, NEG_MAGIC, A_OP)
                 w_b, s_b, z_b = _weight_tile(q_ptr, s_ptr, z_ptr, rows, row_live, cs, qs, k0 + (t + 3) * 128,
                                              t + 3 < TILES, K_WORDS, stride_q, stride_s, GROUP_SIZE)
             if TILES % 2 == 1:
-                acc = _mma_tile(acc, w_a, s_a, z_a, x_smem.index(TILES - 1), magic_pair, DTYPE, MAGIC, A_OP)
+                acc = _mma_tile(acc, w_a, s_a, z_a, x_smem.index(TILES - 1), magic_pair, DTYPE, NEG_MAGIC, A_OP)
         else:
             for t in range(TILES):
                 w_n, s_n, z_n = _weight_tile(q_ptr, s_ptr, z_ptr, rows, row_live, cs, qs, k0 + (t + 1) * 128,
                                              t + 1 < TILES, K_WORDS, stride_q, stride_s, GROUP_SIZE)
-                acc = _mma_tile(acc, w_a, s_a, z_a, x_smem.index(t), magic_pair, DTYPE, MAGIC, A_OP)
+                acc = _mma_tile(acc, w_a, s_a, z_a, x_smem.index(t), magic_pair, DTYPE, NEG_MAGIC, A_OP)
                 w_a, s_a, z_a = w_n, s_n, z_n
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
 
@@ -385,7 +388,7 @@ def wgmma_linear(x, words, scale, zero_point, pre, has_pre, y, group_size, in_fe
         x.stride(0), words.stride(0), scale.stride(0), out.stride(-2), out.stride(0) if split > 1 else 0,
         MAGIC_PAIR_BF16 if x.dtype == torch.bfloat16 else MAGIC_PAIR_FP16,
         GROUP_SIZE=group_size, HAS_PRE_SCALE=has_pre, BLOCK_M=config.block_m, TILES=tiles_per_split,
-        SPLIT_OUT=split > 1, FUSED_SPLITS=split if fused else 0, MAGIC=MAGIC_OFFSET[x.dtype],
+        SPLIT_OUT=split > 1, FUSED_SPLITS=split if fused else 0, NEG_MAGIC=NEG_MAGIC_PAIR[x.dtype],
         TWO_BUFFERS=config.prefetch == 2, RING=config.num_stages if config.num_stages >= 3 else 0,
         num_warps=NUM_WARPS,
     )

@@ -145,6 +145,17 @@ def test_wgmma_pair_ptx_with_packed_operands(kind, pair):
     assert torch.equal(high, _expected(words, pair + 4, z, scale, dtype))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_wgmma_zero_term_by_integer_arithmetic(dtype):
+    """The Gluon kernel makes ``-(magic + z)`` in both halves as ``NEG_MAGIC_PAIR + z * 0x10001`` (one integer
+    multiply-add): bit for bit the 16-bit float ``-(magic + z)`` in each half, for every zero point."""
+    z = torch.arange(16)
+    magic = 128.0 if dtype == torch.bfloat16 else 1024.0
+    halves = _float_to_halves(-(z.float() + magic), dtype)
+    packed = (z * 0x10001 + int4_wgmma.NEG_MAGIC_PAIR[dtype]) & 0xFFFFFFFF
+    assert torch.equal(packed, halves | (halves << 16))
+
+
 def test_emulator_catches_a_wrong_selector():
     """The emulator is not vacuous: the selector of the neighbouring byte gives other columns."""
     dtype = torch.bfloat16
