@@ -73,14 +73,15 @@ def compile_wgmma(cfg: KernelConfig, dt: str, group: int, arch: int, k: int = 40
     constexprs = {"GROUP_SIZE": group, "HAS_PRE_SCALE": pre, "BLOCK_M": cfg.block_m, "TILES": per_split,
                   "SPLIT_OUT": split_out, "FUSED_SPLITS": cfg.split_k if cfg.fused_reduce and split_out else 0,
                   "TWO_BUFFERS": cfg.prefetch == 2, "RING": cfg.num_stages if cfg.num_stages >= 3 else 0,
-                  "NEG_MAGIC": int4_wgmma.NEG_MAGIC_PAIR[torch.bfloat16 if dt == "bf16" else torch.float16]}
+                  "NEG_MAGIC": int4_wgmma.NEG_MAGIC_PAIR[torch.bfloat16 if dt == "bf16" else torch.float16],
+                  "BLOCK_N": cfg.block_n, "WORDS": int4_wgmma.words_layout(cfg.block_n)}
     sig.update({name: "constexpr" for name in constexprs})
     names = list(sig)
     divisible = [n for n in names if n.endswith("_ptr") or n in ("N", "K", "K_WORDS", "stride_xm", "stride_q",
                                                                "stride_om", "stride_osplit")]
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in divisible}
     src = GluonASTSource(int4_wgmma._int4_wgmma_kernel, sig, constexprs=constexprs, attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": int4_wgmma.NUM_WARPS})
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": cfg.block_n // 16})
 
 
 def compile_config(cfg: KernelConfig, dt: str, group: int, arch: int):
@@ -210,8 +211,8 @@ def main(argv=None) -> int:
             if cfg not in seen:
                 seen.append(cfg)
         if m <= 64 and args.dtype != "fp32":  # the Gluon wgmma kernel (a candidate on sm_90 GPUs only)
-            for buffers, stages in ((1, 1), (2, 1), (1, 4)):  # register buffers, or the shared-memory ring
-                cfg = KernelConfig("wgmma", 64, 128, block_m=m, prefetch=buffers, num_stages=stages).fitted(
+            for block_n, buffers, stages in ((64, 1, 1), (64, 2, 1), (64, 1, 4), (128, 1, 1), (128, 1, 4)):
+                cfg = KernelConfig("wgmma", block_n, 128, block_m=m, prefetch=buffers, num_stages=stages).fitted(
                     args.group, 4096)
                 if cfg not in seen:
                     seen.append(cfg)

@@ -32,19 +32,20 @@ TOL = {torch.bfloat16: 1e-2, torch.float16: 3e-3}
 CASES = ((1, 4096, 4096, 128), (5, 1000, 4100, 64), (16, 14336, 4096, 128), (33, 576, 576, 32),
          (64, 4096, 1000, 128), (3, 8192, 8192, 128))
 GOAL_SHAPES = ((8192, 8192), (14336, 4096), (4096, 14336))  # (N, K)
-# (split, fused sum, weight buffers, ring stages): the configs each correctness case runs, and those each timing
-# row times (ring stages 1: the words in registers)
-CHECKED = ((1, False, 1, 1), (4, False, 2, 1), (16, False, 1, 1), (4, True, 1, 1), (8, True, 2, 1), (4, True, 1, 4),
-           (2, False, 1, 3))
-TIMED = tuple((split, True, buffers, stages) for split in (2, 4, 8, 16)
-              for buffers, stages in ((1, 1), (2, 1), (1, 4))) + ((4, False, 1, 1),)
+# (rows per program, split, fused sum, weight buffers, ring stages): the configs each correctness case runs, and
+# those each timing row times (ring stages 1: the words in registers)
+CHECKED = ((64, 1, False, 1, 1), (64, 4, False, 2, 1), (64, 16, False, 1, 1), (64, 4, True, 1, 1),
+           (64, 8, True, 2, 1), (64, 4, True, 1, 4), (64, 2, False, 1, 3), (128, 4, True, 1, 1), (128, 8, False, 1, 4))
+TIMED = tuple((block_n, split, True, buffers, stages) for split in (2, 4, 8, 16)
+              for block_n, buffers, stages in ((64, 1, 1), (64, 2, 1), (64, 1, 4), (128, 1, 1), (128, 1, 4))) + (
+                  (64, 4, False, 1, 1),)
 
 
 def label(cfg) -> str:
-    """A fitted wgmma config in short: BM16 s4f b2 = BLOCK_M 16, split 4, fused sum, two weight buffers; r4: a
-    4-stage shared-memory ring for the words."""
+    """A fitted wgmma config in short: N64 BM16 s4f b2 = 64 rows, BLOCK_M 16, split 4, fused sum, two weight
+    buffers; r4: a 4-stage shared-memory ring for the words."""
     words = f"r{cfg.num_stages}" if cfg.num_stages >= 3 else f"b{cfg.prefetch}"
-    return f"BM{cfg.block_m} s{cfg.split_k}{'f' if cfg.fused_reduce else ''} {words}"
+    return f"N{cfg.block_n} BM{cfg.block_m} s{cfg.split_k}{'f' if cfg.fused_reduce else ''} {words}"
 
 
 def case(m, n, k, group, dtype, with_pre, device):
@@ -63,9 +64,9 @@ def correctness(device, cases=CASES, dtypes=(torch.bfloat16, torch.float16)) -> 
         for m, n, k, group in cases:
             for with_pre in (False, True):
                 x, qdata, s, z, pre, ref = case(m, n, k, group, dtype, with_pre, device)
-                for split, fused, buffers, stages in CHECKED:
-                    cfg = KernelConfig("wgmma", 64, 128, block_m=m, split_k=split, fused_reduce=fused, prefetch=buffers,
-                                       num_stages=stages)
+                for block_n, split, fused, buffers, stages in CHECKED:
+                    cfg = KernelConfig("wgmma", block_n, 128, block_m=m, split_k=split, fused_reduce=fused,
+                                       prefetch=buffers, num_stages=stages)
                     out = torch.full((m, n), float("nan"), dtype=dtype, device=device)
                     int4_linear(x, qdata, s, z, group, k, act_pre_scale=pre, out=out, config=cfg)
                     err = ((out.double() - ref).norm() / ref.norm()).item()
@@ -86,7 +87,7 @@ def timing(device, out_path) -> None:
     counters = tile_counters(device)
     header = ("| N | K | M | bf16 F.linear us | select_config us (config) | wgmma best us (config) | "
               "wgmma / bf16 speedup | wgmma / select_config speedup | every config us (s: split, f: fused sum, "
-              "b: weight buffers, r: ring stages) |")
+              "N: weight rows per program, b: weight buffers, r: ring stages) |")
     lines = [f"{torch.cuda.get_device_name()}, torch {torch.__version__}", "", header, "|---" * 9 + "|"]
     with open(out_path, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -110,8 +111,8 @@ def timing(device, out_path) -> None:
             base_cfg = select_config(m, n, k, group, device)
             base_us = run(base_cfg)
             per_split = {}  # label (split, fused sum, buffers) -> us
-            for split, fused, buffers, stages in TIMED:
-                cfg = KernelConfig("wgmma", 64, 128, block_m=m, split_k=split, fused_reduce=fused,
+            for block_n, split, fused, buffers, stages in TIMED:
+                cfg = KernelConfig("wgmma", block_n, 128, block_m=m, split_k=split, fused_reduce=fused,
                                    prefetch=buffers, num_stages=stages).fitted(group, k)
                 if label(cfg) not in per_split:
                     per_split[label(cfg)] = run(cfg)

@@ -36,7 +36,7 @@ MAX_BUCKET = 512
 
 @dataclasses.dataclass(frozen=True)
 class KernelConfig:
-    kind: str  # "gemv", "gemm", "wgmma" (int4_wgmma.py: sm_90, bf16 / fp16, BLOCK_N 64, BLOCK_K 128) or "dequant"
+    kind: str  # "gemv", "gemm", "wgmma" (int4_wgmma.py: sm_90, bf16 / fp16, BLOCK_N 64 or 128, BLOCK_K 128) or "dequant"
     block_n: int
     block_k: int
     split_k: int = 1
@@ -85,21 +85,22 @@ class KernelConfig:
                             num_stages=3, swap_ab=True, prefetch=1).fitted(group_size, k_pad)
 
     def _fitted_wgmma(self, group_size: int, k_pad: int) -> "KernelConfig":
-        """The wgmma kernel's fixed tile (64 x 128, 4 warps), BLOCK_M one of its MMA widths, weight tiles in
+        """The wgmma kernel's tile (64 or 128 rows on 4 or 8 warps, 128 columns), BLOCK_M one of its MMA widths, weight tiles in
         one or two register buffers (``prefetch``) or a shared-memory ring (``num_stages`` >= 3 stages), and
         at least the split that keeps each program's shared memory within ``WGMMA_SMEM_BYTES``. A group that
         is not a multiple of 32 (a thread's 32 columns would span two) takes the swapped GEMM tile instead."""
         block_m = next((b for b in int4_wgmma.WGMMA_BLOCK_M if b >= self.block_m), int4_wgmma.WGMMA_BLOCK_M[-1])
         if group_size % 32:
             return self.as_swapped_gemm(group_size, k_pad)
+        block_n = 128 if self.block_n >= 128 else 64
         tiles = triton.cdiv(k_pad, int4_wgmma.BLOCK_K)
         ring = self.num_stages if self.num_stages >= 3 else 0
         split_k = max(1, min(self.split_k, tiles))
-        while split_k < tiles and int4_wgmma.shared_bytes(block_m, triton.cdiv(tiles, split_k), ring) > \
+        while split_k < tiles and int4_wgmma.shared_bytes(block_m, triton.cdiv(tiles, split_k), ring, block_n) > \
                 int4_wgmma.WGMMA_SMEM_BYTES:
             split_k += 1
-        return KernelConfig("wgmma", int4_wgmma.BLOCK_N, int4_wgmma.BLOCK_K, split_k=split_k, block_m=block_m,
-                            num_warps=int4_wgmma.NUM_WARPS, num_stages=max(ring, 1),
+        return KernelConfig("wgmma", block_n, int4_wgmma.BLOCK_K, split_k=split_k, block_m=block_m,
+                            num_warps=block_n // 16, num_stages=max(ring, 1),
                             prefetch=2 if self.prefetch >= 2 and not ring else 1,
                             fused_reduce=bool(self.fused_reduce) and split_k > 1)
 
@@ -306,16 +307,16 @@ def candidate_configs(m: int, n: int, k_pad: int, group_size: int, device: torch
         # 80 registers at BLOCK_M 16, so up to 6 four-warp programs per SM), split toward 2 programs per SM and
         # 2 and 4 times that (fitted() raises a split whose staged activation would not fit)
         block_m = next(b for b in int4_wgmma.WGMMA_BLOCK_M if b >= m)
-        tiles_mn = triton.cdiv(n, int4_wgmma.BLOCK_N) * triton.cdiv(m, block_m)
         k_tiles = triton.cdiv(k_pad, int4_wgmma.BLOCK_K)
-        split = _split_for(tiles_mn, k_tiles, device)
         for fused in (False, True) if FUSED_REDUCE_CANDIDATES else (False,):  # with each way of adding splits
-            # weight tiles in registers, one buffer (80 registers) or two (128, no copies), or through a
-            # 4-stage shared-memory ring by cp.async
-            for buffers, stages in ((1, 1), (2, 1), (1, 4)):
-                out += [KernelConfig("wgmma", int4_wgmma.BLOCK_N, int4_wgmma.BLOCK_K, block_m=block_m,
-                                     prefetch=buffers, num_stages=stages, split_k=min(split * f, k_tiles),
-                                     fused_reduce=fused) for f in (1, 2, 4)]
+            # 64 rows on 4 warps: weight tiles in registers, one buffer (80 registers) or two (128, no copies),
+            # or through a 4-stage shared-memory ring by cp.async; 128 rows on 8 warps (half the staged
+            # activation per weight, more warps per SM): one buffer or the ring
+            for block_n, buffers, stages in ((64, 1, 1), (64, 2, 1), (64, 1, 4), (128, 1, 1), (128, 1, 4)):
+                split = _split_for(triton.cdiv(n, block_n) * triton.cdiv(m, block_m), k_tiles, device)
+                out += [KernelConfig("wgmma", block_n, int4_wgmma.BLOCK_K, block_m=block_m, prefetch=buffers,
+                                     num_stages=stages, split_k=min(split * f, k_tiles), fused_reduce=fused)
+                        for f in (1, 2, 4)]
     if m > 64:  # (BLOCK_M, BLOCK_N, warps): the two that compile without spills and with the fewest instructions
         for block_m, block_n, warps in ((64, 128, 4), (64, 256, 8)):
             out.append(KernelConfig("gemm", block_n, 64, block_m=block_m, num_warps=warps, num_stages=3,

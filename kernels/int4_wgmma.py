@@ -72,12 +72,10 @@ try:  # Triton >= 3.5 ships Gluon; without it this path is simply never chosen
 except ImportError:  # pragma: no cover - depends on the installed Triton
     HAVE_GLUON = False
 
-BLOCK_N = 64  # weight rows per program: one warp group (4 warps x 16 rows)
+WGMMA_BLOCK_N = (64, 128)  # weight rows per program: one warp group (4 warps x 16 rows) or two
 BLOCK_K = 128  # columns per K tile
-NUM_WARPS = 4
 WGMMA_BLOCK_M = (8, 16, 32, 64)  # activation rows per program: the MMA's N
 WGMMA_SMEM_BYTES = 64 * 1024  # most shared memory a program may take (the split grows to fit)
-RING_STAGE_BYTES = BLOCK_N * BLOCK_K // 2  # one weight tile's words in the ring
 
 # The MMA column order of a 128-column tile (see the module docstring). A stored column of the tile is
 # 32c + 8q + 4b + 2 p1 + p0: the activation tile is loaded as [m, c, q, b, p1, p0] and permuted by
@@ -98,11 +96,12 @@ def capability_major(device_index: int) -> int:
     return torch.cuda.get_device_capability(device_index)[0]
 
 
-def shared_bytes(block_m: int, tiles: int, ring: int) -> int:
+def shared_bytes(block_m: int, tiles: int, ring: int, block_n: int = 64) -> int:
     """Shared memory of one program: its staged activation (``tiles`` x BLOCK_M x 128 x 2 bytes), and with a
-    ring of ``ring`` stages the ring and every tile's scales and zeros ([64, 4] x 3 bytes each)."""
+    ring of ``ring`` stages the ring (a tile's words: block_n x 64 bytes a stage) and every tile's scales and
+    zeros ([block_n, 4] x 3 bytes each)."""
     staged = tiles * block_m * BLOCK_K * 2
-    return staged + (ring * RING_STAGE_BYTES + tiles * BLOCK_N * 4 * 3 if ring else 0)
+    return staged + (ring * block_n * BLOCK_K // 2 + tiles * block_n * 4 * 3 if ring else 0)
 
 
 def wgmma_available(device: torch.device) -> bool:
@@ -139,6 +138,15 @@ if HAVE_GLUON:
     _A_TO_MMA = gl.constexpr(A_TO_MMA)
     _cta_barrier = getattr(gl, "thread_barrier", None) or gl.barrier  # renamed in Triton 3.9
     _async_load = getattr(async_copy, "async_load", None) or async_copy.async_copy_global_to_shared  # likewise
+
+    def words_layout(block_n: int):
+        """The words [block_n rows, 4 (c), 4 (q)] as the A fragment wants them: thread 4g + c of warp w holds
+        rows 16w + g and 16w + g + 8 (a register bit), and its words 4c .. 4c + 3 (two register bits)."""
+        warp_bases = [[16 << i, 0, 0] for i in range(block_n.bit_length() - 5)]  # 64 rows: 2 bits, 128: 3
+        return gl.DistributedLinearLayout(
+            reg_bases=[[0, 0, 1], [0, 0, 2], [8, 0, 0]],
+            lane_bases=[[0, 1, 0], [0, 2, 0], [1, 0, 0], [2, 0, 0], [4, 0, 0]],
+            warp_bases=warp_bases, block_bases=[], shape=[block_n, 4, 4])
 
     @gluon.jit
     def _pair(words, neg_zero2, scale2, magic_pair, DTYPE: gl.constexpr):
@@ -208,7 +216,7 @@ if HAVE_GLUON:
         l3, h3 = _pair(words >> 12, neg_zero2, scale2, magic_pair, DTYPE)
         # [64, c, q] x (pair p, half b) -> [64, c, q, b, p0, p1] -> MMA order [64, q, p1, p0, c, b]
         a = gl.join(gl.join(gl.join(l0, h0), gl.join(l1, h1)), gl.join(gl.join(l2, h2), gl.join(l3, h3)))
-        a = gl.reshape(gl.permute(a, _A_TO_MMA.value), [64, 128])
+        a = gl.reshape(gl.permute(a, _A_TO_MMA.value), [words.shape[0], 128])
         a = gl.convert_layout(a, A_OP, assert_trivial=True)
         acc = warpgroup_mma(a, x_tile.permute((1, 0)), acc, is_async=True)
         return warpgroup_mma_wait(num_outstanding=1, deps=(acc, a))[0]
@@ -219,24 +227,20 @@ if HAVE_GLUON:
         M, N, K, K_WORDS, stride_xm, stride_q, stride_s, stride_om, stride_osplit, magic_pair,
         GROUP_SIZE: gl.constexpr, HAS_PRE_SCALE: gl.constexpr, BLOCK_M: gl.constexpr, TILES: gl.constexpr,
         SPLIT_OUT: gl.constexpr, FUSED_SPLITS: gl.constexpr, TWO_BUFFERS: gl.constexpr, RING: gl.constexpr,
-        NEG_MAGIC: gl.constexpr,
+        NEG_MAGIC: gl.constexpr, BLOCK_N: gl.constexpr, WORDS: gl.constexpr,
     ):
-        """One program: rows [64 pid_n, +64) of W, activation rows [BLOCK_M pid_m, +BLOCK_M), K tiles
+        """One program (BLOCK_N / 16 warps: one or two warp groups): rows [BLOCK_N pid_n, +BLOCK_N) of W, activation rows [BLOCK_M pid_m, +BLOCK_M), K tiles
         [TILES pid_k, +TILES). out: y [M, N] in x's dtype, or (SPLIT_OUT) fp32 partials [split, M, N]; with
         FUSED_SPLITS (the split count) the last program of each output tile adds them into y [M, N]
         (``splitk.py``'s protocol: counter_ptr holds one zeroed int32 per output tile, left at 0)."""
         DTYPE: gl.constexpr = x_ptr.dtype.element_ty
-        # words [64 rows, 4 (c), 4 (q)]: thread 4g + c of warp w holds rows 16w + g and 16w + g + 8, words 4c .. 4c+3
-        WORDS: gl.constexpr = gl.DistributedLinearLayout(
-            reg_bases=[[0, 0, 1], [0, 0, 2], [8, 0, 0]],
-            lane_bases=[[0, 1, 0], [0, 2, 0], [1, 0, 0], [2, 0, 0], [4, 0, 0]],
-            warp_bases=[[16, 0, 0], [32, 0, 0]], block_bases=[], shape=[64, 4, 4])
-        ROW_C: gl.constexpr = gl.SliceLayout(2, WORDS)  # [64, 4]: a row's scale / zero for each thread's 32 columns
-        ACC: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+        # WORDS (``words_layout``): the words [BLOCK_N rows, 4 (c), 4 (q)] as thread 4g + c of warp w holds them
+        ROW_C: gl.constexpr = gl.SliceLayout(2, WORDS)  # [BLOCK_N, 4]: a row's scale / zero for a thread's 32 columns
+        ACC: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[BLOCK_N // 16, 1],
                                                       instr_shape=[16, BLOCK_M, 16])
         A_OP: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=ACC, k_width=2)
         # the activation tile [m, c, q, b, p1, p0]: 8 stored-consecutive columns (16 bytes) per thread
-        XL: gl.constexpr = gl.BlockedLayout([1, 1, 1, 2, 2, 2], [2, 4, 4, 1, 1, 1], [4, 1, 1, 1, 1, 1],
+        XL: gl.constexpr = gl.BlockedLayout([1, 1, 1, 2, 2, 2], [2, 4, 4, 1, 1, 1], [BLOCK_N // 16, 1, 1, 1, 1, 1],
                                             [5, 4, 3, 2, 1, 0])
         XS: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
 
@@ -247,13 +251,13 @@ if HAVE_GLUON:
         k0 = pid_k * (TILES * 128)
 
         # 0. the first weight tiles' loads, in flight while the activation is staged
-        rows = pid_n * 64 + gl.arange(0, 64, gl.SliceLayout(1, ROW_C))
+        rows = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, gl.SliceLayout(1, ROW_C))
         cs = gl.arange(0, 4, gl.SliceLayout(0, ROW_C))
         qs = gl.arange(0, 4, gl.SliceLayout(0, gl.SliceLayout(1, WORDS)))
         row_live = rows[:, None] < N
         if RING > 0:  # the words of the first RING - 1 tiles into the ring; scales and zeros staged below
             WS: gl.constexpr = gl.SwizzledSharedLayout(vec=4, per_phase=1, max_phase=1, order=[2, 1, 0])
-            ring = gl.allocate_shared_memory(gl.int32, [RING, 64, 4, 4], WS)
+            ring = gl.allocate_shared_memory(gl.int32, [RING, BLOCK_N, 4, 4], WS)
             for i in gl.static_range(RING - 1):
                 _copy_words(ring.index(i), q_ptr, rows, row_live, cs, qs, k0 + i * 128, i < TILES, K_WORDS, stride_q)
         else:
@@ -262,7 +266,7 @@ if HAVE_GLUON:
         if TWO_BUFFERS:
             w_b, s_b, z_b = _weight_tile(q_ptr, s_ptr, z_ptr, rows, row_live, cs, qs, k0 + 128, TILES > 1, K_WORDS,
                                          stride_q, stride_s, GROUP_SIZE)
-        acc = gl.zeros([64, BLOCK_M], gl.float32, ACC)
+        acc = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, ACC)
 
         # 1. the activation of the whole K range, in MMA column order, into shared memory (once)
         x_smem = gl.allocate_shared_memory(DTYPE, [TILES, BLOCK_M, 128], XS)
@@ -290,8 +294,8 @@ if HAVE_GLUON:
             x_smem.index(t).store(xt)
         if RING > 0:  # and every tile's scales and zeros, read from shared memory in the loop
             SZ: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0])
-            s_smem = gl.allocate_shared_memory(DTYPE, [TILES, 64, 4], SZ)
-            z_smem = gl.allocate_shared_memory(gl.uint8, [TILES, 64, 4], SZ)
+            s_smem = gl.allocate_shared_memory(DTYPE, [TILES, BLOCK_N, 4], SZ)
+            z_smem = gl.allocate_shared_memory(gl.uint8, [TILES, BLOCK_N, 4], SZ)
             for t in range(TILES):
                 st, zt = _scale_tile(s_ptr, z_ptr, rows, row_live, cs, k0 + t * 128, True, K_WORDS, stride_s,
                                      GROUP_SIZE)
@@ -335,7 +339,7 @@ if HAVE_GLUON:
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
 
         # 3. y.T tile -> y (or the split's fp32 partial), stored from the accumulator's own layout
-        on = pid_n * 64 + gl.arange(0, 64, gl.SliceLayout(1, ACC))
+        on = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, gl.SliceLayout(1, ACC))
         om = m0 + gl.arange(0, BLOCK_M, gl.SliceLayout(0, ACC))
         ptrs = out_ptr + pid_k * stride_osplit + om[None, :] * stride_om + on[:, None]
         live = (on[:, None] < N) & (om[None, :] < M)
@@ -346,7 +350,7 @@ if HAVE_GLUON:
                 _cta_barrier()  # every thread's partial store before the counter's release
                 arrived = gl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
                 if arrived == FUSED_SPLITS - 1:
-                    total = gl.zeros([64, BLOCK_M], gl.float32, ACC)
+                    total = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, ACC)
                     first = out_ptr + om[None, :] * stride_om + on[:, None]
                     for split in gl.static_range(FUSED_SPLITS):
                         total += gl.load(first + split * stride_osplit, mask=live, other=0.0, cache_modifier=".cg")
@@ -379,7 +383,7 @@ def wgmma_linear(x, words, scale, zero_point, pre, has_pre, y, group_size, in_fe
     tiles_per_split = triton.cdiv(tiles, config.split_k)
     split = triton.cdiv(tiles, tiles_per_split)
     out = y if split == 1 else torch.empty((split, m, n), dtype=torch.float32, device=x.device)
-    grid = (triton.cdiv(n, BLOCK_N), triton.cdiv(m, config.block_m), split)
+    grid = (triton.cdiv(n, config.block_n), triton.cdiv(m, config.block_m), split)
     fused = config.fused_reduce and split > 1
     if fused and (counters is None or counters.numel() < grid[0] * grid[1]):
         counters = torch.zeros(grid[0] * grid[1], dtype=torch.int32, device=x.device)
@@ -390,7 +394,7 @@ def wgmma_linear(x, words, scale, zero_point, pre, has_pre, y, group_size, in_fe
         GROUP_SIZE=group_size, HAS_PRE_SCALE=has_pre, BLOCK_M=config.block_m, TILES=tiles_per_split,
         SPLIT_OUT=split > 1, FUSED_SPLITS=split if fused else 0, NEG_MAGIC=NEG_MAGIC_PAIR[x.dtype],
         TWO_BUFFERS=config.prefetch == 2, RING=config.num_stages if config.num_stages >= 3 else 0,
-        num_warps=NUM_WARPS,
+        BLOCK_N=config.block_n, WORDS=words_layout(config.block_n), num_warps=config.block_n // 16,
     )
     if split > 1 and not fused:
         add_splits(out, y)

@@ -100,6 +100,9 @@ def test_fitted_config_keeps_the_staged_activation_in_shared_memory():
     ring = KernelConfig("wgmma", 64, 128, block_m=16, split_k=4, num_stages=4, prefetch=2).fitted(128, 8192)
     assert (ring.num_stages, ring.prefetch, ring.split_k) == (4, 1, 7)  # 10 tiles: 40 KB + ring 16 KB + scales
     assert int4_wgmma.shared_bytes(16, 10, 4) <= int4_wgmma.WGMMA_SMEM_BYTES < int4_wgmma.shared_bytes(16, 11, 4)
+    wide = KernelConfig("wgmma", 128, 128, block_m=16, split_k=1, num_stages=4).fitted(128, 8192)
+    assert (wide.block_n, wide.num_warps, wide.split_k) == (128, 8, 13)  # 5 tiles: 20 + 32 (ring) + 7.5 KB
+    assert KernelConfig("wgmma", 256, 128, block_m=16).fitted(128, 1024).block_n == 128  # 64 or 128 rows
     fallback = KernelConfig("wgmma", 64, 128, block_m=8, split_k=4).fitted(16, 4096)
     assert (fallback.kind, fallback.swap_ab, fallback.block_m, fallback.block_k) == ("gemm", True, 16, 16)
 
