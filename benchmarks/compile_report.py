@@ -75,13 +75,19 @@ def compile_wgmma(cfg: KernelConfig, dt: str, group: int, arch: int, k: int = 40
                   "TWO_BUFFERS": cfg.prefetch == 2, "RING": cfg.num_stages if cfg.num_stages >= 3 else 0,
                   "NEG_MAGIC": int4_wgmma.NEG_MAGIC_PAIR[torch.bfloat16 if dt == "bf16" else torch.float16],
                   "BLOCK_N": cfg.block_n, "WORDS": int4_wgmma.words_layout(cfg.block_n)}
-    sig.update({name: "constexpr" for name in constexprs})
+    return _compile(GluonASTSource, int4_wgmma._int4_wgmma_kernel, sig, constexprs,
+                    ("N", "K", "K_WORDS", "stride_xm", "stride_q", "stride_om", "stride_osplit"), arch,
+                    {"num_warps": cfg.block_n // 16})
+
+
+def _compile(source_type, kernel, sig: dict, constexprs: dict, divisible: tuple, arch: int, options: dict):
+    """``triton.compile`` of ``kernel`` for sm_``arch``, specialised as a launch would be: the pointers and the
+    ``divisible`` integer arguments marked divisible by 16."""
+    sig = {**sig, **{name: "constexpr" for name in constexprs}}
     names = list(sig)
-    divisible = [n for n in names if n.endswith("_ptr") or n in ("N", "K", "K_WORDS", "stride_xm", "stride_q",
-                                                               "stride_om", "stride_osplit")]
-    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in divisible}
-    src = GluonASTSource(int4_wgmma._int4_wgmma_kernel, sig, constexprs=constexprs, attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": cfg.block_n // 16})
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in names if n.endswith("_ptr") or n in divisible}
+    src = source_type(kernel, sig, constexprs=constexprs, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
 
 
 def compile_config(cfg: KernelConfig, dt: str, group: int, arch: int):
@@ -101,15 +107,9 @@ def compile_config(cfg: KernelConfig, dt: str, group: int, arch: int):
         constexprs.update({"DOT_PRECISION": "ieee" if dt == "fp32" else "tf32", "BLOCK_M": cfg.block_m,
                            "SWAP_AB": cfg.swap_ab, "PREFETCH": cfg.prefetch, "PACKED16": dt != "fp32", "USE_ASM": True, "TILED": False,
                            "NATURAL": cfg.natural_order and dt != "fp32"})
-    sig.update({name: "constexpr" for name in constexprs})
-    names = list(sig)
-    divisible = [n for n in names if n.endswith("_ptr") or n in ("N", "K", "stride_xm", "stride_q", "stride_om",
-                                                               "stride_w", "magic_bits", "stride_qblock",
-                                                               "stride_qtile")]
-    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in divisible}
-    src = ASTSource(KERNELS[kind], sig, constexprs=constexprs, attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                          options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
+    return _compile(ASTSource, KERNELS[kind], sig, constexprs,
+                    ("N", "K", "stride_xm", "stride_q", "stride_om", "stride_w", "magic_bits", "stride_qblock",
+                     "stride_qtile"), arch, {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
 
 
 def main_loop(sass: str) -> list[str]:

@@ -24,9 +24,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from awq_ao import quant  # noqa: E402
 from awq_ao.kernels import KernelConfig, int4_linear, int4_wgmma, select_config  # noqa: E402
+from gpu_check import make_case  # noqa: E402  (the same cases and float64 reference as every other path)
 
 TOL = {torch.bfloat16: 1e-2, torch.float16: 3e-3}
 CASES = ((1, 4096, 4096, 128), (5, 1000, 4100, 64), (16, 14336, 4096, 128), (33, 576, 576, 32),
@@ -48,22 +49,12 @@ def label(cfg) -> str:
     return f"N{cfg.block_n} BM{cfg.block_m} s{cfg.split_k}{'f' if cfg.fused_reduce else ''} {words}"
 
 
-def case(m, n, k, group, dtype, with_pre, device):
-    w = torch.randn(n, k, device=device) * 0.05
-    q, s, z = quant.quantize(w, 4, group, scale_dtype=dtype)
-    pre = (torch.rand(k, device=device) + 0.5).to(dtype) if with_pre else None
-    x = torch.randn(m, k, dtype=dtype, device=device)
-    xs = x.double() if pre is None else (x.float() * pre.float()).to(dtype).double()
-    ref = xs @ quant.dequantize(q, s, z, group, k, torch.float64).t()
-    return x, quant.pack_int4(q), s, z, pre, ref
-
-
 def correctness(device, cases=CASES, dtypes=(torch.bfloat16, torch.float16)) -> int:
     failures = 0
     for dtype in dtypes:
         for m, n, k, group in cases:
             for with_pre in (False, True):
-                x, qdata, s, z, pre, ref = case(m, n, k, group, dtype, with_pre, device)
+                x, (qdata, s, z), pre, ref = make_case(device, dtype, m, n, k, group, with_pre=with_pre)
                 for block_n, split, fused, buffers, stages in CHECKED:
                     cfg = KernelConfig("wgmma", block_n, 128, block_m=m, split_k=split, fused_reduce=fused,
                                        prefetch=buffers, num_stages=stages)

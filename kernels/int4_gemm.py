@@ -48,7 +48,7 @@ import triton
 import triton.language as tl
 
 from awq_ao.kernels import splitk
-from awq_ao.kernels.int4_planes import column_factor, nibble_plane, scaled_pair16
+from awq_ao.kernels.int4_planes import column_factor, nibble_plane, pair_ptx, scaled_pair16
 
 
 @triton.jit
@@ -57,16 +57,8 @@ def _interleave4(a, b, c, d):
     return tl.interleave(tl.interleave(a, c), tl.interleave(b, d))
 
 
-def _pair_ptx(one_bits: int, kind: str) -> str:
-    """PTX of ``_pair_asm`` for one 16-bit type: ``one_bits`` is two 1.0s (as an int32), ``kind`` bf16x2 / f16x2."""
-    return ("{ .reg .b32 t, one, nz, s, mz; "
-            f"mov.b32 one, {one_bits}; mov.b32 mz, 2147516416; "  # mz: two -0.0
-            "mov.b32 nz, {$3, $3}; mov.b32 s, {$4, $4}; lop3.b32 t, $2, 983055, $5, 0xEA; "
-            f"fma.rn.{kind} t, t, one, nz; fma.rn.{kind} t, t, s, mz; mov.b32 {{$0, $1}}, t; }}")
-
-
-_PAIR_PTX_BF16 = tl.constexpr(_pair_ptx(0x3F803F80, "bf16x2"))
-_PAIR_PTX_FP16 = tl.constexpr(_pair_ptx(0x3C003C00, "f16x2"))
+_PAIR_PTX_BF16 = tl.constexpr(pair_ptx("bf16x2"))
+_PAIR_PTX_FP16 = tl.constexpr(pair_ptx("f16x2"))
 
 
 @triton.jit
@@ -82,16 +74,8 @@ def _pair_asm(w, neg_zero_magic, scale, magic_pair, DTYPE: tl.constexpr):
                                      dtype=(scale.dtype, scale.dtype), is_pure=True, pack=1)
 
 
-def _byte_pair_ptx(one_bits: int, kind: str) -> str:
-    """PTX of ``_byte_pair_asm`` for one 16-bit type (``_pair_ptx``'s arguments): a byte permute, then as ``_pair_ptx``."""
-    return ("{ .reg .b32 t, one, nz, s, mz; "
-            f"mov.b32 one, {one_bits}; mov.b32 mz, 2147516416; "
-            "mov.b32 nz, {$3, $3}; mov.b32 s, {$4, $4}; prmt.b32 t, $2, $5, $6; lop3.b32 t, t, 983055, $7, 0xEA; "
-            f"fma.rn.{kind} t, t, one, nz; fma.rn.{kind} t, t, s, mz; mov.b32 {{$0, $1}}, t; }}")
-
-
-_BYTE_PAIR_PTX_BF16 = tl.constexpr(_byte_pair_ptx(0x3F803F80, "bf16x2"))
-_BYTE_PAIR_PTX_FP16 = tl.constexpr(_byte_pair_ptx(0x3C003C00, "f16x2"))
+_BYTE_PAIR_PTX_BF16 = tl.constexpr(pair_ptx("bf16x2", byte_permute=True))
+_BYTE_PAIR_PTX_FP16 = tl.constexpr(pair_ptx("f16x2", byte_permute=True))
 
 
 @triton.jit

@@ -29,6 +29,27 @@ import triton.language as tl
 MAGIC_BITS = 0x4B000000  # the float 2**23, passed to the kernels as an argument
 MAGIC_PAIR_BF16 = 0x43004300  # two bf16 128.0 (7 mantissa bits: the nibble lands in the low 4, exponent 2**7)
 MAGIC_PAIR_FP16 = 0x64006400  # two fp16 1024.0 (10 mantissa bits, exponent 2**10)
+_TWO_ONES = {"bf16x2": 0x3F803F80, "f16x2": 0x3C003C00}  # two 1.0s of each packed type, as an int32
+
+
+def pair_ptx(kind: str, byte_permute: bool = False, packed_operands: bool = False) -> str:
+    """PTX of the CUDA unpacking of one weight pair (``kind``: bf16x2 / f16x2), ``scaled_pair16``'s arithmetic.
+
+    LOP3 ``(w & 0x000F000F) | magic`` (``$2``: the word shifted to the pair, ``$5``: the magic), then two
+    packed FMAs: ``t * 1 + (-(magic + z))`` (exact) and ``(q - z) * s + (-0)`` (one rounding; an FMA, not
+    ``mul.bf16x2``, which sm_80 lacks); the halves go out as ``$0`` and ``$1``. ``-(magic + z)`` and ``s``
+    come as 16-bit ``$3`` and ``$4``, or (``packed_operands``) already in both halves of a 32-bit register.
+    ``byte_permute`` (column order): first ``PRMT t, $2, $5, $6`` (the word, the word >> 4, the selector),
+    and the magic is ``$7``.
+    """
+    regs, setup, nz, s = ("t, one, mz", "", "$3", "$4") if packed_operands else (
+        "t, one, nz, s, mz", "mov.b32 nz, {$3, $3}; mov.b32 s, {$4, $4}; ", "nz", "s")
+    unpack = ("prmt.b32 t, $2, $5, $6; lop3.b32 t, t, 983055, $7, 0xEA; " if byte_permute
+              else "lop3.b32 t, $2, 983055, $5, 0xEA; ")
+    return ("{ .reg .b32 " + regs + "; "
+            f"mov.b32 one, {_TWO_ONES[kind]}; mov.b32 mz, 2147516416; "  # mz: two -0.0
+            + setup + unpack
+            + f"fma.rn.{kind} t, t, one, {nz}; fma.rn.{kind} t, t, {s}, mz; mov.b32 {{$0, $1}}, t; }}")
 
 
 @triton.jit

@@ -61,6 +61,10 @@ import functools
 import os
 
 import torch
+import triton
+
+from awq_ao.kernels.int4_planes import MAGIC_PAIR_BF16, MAGIC_PAIR_FP16, pair_ptx
+from awq_ao.kernels.splitk import add_splits
 
 try:  # Triton >= 3.5 ships Gluon; without it this path is simply never chosen
     from triton.experimental import gluon
@@ -113,18 +117,9 @@ def wgmma_available(device: torch.device) -> bool:
     return capability_major(device.index if device.index is not None else torch.cuda.current_device()) == 9
 
 
-def _pair_ptx(one_bits: int, kind: str) -> str:
-    """PTX of ``_pair``: LOP3 ``(w & 0x000F000F) | magic``, then ``t * 1 + (-(magic + z))`` (exact) and
-    ``(q - z) * s + (-0)`` (one rounding) as packed FMAs. $3 and $4 come packed (the row's value in both
-    halves), made once per row and tile; the halves go out as $0 (column p) and $1 (column p + 4)."""
-    return ("{ .reg .b32 t, one, mz; "
-            f"mov.b32 one, {one_bits}; mov.b32 mz, 2147516416; "  # mz: two -0.0
-            "lop3.b32 t, $2, 983055, $5, 0xEA; "
-            f"fma.rn.{kind} t, t, one, $3; fma.rn.{kind} t, t, $4, mz; mov.b32 {{$0, $1}}, t; }}")
-
-
-PAIR_PTX_BF16 = _pair_ptx(0x3F803F80, "bf16x2")
-PAIR_PTX_FP16 = _pair_ptx(0x3C003C00, "f16x2")
+# the pair unpacking's PTX with the zero term and the scale packed once per row and tile (int4_planes.pair_ptx)
+PAIR_PTX_BF16 = pair_ptx("bf16x2", packed_operands=True)
+PAIR_PTX_FP16 = pair_ptx("f16x2", packed_operands=True)
 # -(magic + z) in both 16-bit halves is NEG_MAGIC_PAIR + z * 0x10001: magic + z (z < 16) is exact with the
 # magic's exponent (128.0 = 0x4300 in bf16, 1024.0 = 0x6400 in fp16, whose last mantissa bit is 1), so its
 # bits are the magic's plus z, and the sign is bit 15; one integer multiply-add per row and tile (as int32)
@@ -370,11 +365,6 @@ def wgmma_linear(x, words, scale, zero_point, pre, has_pre, y, group_size, in_fe
     reduce launch or (``fused_reduce``) in the kernel, on ``counters`` (int32, all zero: the device's kept
     ones, ``splitk.tile_counters``; zeroed per call where there are none or too few).
     """
-    import triton
-
-    from awq_ao.kernels.int4_planes import MAGIC_PAIR_BF16, MAGIC_PAIR_FP16
-    from awq_ao.kernels.splitk import add_splits
-
     m, n = x.shape[0], words.shape[0]
     if y is None:
         y = torch.empty((m, n), dtype=x.dtype, device=x.device)
