@@ -9,8 +9,11 @@
   the launch configuration comes from ``awq_ao.kernels.select_config`` (tuned
   table keyed by GPU, M bucket, N, K and group, else a heuristic). Where that
   config is the Gluon wgmma kernel (sm_90, bf16 / fp16; a tuned table's pick),
-  the op's body calls ``awq_ao::int4_linear_wgmma``: an opaque custom op, since
-  Inductor cannot re-emit a Gluon kernel.
+  or a split-K sum in the kernel while no kept tile counters came in (a
+  ``torch.compile`` trace: the kept buffer is a real tensor, which may not enter
+  a graph built on fake ones), the op's body calls ``awq_ao::int4_linear_opaque``:
+  an opaque custom op, since Inductor cannot re-emit a Gluon kernel, and the
+  counters are read when it runs.
 * CPU, bf16 activations, at most ``CPU_INT4_MAX_M`` rows, and a weight shape the
   kernel takes (N % 16 == 0, group 32/64/128/256): ``aten._weight_int4pack_mm_for_cpu``
   on the layout prepared once when the weight was built.
@@ -72,7 +75,8 @@ def int4_linear_triton(
     """CUDA path: fused dequantize + matmul in Triton; x [M, K] -> [M, N] in x.dtype.
 
     ``counters``: the device's kept split-K tile counters (``awq_ao.kernels.splitk.tile_counters``), all
-    zero, used only by a config that adds its splits in the kernel, which leaves them zero again.
+    zero, used only by a config that adds its splits in the kernel, which leaves them zero again; None in
+    a traced call, and such a config then runs in ``int4_linear_opaque``, which reads them itself.
     """
     from awq_ao.kernels.int4_matmul import launch_int4_linear
 
@@ -87,8 +91,8 @@ def _(x, qdata, scale, zero_point, act_pre_scale, group_size, in_features, count
     return x.new_empty((x.shape[0], qdata.shape[0]))
 
 
-@torch.library.custom_op("awq_ao::int4_linear_wgmma", mutates_args=())
-def int4_linear_wgmma(
+@torch.library.custom_op("awq_ao::int4_linear_opaque", mutates_args=())
+def int4_linear_opaque(
     x: Tensor,
     qdata: Tensor,
     scale: Tensor,
@@ -97,10 +101,12 @@ def int4_linear_wgmma(
     group_size: int,
     in_features: int,
 ) -> Tensor:
-    """sm_90 path for the shapes whose config is the Gluon wgmma kernel (``awq_ao/kernels/int4_wgmma.py``);
-    x [M, K] -> [M, N] in x.dtype. Called from ``int4_linear_triton``'s body when the config it selects is
-    that kernel, so the choice stays out of Dynamo-traced code; opaque to the compiler, since Inductor
-    re-emits a ``triton_op``'s kernels as ``@triton.jit`` source, which a Gluon kernel is not."""
+    """The kernels of ``int4_linear_triton``, launched where the compiler does not look; x [M, K] -> [M, N]
+    in x.dtype. Called from that op's body when the config it selects is the Gluon wgmma kernel
+    (``awq_ao/kernels/int4_wgmma.py``: Inductor re-emits a ``triton_op``'s kernels as ``@triton.jit``
+    source, which a Gluon kernel is not), or adds its splits in the kernel and the body was traced without
+    the kept tile counters (under ``torch.compile``: here they are read at run time, a fixed buffer that
+    CUDA graphs replay). The choice stays out of Dynamo-traced code."""
     from awq_ao.kernels.int4_matmul import launch_int4_linear
     from awq_ao.kernels.splitk import tile_counters
 
@@ -109,7 +115,7 @@ def int4_linear_wgmma(
                               counters=tile_counters(x.device))
 
 
-@int4_linear_wgmma.register_fake
+@int4_linear_opaque.register_fake
 def _(x, qdata, scale, zero_point, act_pre_scale, group_size, in_features):
     return x.new_empty((x.shape[0], qdata.shape[0]))
 
@@ -152,9 +158,11 @@ def int4_linear(x: Tensor, w, bias: Optional[Tensor] = None) -> Tensor:
     if x.device.type == "cuda":
         from awq_ao.kernels.splitk import tile_counters
 
+        # traced (torch.compile runs this on fake tensors): no kept counters, a real tensor, into the graph
+        traced = torch.compiler.is_compiling() or torch._guards.detect_fake_mode((x2d,)) is not None
         y = torch.ops.awq_ao.int4_linear_triton(
             x2d.contiguous(), w.qdata, w.scale, w.zero_point, w.act_pre_scale, w.group_size, k,
-            tile_counters(x.device),
+            None if traced else tile_counters(x.device),
         )
     elif cpu_fast_path_applies(x, w):
         if w.act_pre_scale is not None:

@@ -159,18 +159,56 @@ def shortest_load_use(body: list[str]) -> int:
     return best
 
 
-def report(cfg: KernelConfig, dt: str, group: int, arch: int, top: int = 6, loop: bool = False) -> str:
-    """One table row for ``cfg``: resources, main-loop instructions per weight, the ``top`` commonest opcodes
-    (all with None); with ``loop``, the loop's instructions follow the row, one per line."""
-    kernel = compile_config(cfg, dt, group, arch)
+def _dest_registers(ins: str) -> set[int]:
+    """The general registers an instruction writes (its first operand: 1, 2 or 4 of them by width); none
+    for stores, branches, barriers and HGMMA (whose destination is the accumulator)."""
+    op = _opcode(ins)
+    parts = re.sub(r"^@!?U?P[T\d] ", "", ins).split(None, 1)
+    if len(parts) < 2 or re.match(r"(ST|RED|BRA|BAR|HGMMA|WARPGROUP|EXIT|RET|CALL)", op):
+        return set()
+    hit = re.match(r"R(\d+)\b", parts[1])
+    if not hit:
+        return set()
+    width = 4 if ".128" in op else 2 if (".64" in op or op.startswith(("CS2R", "IMAD.WIDE", "HMMA"))) else 1
+    return set(range(int(hit.group(1)), int(hit.group(1)) + width))
+
+
+def wgmma_register_hazards(body: list[str]) -> list[str]:
+    """Instructions of a loop body that write an HGMMA's A-operand registers while that HGMMA may still
+    read them: after it is issued and before a ``WARPGROUP.DEPBAR.LE gsb0, 0x0`` (a wait that leaves groups
+    in flight retires nothing certain), around the back edge too. The MMA reads register operands
+    asynchronously (PTX ISA, wgmma.mma_async), so any such write is a wrong product waiting to happen."""
+    in_flight: set[int] = set()
+    hazards = []
+    for ins in body + body:  # twice: a group left in flight at the back edge meets the next iteration's writes
+        op = _opcode(ins)
+        if op.startswith("HGMMA"):
+            regs = re.sub(r"^@!?U?P[T\d] ", "", ins).split(None, 1)[1].split(",")
+            hit = re.match(r"\s*R(\d+)", regs[1])
+            if hit:  # A from registers: 4 of them for a k16 fragment of 16-bit values
+                in_flight |= set(range(int(hit.group(1)), int(hit.group(1)) + 4))
+        elif op.startswith("WARPGROUP.DEPBAR") and re.search(r"gsb0, 0x0\b", ins):
+            in_flight.clear()
+        elif _dest_registers(ins) & in_flight and ins not in hazards:
+            hazards.append(ins)
+    return hazards
+
+
+def cuobjdump(kernel) -> tuple[str, str]:
+    """(resource usage, SASS) of a compiled kernel, by the cuobjdump in Triton's wheel."""
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "k.cubin")
         with open(path, "wb") as f:
             f.write(kernel.asm["cubin"])
-        usage = subprocess.run([os.path.join(BIN, "cuobjdump"), "--dump-resource-usage", path],
-                               capture_output=True, text=True).stdout
-        sass = subprocess.run([os.path.join(BIN, "cuobjdump"), "--dump-sass", path],
-                              capture_output=True, text=True).stdout
+        return tuple(subprocess.run([os.path.join(BIN, "cuobjdump"), flag, path], capture_output=True,
+                                    text=True).stdout for flag in ("--dump-resource-usage", "--dump-sass"))
+
+
+def report(cfg: KernelConfig, dt: str, group: int, arch: int, top: int = 6, loop: bool = False) -> str:
+    """One table row for ``cfg``: resources, main-loop instructions per weight, the ``top`` commonest opcodes
+    (all with None); with ``loop``, the loop's instructions follow the row, one per line."""
+    kernel = compile_config(cfg, dt, group, arch)
+    usage, sass = cuobjdump(kernel)
     regs = re.search(r"REG:(\d+)", usage).group(1)
     stack = re.search(r"STACK:(\d+)", usage).group(1)
     body = main_loop(sass)

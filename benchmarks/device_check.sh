@@ -14,7 +14,8 @@
 #
 # Each step has its own time limit (seconds; override by environment), so a slow step cannot starve the
 # rest: WGMMA_S (default 150), CHECK_S (300), LAYOUT_S (60), NCU_S (30 per kernel): 9.5 minutes of limits in
-# all, plus the install, inside one run's 10. The device machines have torch and Triton but no torchao and no network: the
+# all, plus the install, inside one run's 10. A limit of 0 skips its step; CHECK_M (default "1 2 16") sets
+# step 1's M values. The device machines have torch and Triton but no torchao and no network: the
 # torchao wheel travels in .whl/ (named in the run's carry; see kernel_notes.md for how to fetch it).
 set -u
 : "${OUT:?set OUT to the folder whose files come back}"
@@ -30,16 +31,22 @@ status=${PIPESTATUS[0]}
 echo "wgmma_check exit: $status"
 if [ "$status" != 0 ]; then export AWQ_AO_DISABLE_WGMMA=1; fi
 
-timeout "${CHECK_S:-300}" python3 benchmarks/gpu_check.py --out "$OUT" --shapes 3 --m 1 2 16
-echo "gpu_check exit: $?"
+if [ "${CHECK_S:-300}" != 0 ]; then
+  # shellcheck disable=SC2086  # CHECK_M is a list of M values
+  timeout "${CHECK_S:-300}" python3 benchmarks/gpu_check.py --out "$OUT" --shapes 3 --m ${CHECK_M:-1 2 16}
+  echo "gpu_check exit: $?"
+fi
 
-timeout "${LAYOUT_S:-60}" python3 benchmarks/bench_layout.py > "$OUT/bench_layout.txt" 2>&1
-echo "bench_layout exit: $?"
+if [ "${LAYOUT_S:-60}" != 0 ]; then
+  timeout "${LAYOUT_S:-60}" python3 benchmarks/bench_layout.py > "$OUT/bench_layout.txt" 2>&1
+  echo "bench_layout exit: $?"
+fi
 
 cp "$OUT"/tuned_*.json kernels/tuned/ 2>/dev/null  # the picks just tuned, for the probe (loaded after the shipped table)
 NCU=/usr/local/cuda/bin/ncu
 SECTIONS=(--section WarpStateStats --section Occupancy --section SchedulerStats --section LaunchStats
           --metrics "regex:smsp__pcsamp_warps_issue_stalled_.*")
+if [ "${NCU_S:-30}" = 0 ]; then ls -l "$OUT"; exit 0; fi
 timeout "${NCU_S:-30}" "$NCU" -k regex:int4_gemv --launch-count 1 "${SECTIONS[@]}" \
   python3 benchmarks/ncu_probe.py > "$OUT/ncu_int4_gemv.txt" 2>&1
 echo "ncu int4_gemv exit: $?"

@@ -22,7 +22,7 @@ relative to a float64 reference ``(x * pre) @ dequantize(W).T``):
    M = 1, 3 and 16 (at 16 in column order, ``natural_order``: one launch), checking that no CUDA graph is skipped and that Inductor
    updates the kept tile counters in place (any failure there also keeps the
    fused sum out of the tuning); on sm_90, once more with the Gluon wgmma
-   kernel forced for those M (``awq_ao::int4_linear_wgmma``, eager, compiled,
+   kernel forced for those M (``awq_ao::int4_linear_opaque``, eager, compiled,
    CUDA graphs);
 
 then (unless --no-bench) it tunes the configs for the benchmark shapes, saves
@@ -115,7 +115,7 @@ def check_module(device, dtype, mode, fused=False, wgmma=False) -> list[tuple[st
     buckets 1, 4 and 16 take split-K configs with the in-kernel sum (recorded as tuned for this GPU
     while the check runs), so the counters' launches go through torch.compile and CUDA graphs; at 16 in
     column order (``natural_order``), one launch in all. ``wgmma``: those buckets take the Gluon wgmma
-    kernel (``awq_ao::int4_linear_wgmma``, an opaque op) instead, split and unsplit.
+    kernel (``awq_ao::int4_linear_opaque``, an opaque op) instead, split and unsplit.
     """
     torch.manual_seed(0)
     torch._dynamo.reset()  # Linear.forward is one code object for every module: keep the caches apart
@@ -239,20 +239,30 @@ def correctness(device, quick: bool, m_values=None) -> int:
     return failures
 
 
+def _module_results(device, dtype, mode, fused=False, wgmma=False) -> list[tuple[str, float, bool]]:
+    """``check_module``'s results, or one failure naming the exception (the checks after it still run)."""
+    try:
+        return check_module(device, dtype, mode, fused, wgmma)
+    except Exception as exc:  # e.g. a compile error: the tuning and the timing table still follow
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        label = f"module {str(dtype)[6:]} {mode}{' fused' if fused else ''}{' wgmma' if wgmma else ''}"
+        return [(f"{label}: {type(exc).__name__}: {first}", float("nan"), False)]
+
+
 def module_checks(device) -> int:
     """4. an nn.Module eager, compiled (fullgraph) and under CUDA graphs (reduce-overhead)."""
     failures = 0
     for dtype, mode, fused in ((torch.bfloat16, "eager", False), (torch.bfloat16, "compile", False),
                                (torch.bfloat16, "reduce-overhead", False), (torch.float16, "reduce-overhead", False),
                                (torch.bfloat16, "compile", True), (torch.bfloat16, "reduce-overhead", True)):
-        for label, err, ok in check_module(device, dtype, mode, fused):
+        for label, err, ok in _module_results(device, dtype, mode, fused):
             failures += report(label, err, ok)
             if fused:
                 configs.FUSED_REDUCE_CANDIDATES &= ok
     if int4_wgmma.wgmma_available(device):  # the Gluon kernel through its opaque op, compiled and in CUDA graphs
         for dtype, mode in ((torch.bfloat16, "eager"), (torch.bfloat16, "compile"), (torch.float16, "compile"),
                             (torch.bfloat16, "reduce-overhead")):
-            for label, err, ok in check_module(device, dtype, mode, wgmma=True):
+            for label, err, ok in _module_results(device, dtype, mode, wgmma=True):
                 failures += report(label, err, ok)
     return failures
 

@@ -87,12 +87,15 @@ def launch_int4_linear(
     words = qdata.view(torch.int32)
     has_pre = act_pre_scale is not None
     pre = act_pre_scale if has_pre else scale
+    gluon = config.kind == "wgmma" and x.dtype != torch.float32 and int4_wgmma.wgmma_available(x.device)
+    if launcher is not None and (gluon or (config.fused_reduce and config.split_k > 1 and counters is None)):
+        # inside the triton_op, with a Gluon kernel (which Inductor cannot re-emit) or a split-K sum in the
+        # kernel but no kept counters (a traced call): the kernels run in an opaque op, which comes back
+        # here with no launcher and the kept counters
+        return torch.ops.awq_ao.int4_linear_opaque(x, qdata, scale, zero_point, act_pre_scale, group_size,
+                                                   in_features)
     if config.kind == "wgmma":
-        if x.dtype != torch.float32 and int4_wgmma.wgmma_available(x.device):
-            if launcher is not None:  # inside the triton_op: Inductor cannot re-emit a Gluon kernel, so the
-                # kernel runs in an opaque op of its own (which comes back here with no launcher)
-                return torch.ops.awq_ao.int4_linear_wgmma(x, qdata, scale, zero_point, act_pre_scale, group_size,
-                                                          in_features)
+        if gluon:
             return int4_wgmma.wgmma_linear(x, words, scale, zero_point, pre, has_pre, y, group_size, in_features,
                                            config, counters=counters)
         config = config.as_swapped_gemm(group_size, k_pad)  # fp32, or no sm_90 / Gluon: the swapped GEMM tile

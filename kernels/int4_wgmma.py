@@ -202,7 +202,11 @@ if HAVE_GLUON:
     def _mma_tile(acc, words, scale, zero, x_tile, magic_pair, DTYPE: gl.constexpr, NEG_MAGIC: gl.constexpr,
                   A_OP: gl.constexpr):
         """Unpack one weight tile (``_weight_tile``'s) into the A fragment and issue its 8 asynchronous wgmma
-        against the staged activation tile x_tile [BLOCK_M, 128]; waits for the previous tile's."""
+        against the staged activation tile x_tile [BLOCK_M, 128], then wait for them all. Not one group
+        left in flight: the MMA reads its A registers asynchronously, and ptxas (Triton 3.6) reuses them
+        for the next tile's unpacking before the wait that would retire it (the wait's ``deps`` name the
+        16-bit values, not the packed registers the MMA reads): wrong products on the H200, and the SASS
+        test ``test_wgmma_a_registers_are_not_rewritten_in_flight``."""
         scale2 = _both_halves(scale, DTYPE)[:, :, None]
         neg_zero2 = (zero.to(gl.int32) * 0x10001 + NEG_MAGIC)[:, :, None]
         l0, h0 = _pair(words, neg_zero2, scale2, magic_pair, DTYPE)
@@ -214,7 +218,7 @@ if HAVE_GLUON:
         a = gl.reshape(gl.permute(a, _A_TO_MMA.value), [words.shape[0], 128])
         a = gl.convert_layout(a, A_OP, assert_trivial=True)
         acc = warpgroup_mma(a, x_tile.permute((1, 0)), acc, is_async=True)
-        return warpgroup_mma_wait(num_outstanding=1, deps=(acc, a))[0]
+        return warpgroup_mma_wait(num_outstanding=0, deps=(acc, a))[0]
 
     @gluon.jit
     def _int4_wgmma_kernel(

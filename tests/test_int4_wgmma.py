@@ -137,7 +137,7 @@ def test_wgmma_op_is_registered_with_a_fake():
 
     with FakeTensorMode():
         x = torch.empty(5, 256, dtype=torch.bfloat16)
-        y = torch.ops.awq_ao.int4_linear_wgmma(x, torch.empty(96, 128, dtype=torch.uint8),
+        y = torch.ops.awq_ao.int4_linear_opaque(x, torch.empty(96, 128, dtype=torch.uint8),
                                               torch.empty(96, 2, dtype=torch.bfloat16),
                                               torch.empty(96, 2, dtype=torch.uint8), None, 128, 256)
     assert y.shape == (5, 96) and y.dtype == torch.bfloat16
@@ -174,7 +174,7 @@ def test_wgmma_check_script_refuses_without_a_gpu(tmp_path, capsys):
 
 
 def test_triton_op_sends_wgmma_configs_to_the_opaque_op(monkeypatch):
-    """Where the selected config is the wgmma kernel, the triton_op's body calls awq_ao::int4_linear_wgmma (so
+    """Where the selected config is the wgmma kernel, the triton_op's body calls awq_ao::int4_linear_opaque (so
     Inductor never sees a Gluon kernel), and that op launches it with the kept counters. Here the GPU check
     and the launch itself are stand-ins; the stand-in launch runs the swapped GEMM the CPU can run."""
     from awq_ao.kernels import int4_matmul

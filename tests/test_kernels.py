@@ -312,10 +312,9 @@ def test_gemm_activation_launch_zeroes_the_tile_counters():
         assert torch.equal(counters.cpu(), torch.zeros(count, dtype=torch.int32))
 
 
-def test_kept_tile_counters_stay_zero_and_are_a_traced_input():
+def test_kept_tile_counters_stay_zero():
     """The fused split-K sum on the device's kept counters leaves them zero after every call (no zeroing per
-    call needed), and torch.compile reads them as a graph input (dynamo traces ``tile_counters`` without a
-    graph break; a later change to the buffer reaches the compiled code)."""
+    call needed); counters too few for a launch are left alone."""
     from awq_ao.kernels import splitk
 
     gen = torch.Generator().manual_seed(5)
@@ -340,21 +339,46 @@ def test_kept_tile_counters_stay_zero_and_are_a_traced_input():
     assert torch.equal(launch_int4_linear(x, *args, None, None, 64, 256, config=cfg, counters=few), want)
     assert int(few) == 9
 
-    def read(x):
-        return x + splitk.tile_counters(x.device)[:4].to(x.dtype)
 
-    graph_inputs = []
+def test_traced_linear_keeps_the_real_counters_out_and_the_op_body_sends_fused_sums_to_the_opaque_op(monkeypatch):
+    """Under torch.compile ``ops.int4_linear`` runs on fake tensors (the subclass's linear, propagated by
+    Dynamo): the kept counters, a real tensor, must not go into the op (the first H200 compile check failed
+    on exactly that: "Please convert all Tensors to FakeTensors first"). The triton_op's body, traced without
+    counters, sends a config with an in-kernel split-K sum to ``awq_ao::int4_linear_opaque``, which runs it
+    on the kept counters; eager calls that bring counters launch directly."""
+    from types import SimpleNamespace
 
-    def backend(gm, example_inputs):
-        graph_inputs.extend(example_inputs)
-        return gm.forward
+    from torch._subclasses.fake_tensor import FakeTensorMode
 
-    compiled = torch.compile(read, fullgraph=True, backend=backend)
-    x = torch.zeros(4, device=DEVICE)
-    assert torch.equal(compiled(x), x)
-    assert any(t.data_ptr() == kept.data_ptr() for t in graph_inputs)  # an input, not a baked constant
-    kept[:4] = 3
-    try:
-        assert torch.equal(compiled(x), x + 3)
-    finally:
-        kept.zero_()
+    from awq_ao import ops
+    from awq_ao.kernels import int4_matmul, splitk
+
+    cuda0 = torch.device("cuda", 0)
+    monkeypatch.setitem(splitk._TILE_COUNTERS, cuda0, torch.zeros(8, dtype=torch.int32))  # kept, and real
+    with FakeTensorMode():
+        w = SimpleNamespace(in_features=256, out_features=96, group_size=64, act_pre_scale=None,
+                            qdata=torch.empty(96, 128, dtype=torch.uint8, device=cuda0),
+                            scale=torch.empty(96, 4, dtype=torch.float16, device=cuda0),
+                            zero_point=torch.empty(96, 4, dtype=torch.uint8, device=cuda0))
+        y = ops.int4_linear(torch.empty(2, 3, 256, dtype=torch.float16, device=cuda0), w)
+    assert y.shape == (2, 3, 96) and y.device == cuda0
+
+    gen = torch.Generator().manual_seed(9)
+    q, s, z = quant.quantize(torch.randn(40, 256, generator=gen), 4, 64, scale_dtype=torch.float16)
+    args = (quant.pack_int4(q), s, z)
+    x = torch.randn(3, 256, generator=gen).to(torch.float16)
+    fused = KernelConfig("gemv", 16, 64, split_k=4, fused_reduce=True)
+    monkeypatch.setattr(int4_matmul, "select_config", lambda *a: fused)
+    seen, opaque = [], []
+    launch = int4_matmul.fused_linear
+    monkeypatch.setattr(int4_matmul, "fused_linear",
+                        lambda *a, counters=None, **kw: seen.append(counters) or launch(*a, counters=counters, **kw))
+    real_opaque = torch.ops.awq_ao.int4_linear_opaque
+    monkeypatch.setattr(torch.ops.awq_ao, "int4_linear_opaque", lambda *a: opaque.append(1) or real_opaque(*a))
+    want = int4_linear(x, *args, 64, 256, config=dataclasses.replace(fused, fused_reduce=False))
+    seen.clear()
+    y = torch.ops.awq_ao.int4_linear_triton(x, *args, None, 64, 256, None)  # as traced: no counters
+    assert opaque == [1] and seen[-1] is splitk.tile_counters("cpu") and torch.equal(y, want)
+    own = torch.zeros(64, dtype=torch.int32)
+    y = torch.ops.awq_ao.int4_linear_triton(x, *args, None, 64, 256, own)  # eager: the counters it brings
+    assert opaque == [1] and seen[-1] is own and torch.equal(y, want)
