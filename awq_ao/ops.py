@@ -9,9 +9,9 @@
   the launch configuration comes from ``awq_ao.kernels.select_config`` (tuned
   table keyed by GPU, M bucket, N, K and group, else a heuristic). Where that
   config is the Gluon wgmma kernel (sm_90, bf16 / fp16; a tuned table's pick),
-  or a split-K sum in the kernel while no kept tile counters came in (a
-  ``torch.compile`` trace: the kept buffer is a real tensor, which may not enter
-  a graph built on fake ones), the op's body calls ``awq_ao::int4_linear_opaque``:
+  or a split-K sum in the kernel while the body is traced (``torch.compile``:
+  the sum needs the kept tile counters, a real tensor, which may not enter a
+  graph built on fake ones), the op's body calls ``awq_ao::int4_linear_opaque``:
   an opaque custom op, since Inductor cannot re-emit a Gluon kernel, and the
   counters are read when it runs.
 * CPU, bf16 activations, at most ``CPU_INT4_MAX_M`` rows, and a weight shape the
@@ -61,7 +61,7 @@ def _(x, qdata, scale, zero_point, act_pre_scale, group_size, in_features):
     return x.new_empty((*x.shape[:-1], qdata.shape[0]))
 
 
-@torch.library.triton_op("awq_ao::int4_linear_triton", mutates_args=("counters",))
+@torch.library.triton_op("awq_ao::int4_linear_triton", mutates_args=())
 def int4_linear_triton(
     x: Tensor,
     qdata: Tensor,
@@ -70,24 +70,28 @@ def int4_linear_triton(
     act_pre_scale: Optional[Tensor],
     group_size: int,
     in_features: int,
-    counters: Optional[Tensor] = None,
 ) -> Tensor:
     """CUDA path: fused dequantize + matmul in Triton; x [M, K] -> [M, N] in x.dtype.
 
-    ``counters``: the device's kept split-K tile counters (``awq_ao.kernels.splitk.tile_counters``), all
-    zero, used only by a config that adds its splits in the kernel, which leaves them zero again; None in
-    a traced call, and such a config then runs in ``int4_linear_opaque``, which reads them itself.
+    A config that adds its splits in the kernel uses the device's kept tile counters
+    (``awq_ao.kernels.splitk.tile_counters``): read here when the body runs eagerly; when it is traced
+    (Inductor lowers a ``triton_op`` by tracing its body on fake tensors, and the kept buffer is a real
+    one) such a config runs in ``int4_linear_opaque``, which reads them when it runs. The counters are no
+    argument of the op: torch 2.11's fake propagation failed on a mutable optional tensor argument
+    ("tuple index out of range", the H200 check of 2026-11-27).
     """
     from awq_ao.kernels.int4_matmul import launch_int4_linear
+    from awq_ao.kernels.splitk import tile_counters
 
+    traced = torch.compiler.is_compiling() or torch._guards.detect_fake_mode((x,)) is not None
     return launch_int4_linear(
         x, qdata, scale, zero_point, act_pre_scale, None, group_size, in_features,
-        launcher=torch.library.wrap_triton, counters=counters,
+        launcher=torch.library.wrap_triton, counters=None if traced else tile_counters(x.device),
     )
 
 
 @int4_linear_triton.register_fake
-def _(x, qdata, scale, zero_point, act_pre_scale, group_size, in_features, counters=None):
+def _(x, qdata, scale, zero_point, act_pre_scale, group_size, in_features):
     return x.new_empty((x.shape[0], qdata.shape[0]))
 
 
@@ -110,7 +114,7 @@ def int4_linear_opaque(
     from awq_ao.kernels.int4_matmul import launch_int4_linear
     from awq_ao.kernels.splitk import tile_counters
 
-    # the op runs eagerly even in a compiled graph, so the kept counters need no graph input here
+    # the op runs eagerly even in a compiled graph: the kept counters are read when it runs
     return launch_int4_linear(x, qdata, scale, zero_point, act_pre_scale, None, group_size, in_features,
                               counters=tile_counters(x.device))
 
@@ -156,13 +160,8 @@ def int4_linear(x: Tensor, w, bias: Optional[Tensor] = None) -> Tensor:
     lead = x.shape[:-1]
     x2d = x.reshape(-1, k)
     if x.device.type == "cuda":
-        from awq_ao.kernels.splitk import tile_counters
-
-        # traced (torch.compile runs this on fake tensors): no kept counters, a real tensor, into the graph
-        traced = torch.compiler.is_compiling() or torch._guards.detect_fake_mode((x2d,)) is not None
         y = torch.ops.awq_ao.int4_linear_triton(
-            x2d.contiguous(), w.qdata, w.scale, w.zero_point, w.act_pre_scale, w.group_size, k,
-            None if traced else tile_counters(x.device),
+            x2d.contiguous(), w.qdata, w.scale, w.zero_point, w.act_pre_scale, w.group_size, k
         )
     elif cpu_fast_path_applies(x, w):
         if w.act_pre_scale is not None:

@@ -3,9 +3,9 @@
 #
 #   bash benchmarks/device_check.sh          # in the repo root on the device machine, with $OUT set
 #
-# 0. wgmma_check.py: the Gluon wgmma kernel's correctness and its timing table on the goal shapes at M = 1
-#    and 16 ($OUT/wgmma_check.log, wgmma_<gpu>.md); if it fails, AWQ_AO_DISABLE_WGMMA=1 keeps the kernel out of
-#    the steps after it;
+# 0. wgmma_check.py: the Gluon wgmma kernel's correctness, then (apart) its timing table on the goal shapes at
+#    M = 1 and 16 ($OUT/wgmma_check.log, wgmma_<gpu>.md); if the check fails, AWQ_AO_DISABLE_WGMMA=1 keeps the
+#    kernel out of the steps after it;
 # 1. gpu_check.py on the three goal shapes at M = 1, 2 and 16: every candidate checked against a float64
 #    reference, the fused split-K stress test, the compiled and CUDA-graph module checks, then tuning and the
 #    timing table ($OUT: gpu_check.log, tuned_<gpu>.json, kernels_<gpu>.md, each written as the run goes);
@@ -13,9 +13,9 @@
 # 3. Nsight Compute's stall reasons for the GEMV (M = 1) that step 1 picked and the wgmma kernel (M = 16).
 #
 # Each step has its own time limit (seconds; override by environment), so a slow step cannot starve the
-# rest: WGMMA_S (default 150), CHECK_S (300), LAYOUT_S (60), NCU_S (30 per kernel): 9.5 minutes of limits in
-# all, plus the install, inside one run's 10. A limit of 0 skips its step; CHECK_M (default "1 2 16") sets
-# step 1's M values. The device machines have torch and Triton but no torchao and no network: the
+# rest: WGMMA_S (default 120: the check), WGMMA_TIME_S (90: its timing), CHECK_S (270), LAYOUT_S (0: off, its
+# results are in), NCU_S (30 per kernel): 9 minutes of limits in all, plus the install, inside one run's 10. A
+# limit of 0 skips its step; CHECK_M (default "1 2 16") sets step 1's M values. The device machines have torch and Triton but no torchao and no network: the
 # torchao wheel travels in .whl/ (named in the run's carry; see kernel_notes.md for how to fetch it).
 set -u
 : "${OUT:?set OUT to the folder whose files come back}"
@@ -25,20 +25,26 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 ln -sfn ../kernels awq_ao/kernels  # the package's kernels, importable without installing the project
 nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv,noheader
 
-# 0. the Gluon wgmma kernel first, in a process of its own: if it fails (or faults), it is off for the rest
-timeout "${WGMMA_S:-150}" python3 benchmarks/wgmma_check.py --out "$OUT" 2>&1 | tee "$OUT/wgmma_check.log"
+# 0. the Gluon wgmma kernel first, in a process of its own: if its check fails (or faults), it is off for the
+# rest; its timing table runs apart (the short config list), so a timing cut short cannot turn it off
+timeout "${WGMMA_S:-120}" python3 benchmarks/wgmma_check.py --no-bench 2>&1 | tee "$OUT/wgmma_check.log"
 status=${PIPESTATUS[0]}
 echo "wgmma_check exit: $status"
-if [ "$status" != 0 ]; then export AWQ_AO_DISABLE_WGMMA=1; fi
+if [ "$status" != 0 ]; then
+  export AWQ_AO_DISABLE_WGMMA=1
+elif [ "${WGMMA_TIME_S:-90}" != 0 ]; then
+  timeout "${WGMMA_TIME_S:-90}" python3 benchmarks/wgmma_check.py --no-check --short --out "$OUT" 2>&1 \
+    | tee -a "$OUT/wgmma_check.log"
+fi
 
-if [ "${CHECK_S:-300}" != 0 ]; then
+if [ "${CHECK_S:-270}" != 0 ]; then
   # shellcheck disable=SC2086  # CHECK_M is a list of M values
-  timeout "${CHECK_S:-300}" python3 benchmarks/gpu_check.py --out "$OUT" --shapes 3 --m ${CHECK_M:-1 2 16}
+  timeout "${CHECK_S:-270}" python3 benchmarks/gpu_check.py --out "$OUT" --shapes 3 --m ${CHECK_M:-1 2 16}
   echo "gpu_check exit: $?"
 fi
 
-if [ "${LAYOUT_S:-60}" != 0 ]; then
-  timeout "${LAYOUT_S:-60}" python3 benchmarks/bench_layout.py > "$OUT/bench_layout.txt" 2>&1
+if [ "${LAYOUT_S:-0}" != 0 ]; then
+  timeout "${LAYOUT_S:-0}" python3 benchmarks/bench_layout.py > "$OUT/bench_layout.txt" 2>&1
   echo "bench_layout exit: $?"
 fi
 

@@ -258,7 +258,8 @@ def candidate_configs(m: int, n: int, k_pad: int, group_size: int, device: torch
             for per_sm in (1, 2, 4, 8):  # two-warp programs per SM; one-warp programs twice as many
                 cfg = _gemv(m, n, k_pad, group_size, device, block_n, block_k, per_sm=per_sm * 2 // warps,
                             num_warps=warps, num_stages=stages)
-                out += [cfg, dataclasses.replace(cfg, fused_reduce=True)]  # with each way of adding the splits
+                out += [cfg] + ([dataclasses.replace(cfg, fused_reduce=True)]  # with each way of adding splits
+                                if FUSED_REDUCE_CANDIDATES else [])
         for block_n, warps, block_k, prefetch in GEMV_M1_UNSPLIT_TILES:
             cfg = _gemv(m, n, k_pad, group_size, device, block_n, block_k, num_warps=warps, prefetch=prefetch)
             out += [dataclasses.replace(cfg, split_k=s) for s in (1, 2, cfg.split_k)]

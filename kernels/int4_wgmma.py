@@ -32,7 +32,9 @@ Per 128-column tile a thread then loads two 16-byte words (rows g and g + 8), on
 zero per row (its 32 columns lie in one group: groups of 32 .. any multiple of 32), unpacks 64
 weights with 3 shifts, 32 LOP3 and 64 packed FMAs (``(q - z)`` exactly, then times the scale,
 rounded once to the dtype, as a dense dequantized weight is), and issues 8 asynchronous wgmma
-(k = 16) into the fp32 accumulator; the words, scales and zeros are loaded a tile ahead, from one
+(k = 16) into the fp32 accumulator, then waits for them (none left in flight while the next tile is
+unpacked into registers the MMA may still be reading: ``_mma_tile``); the words, scales and zeros are
+loaded a tile ahead, from one
 register buffer or (``KernelConfig.prefetch`` 2) two, each refilled for the tile two ahead as soon
 as its tile is unpacked (the first loads go out before the activation is staged). Or
 (``KernelConfig.num_stages`` >= 3) the words stream through a shared-memory ring by ``cp.async``,

@@ -37,8 +37,9 @@ def tile_counters(device) -> Optional[torch.Tensor]:
 
     Every fused launch leaves the slots it used at 0 (its last programs reset them), so the buffer
     is made once per device and needs no zeroing per call: the fused sum then costs no launch at all.
-    Marked as a static address, so that under ``torch.compile`` it is a graph input whose in-place
-    update CUDA graphs keep. Two fused launches running at the same time on different streams of
+    Never a graph input: compiled code reaches it through the opaque op ``awq_ao::int4_linear_opaque``,
+    which reads it when it runs (a fixed address, so CUDA graphs replay its in-place updates; marked
+    static all the same). Two fused launches running at the same time on different streams of
     one device would share it: awq_ao launches on one stream.
     """
     device = torch.device(device)

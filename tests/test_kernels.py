@@ -343,9 +343,11 @@ def test_kept_tile_counters_stay_zero():
 def test_traced_linear_keeps_the_real_counters_out_and_the_op_body_sends_fused_sums_to_the_opaque_op(monkeypatch):
     """Under torch.compile ``ops.int4_linear`` runs on fake tensors (the subclass's linear, propagated by
     Dynamo): the kept counters, a real tensor, must not go into the op (the first H200 compile check failed
-    on exactly that: "Please convert all Tensors to FakeTensors first"). The triton_op's body, traced without
-    counters, sends a config with an in-kernel split-K sum to ``awq_ao::int4_linear_opaque``, which runs it
-    on the kept counters; eager calls that bring counters launch directly."""
+    on exactly that: "Please convert all Tensors to FakeTensors first"; passing None through a mutable
+    optional argument then failed torch 2.11's fake propagation, so the op has no such argument). The
+    triton_op's body reads the kept counters when it runs eagerly; traced (Inductor traces it on fake
+    tensors), it sends a config with an in-kernel split-K sum to ``awq_ao::int4_linear_opaque``, which runs
+    it on the kept counters."""
     from types import SimpleNamespace
 
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -376,9 +378,9 @@ def test_traced_linear_keeps_the_real_counters_out_and_the_op_body_sends_fused_s
     real_opaque = torch.ops.awq_ao.int4_linear_opaque
     monkeypatch.setattr(torch.ops.awq_ao, "int4_linear_opaque", lambda *a: opaque.append(1) or real_opaque(*a))
     want = int4_linear(x, *args, 64, 256, config=dataclasses.replace(fused, fused_reduce=False))
-    seen.clear()
-    y = torch.ops.awq_ao.int4_linear_triton(x, *args, None, 64, 256, None)  # as traced: no counters
-    assert opaque == [1] and seen[-1] is splitk.tile_counters("cpu") and torch.equal(y, want)
-    own = torch.zeros(64, dtype=torch.int32)
-    y = torch.ops.awq_ao.int4_linear_triton(x, *args, None, 64, 256, own)  # eager: the counters it brings
-    assert opaque == [1] and seen[-1] is own and torch.equal(y, want)
+    kept = splitk.tile_counters("cpu")
+    y = torch.ops.awq_ao.int4_linear_triton(x, *args, None, 64, 256)  # eager: the body reads the kept counters
+    assert opaque == [] and seen[-1] is kept and torch.equal(y, want)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # the body as Inductor traces it
+    y = torch.ops.awq_ao.int4_linear_triton(x, *args, None, 64, 256)
+    assert opaque == [1] and seen[-1] is kept and torch.equal(y, want)
