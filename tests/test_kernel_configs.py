@@ -298,6 +298,42 @@ def test_wgmma_kernel_compiles_to_sm90_without_a_shared_memory_round_trip(dt, bl
         assert int(mix["LDGSTS"]) == 2 and "LDG" not in mix and int(mix["BAR"]) <= 2 and "LDSM" not in mix, row
 
 
+def test_triton_op_body_as_aot_autograd_traces_it_on_fake_cuda_tensors():
+    """How torch.compile sees ``awq_ao::int4_linear_triton`` on a GPU, replayed here with fake CUDA tensors:
+    AOTAutograd decomposes a ``triton_op`` into its body (traced on fake tensors, FunctionalTensorMode on),
+    so a plain config becomes the kernels' ``triton_kernel_wrapper_functional`` calls, Inductor's to compile,
+    and a config with the in-kernel split-K sum, or the Gluon wgmma kernel, becomes one call of the opaque
+    ``int4_linear_opaque`` (which reads the kept tile counters when it runs; no real tensor in the graph). In a child process: Triton's
+    interpreter, which this one runs, would execute the kernels instead of tracing them."""
+    code = (
+        "import torch\n"
+        "from torch._subclasses.fake_tensor import FakeTensorMode\n"
+        "from functorch.compile import aot_function\n"
+        "import awq_ao.ops\n"
+        "from awq_ao.kernels import int4_matmul, int4_wgmma\n"
+        "int4_wgmma.wgmma_available = lambda device: True\n"
+        "class Traced(Exception): pass\n"
+        "def keep(gm, inputs): raise Traced(gm.code)\n"
+        "d = torch.device('cuda', 0)\n"
+        "for fused, cfg in ((False, KernelConfig('gemv', 16, 64, split_k=4)), (True, KernelConfig('gemv', 16, 64, split_k=4, fused_reduce=True)),\n"
+        "                   ('wgmma', KernelConfig('wgmma', 64, 128, block_m=8, split_k=2))):\n"
+        "    int4_matmul.select_config = lambda *a, cfg=cfg: cfg\n"
+        "    with FakeTensorMode():\n"
+        "        args = (torch.empty(3, 256, dtype=torch.float16, device=d), torch.empty(40, 128, dtype=torch.uint8, device=d),\n"
+        "                torch.empty(40, 4, dtype=torch.float16, device=d), torch.empty(40, 4, dtype=torch.uint8, device=d))\n"
+        "        f = aot_function(lambda x, q, s, z: torch.ops.awq_ao.int4_linear_triton(x, q, s, z, None, 64, 256), fw_compiler=keep)\n"
+        "        try:\n"
+        "            f(*args)\n"
+        "        except Traced as traced:\n"
+        "            code = str(traced)\n"
+        "    print(fused, code.count('triton_kernel_wrapper_functional('), code.count('int4_linear_opaque.default('))\n"
+    )
+    plain, fused, wgmma = _compiled_in_child(code, 3)
+    assert plain == "False 2 0", plain  # the GEMV and the split-K reduce launch, traced for Inductor
+    assert fused == "True 0 1", fused
+    assert wgmma == "wgmma 0 1", wgmma  # a Gluon kernel, which Inductor cannot re-emit
+
+
 def test_wgmma_register_hazard_check_flags_a_rewritten_operand():
     """``compile_report.wgmma_register_hazards`` (which the compile test above runs on the kernel's SASS):
     a write to an HGMMA's A registers after it is issued is a hazard unless a ``DEPBAR.LE gsb0, 0x0``
