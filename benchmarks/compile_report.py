@@ -7,6 +7,7 @@
     PYTHONPATH=/tmp/triton36 python benchmarks/compile_report.py --m 1 2 4
     python benchmarks/compile_report.py --m 16 --all-ops      # every opcode of each main loop
     python benchmarks/compile_report.py --m 16 --loop         # and each main loop's instructions, in order
+    python benchmarks/compile_report.py --m 1 16 --hazards    # wgmma rows: writes to in-flight A registers (0)
 
 Triton's wheel carries ptxas and cuobjdump, so kernels compile to SASS here.
 For each launch config: registers, stack (spills), shared memory, and the
@@ -204,9 +205,11 @@ def cuobjdump(kernel) -> tuple[str, str]:
                                     text=True).stdout for flag in ("--dump-resource-usage", "--dump-sass"))
 
 
-def report(cfg: KernelConfig, dt: str, group: int, arch: int, top: int = 6, loop: bool = False) -> str:
+def report(cfg: KernelConfig, dt: str, group: int, arch: int, top: int = 6, loop: bool = False,
+           hazards: bool = False) -> str:
     """One table row for ``cfg``: resources, main-loop instructions per weight, the ``top`` commonest opcodes
-    (all with None); with ``loop``, the loop's instructions follow the row, one per line."""
+    (all with None); with ``loop``, the loop's instructions follow the row, one per line; with ``hazards``, a
+    wgmma row is followed by the count of ``wgmma_register_hazards`` in its loop."""
     kernel = compile_config(cfg, dt, group, arch)
     usage, sass = cuobjdump(kernel)
     regs = re.search(r"REG:(\d+)", usage).group(1)
@@ -226,7 +229,9 @@ def report(cfg: KernelConfig, dt: str, group: int, arch: int, top: int = 6, loop
     kind += " natural" if cfg.natural_order else ""
     return (f"| {kind} | {cfg.block_m} | {cfg.block_n} | {cfg.block_k} | {cfg.num_warps} | {cfg.num_stages} | "
             f"{regs} | {stack} | {kernel.metadata.shared} | {count / weights_per_thread:.2f} | "
-            f"{shortest_load_use(body)} | {top} |" + ("".join(f"\n    {ins}" for ins in body) if loop else ""))
+            f"{shortest_load_use(body)} | {top} |" + ("".join(f"\n    {ins}" for ins in body) if loop else "")
+            + (f"\n    A-register hazards: {len(wgmma_register_hazards(body))}" if hazards and cfg.kind == "wgmma"
+               else ""))
 
 
 def main(argv=None) -> int:
@@ -237,6 +242,8 @@ def main(argv=None) -> int:
     parser.add_argument("--m", type=int, nargs="+", default=[1, 16, 64, 512], help="M values whose candidates to compile")
     parser.add_argument("--all-ops", action="store_true", help="the loop's whole opcode mix, not its 6 commonest")
     parser.add_argument("--loop", action="store_true", help="each main loop's instructions after its row")
+    parser.add_argument("--hazards", action="store_true",
+                        help="after each wgmma row, its loop's writes to in-flight A registers (0 is correct)")
     args = parser.parse_args(argv)
     import torch
 
@@ -261,7 +268,7 @@ def main(argv=None) -> int:
     for cfg in seen:
         try:
             print(report(cfg, TYPES[args.dtype], args.group, args.arch, top=None if args.all_ops else 6,
-                         loop=args.loop), flush=True)
+                         loop=args.loop, hazards=args.hazards), flush=True)
         except Exception as exc:
             print(f"| {cfg} | compile error: {type(exc).__name__}: {str(exc).splitlines()[0][:80]} |")
     return 0
