@@ -56,9 +56,11 @@ def _signature(kind: str, dt: str) -> dict:
 KERNELS = {"gemv": _int4_gemv_kernel, "gemm": _int4_gemm_kernel, "dequant": _int4_dequant_kernel}
 
 
-def compile_wgmma(cfg: KernelConfig, dt: str, group: int, arch: int, k: int = 4096, pre: bool = False):
+def compile_wgmma(cfg: KernelConfig, dt: str, group: int, arch: int, k: int = 4096, pre: bool = False,
+                  overlap: bool = None):
     """The compiled Gluon kernel of a ``wgmma`` config (``int4_wgmma.py``) for K = ``k``, output in the
-    activation dtype (fp32 partials when the config splits K)."""
+    activation dtype (fp32 partials when the config splits K); ``overlap`` (default: the module's
+    ``OVERLAP_PAIRS``) for the two-buffer loop's experimental MMA / unpacking overlap."""
     import torch
     from triton.experimental.gluon._runtime import GluonASTSource
 
@@ -74,6 +76,7 @@ def compile_wgmma(cfg: KernelConfig, dt: str, group: int, arch: int, k: int = 40
     constexprs = {"GROUP_SIZE": group, "HAS_PRE_SCALE": pre, "BLOCK_M": cfg.block_m, "TILES": per_split,
                   "SPLIT_OUT": split_out, "FUSED_SPLITS": cfg.split_k if cfg.fused_reduce and split_out else 0,
                   "TWO_BUFFERS": cfg.prefetch == 2, "RING": cfg.num_stages if cfg.num_stages >= 3 else 0,
+                  "OVERLAP": (int4_wgmma.OVERLAP_PAIRS if overlap is None else overlap) and cfg.prefetch == 2,
                   "NEG_MAGIC": int4_wgmma.NEG_MAGIC_PAIR[torch.bfloat16 if dt == "bf16" else torch.float16],
                   "BLOCK_N": cfg.block_n, "WORDS": int4_wgmma.words_layout(cfg.block_n)}
     return _compile(GluonASTSource, int4_wgmma._int4_wgmma_kernel, sig, constexprs,
@@ -175,23 +178,32 @@ def _dest_registers(ins: str) -> set[int]:
 
 
 def wgmma_register_hazards(body: list[str]) -> list[str]:
-    """Instructions of a loop body that write an HGMMA's A-operand registers while that HGMMA may still
-    read them: after it is issued and before a ``WARPGROUP.DEPBAR.LE gsb0, 0x0`` (a wait that leaves groups
-    in flight retires nothing certain), around the back edge too. The MMA reads register operands
-    asynchronously (PTX ISA, wgmma.mma_async), so any such write is a wrong product waiting to happen."""
-    in_flight: set[int] = set()
+    """Instructions of a loop body that touch an HGMMA's registers while it may still use them: a write to
+    its A operand, or any read or write of its accumulator, after it is issued and before a
+    ``WARPGROUP.DEPBAR.LE gsb0, 0x0`` (a wait that leaves groups in flight retires nothing certain), around
+    the back edge too. The MMA reads register operands and writes its accumulator asynchronously (PTX ISA,
+    wgmma.mma_async), so any such instruction is a wrong product waiting to happen."""
+    a_regs: set[int] = set()
+    acc_regs: set[int] = set()
     hazards = []
     for ins in body + body:  # twice: a group left in flight at the back edge meets the next iteration's writes
         op = _opcode(ins)
+        operands = re.sub(r"^@!?U?P[T\d] ", "", ins).split(None, 1)[1:]
         if op.startswith("HGMMA"):
-            regs = re.sub(r"^@!?U?P[T\d] ", "", ins).split(None, 1)[1].split(",")
+            regs = operands[0].split(",")
+            shape = re.match(r"HGMMA\.64x(\d+)x", op)
+            acc = int(re.match(r"\s*R(\d+)", regs[0]).group(1))
+            acc_regs |= set(range(acc, acc + (int(shape.group(1)) // 2 if shape else 1)))  # fp32: N / 2 per thread
             hit = re.match(r"\s*R(\d+)", regs[1])
             if hit:  # A from registers: 4 of them for a k16 fragment of 16-bit values
-                in_flight |= set(range(int(hit.group(1)), int(hit.group(1)) + 4))
+                a_regs |= set(range(int(hit.group(1)), int(hit.group(1)) + 4))
         elif op.startswith("WARPGROUP.DEPBAR") and re.search(r"gsb0, 0x0\b", ins):
-            in_flight.clear()
-        elif _dest_registers(ins) & in_flight and ins not in hazards:
-            hazards.append(ins)
+            a_regs.clear()
+            acc_regs.clear()
+        elif ins not in hazards:
+            touched = {int(r) for r in re.findall(r"\bR(\d+)\b", operands[0])} if operands else set()
+            if _dest_registers(ins) & a_regs or touched & acc_regs:
+                hazards.append(ins)
     return hazards
 
 

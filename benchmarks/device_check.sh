@@ -13,8 +13,9 @@
 # 3. Nsight Compute's stall reasons for the GEMV (M = 1) that step 1 picked and the wgmma kernel (M = 16).
 #
 # Each step has its own time limit (seconds; override by environment), so a slow step cannot starve the
-# rest: WGMMA_S (default 120: the check), WGMMA_TIME_S (90: its timing), CHECK_S (270), LAYOUT_S (0: off, its
-# results are in), NCU_S (30 per kernel): 9 minutes of limits in all, plus the install, inside one run's 10. A
+# rest: WGMMA_S (default 120: the check), WGMMA_TIME_S (120: its timing, the two-buffer configs with and
+# without the experimental overlap), CHECK_S (240), LAYOUT_S (0: off, its results are in), NCU_S (30 per
+# kernel): 9 minutes of limits in all, plus the install, inside one run's 10. A
 # limit of 0 skips its step; CHECK_M (default "1 2 16") sets step 1's M values. The device machines have torch and Triton but no torchao and no network: the
 # torchao wheel travels in .whl/ (named in the run's carry; see kernel_notes.md for how to fetch it).
 set -u
@@ -32,14 +33,14 @@ status=${PIPESTATUS[0]}
 echo "wgmma_check exit: $status"
 if [ "$status" != 0 ]; then
   export AWQ_AO_DISABLE_WGMMA=1
-elif [ "${WGMMA_TIME_S:-90}" != 0 ]; then
-  timeout "${WGMMA_TIME_S:-90}" python3 benchmarks/wgmma_check.py --no-check --short --out "$OUT" 2>&1 \
+elif [ "${WGMMA_TIME_S:-120}" != 0 ]; then
+  timeout "${WGMMA_TIME_S:-120}" python3 benchmarks/wgmma_check.py --no-check --short --out "$OUT" 2>&1 \
     | tee -a "$OUT/wgmma_check.log"
 fi
 
-if [ "${CHECK_S:-270}" != 0 ]; then
+if [ "${CHECK_S:-240}" != 0 ]; then
   # shellcheck disable=SC2086  # CHECK_M is a list of M values
-  timeout "${CHECK_S:-270}" python3 benchmarks/gpu_check.py --out "$OUT" --shapes 3 --m ${CHECK_M:-1 2 16}
+  timeout "${CHECK_S:-240}" python3 benchmarks/gpu_check.py --out "$OUT" --shapes 3 --m ${CHECK_M:-1 2 16}
   echo "gpu_check exit: $?"
 fi
 

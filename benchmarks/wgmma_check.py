@@ -16,6 +16,7 @@ buffers and the shared-memory ring. Timing (CUDA-graph replays over rotated weig
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
@@ -45,11 +46,31 @@ TIMED_SHORT = ((64, 4, True, 1, 1), (64, 4, True, 2, 1), (64, 8, True, 2, 1), (6
                (64, 4, True, 1, 4), (64, 8, True, 1, 1), (128, 4, True, 1, 1))
 
 
-def label(cfg) -> str:
+def label(cfg, overlap: bool = False) -> str:
     """A fitted wgmma config in short: N64 BM16 s4f b2 = 64 rows, BLOCK_M 16, split 4, fused sum, two weight
-    buffers; r4: a 4-stage shared-memory ring for the words."""
-    words = f"r{cfg.num_stages}" if cfg.num_stages >= 3 else f"b{cfg.prefetch}"
+    buffers; r4: a 4-stage shared-memory ring for the words; b2o: two buffers with the experimental
+    MMA / unpacking overlap (``int4_wgmma.OVERLAP_PAIRS``)."""
+    words = f"r{cfg.num_stages}" if cfg.num_stages >= 3 else f"b{cfg.prefetch}" + ("o" if overlap else "")
     return f"N{cfg.block_n} BM{cfg.block_m} s{cfg.split_k}{'f' if cfg.fused_reduce else ''} {words}"
+
+
+def with_overlap(configs):
+    """Each (block_n, split, fused, buffers, stages) with overlap False, and the two-buffer ones again with True."""
+    for spec in configs:
+        yield spec, False
+        if spec[3] == 2:
+            yield spec, True
+
+
+@contextlib.contextmanager
+def overlap_pairs(on: bool):
+    """``int4_wgmma.OVERLAP_PAIRS`` set to ``on`` inside the block (a kernel constexpr: each value compiles apart)."""
+    saved = int4_wgmma.OVERLAP_PAIRS
+    int4_wgmma.OVERLAP_PAIRS = on
+    try:
+        yield
+    finally:
+        int4_wgmma.OVERLAP_PAIRS = saved
 
 
 def correctness(device, cases=CASES, dtypes=(torch.bfloat16, torch.float16)) -> int:
@@ -58,17 +79,18 @@ def correctness(device, cases=CASES, dtypes=(torch.bfloat16, torch.float16)) -> 
         for m, n, k, group in cases:
             for with_pre in (False, True):
                 x, (qdata, s, z), pre, ref = make_case(device, dtype, m, n, k, group, with_pre=with_pre)
-                for block_n, split, fused, buffers, stages in CHECKED:
+                for (block_n, split, fused, buffers, stages), overlap in with_overlap(CHECKED):
                     cfg = KernelConfig("wgmma", block_n, 128, block_m=m, split_k=split, fused_reduce=fused,
                                        prefetch=buffers, num_stages=stages)
                     out = torch.full((m, n), float("nan"), dtype=dtype, device=device)
-                    int4_linear(x, qdata, s, z, group, k, act_pre_scale=pre, out=out, config=cfg)
+                    with overlap_pairs(overlap):
+                        int4_linear(x, qdata, s, z, group, k, act_pre_scale=pre, out=out, config=cfg)
                     err = ((out.double() - ref).norm() / ref.norm()).item()
                     ok = bool(torch.isfinite(out).all()) and err < TOL[dtype]
                     failures += not ok
                     fitted = cfg.fitted(group, qdata.shape[1] * 2)
                     print(f"{'ok  ' if ok else 'FAIL'} {str(dtype)[6:]} M={m} N={n} K={k} g={group} pre={with_pre} "
-                          f"{label(fitted)}: rel err {err:.2e}", flush=True)
+                          f"{label(fitted, overlap)}: rel err {err:.2e}", flush=True)
     return failures
 
 
@@ -81,7 +103,7 @@ def timing(device, out_path, m_values=(1, 16), timed=TIMED) -> None:
     counters = tile_counters(device)
     header = ("| N | K | M | bf16 F.linear us | select_config us (config) | wgmma best us (config) | "
               "wgmma / bf16 speedup | wgmma / select_config speedup | every config us (s: split, f: fused sum, "
-              "N: weight rows per program, b: weight buffers, r: ring stages) |")
+              "N: weight rows per program, b: weight buffers, o: overlapped, r: ring stages) |")
     lines = [f"{torch.cuda.get_device_name()}, torch {torch.__version__}", "", header, "|---" * 9 + "|"]
     with open(out_path, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -98,18 +120,19 @@ def timing(device, out_path, m_values=(1, 16), timed=TIMED) -> None:
             bf16_us = 1e3 * graph_time_ms([lambda w=w, s=sets[0]: F.linear(s[0], w) for w in dense])
             del dense
 
-            def run(cfg):
-                return 1e3 * graph_time_ms([lambda s=s: launch_int4_linear(
-                    s[0], s[1], s[2], s[3], None, s[4], group, k, config=cfg, counters=counters) for s in sets])
+            def run(cfg, overlap=False):
+                with overlap_pairs(overlap):
+                    return 1e3 * graph_time_ms([lambda s=s: launch_int4_linear(
+                        s[0], s[1], s[2], s[3], None, s[4], group, k, config=cfg, counters=counters) for s in sets])
 
             base_cfg = select_config(m, n, k, group, device)
             base_us = run(base_cfg)
             per_split = {}  # label (split, fused sum, buffers) -> us
-            for block_n, split, fused, buffers, stages in timed:
+            for (block_n, split, fused, buffers, stages), overlap in with_overlap(timed):
                 cfg = KernelConfig("wgmma", block_n, 128, block_m=m, split_k=split, fused_reduce=fused,
                                    prefetch=buffers, num_stages=stages).fitted(group, k)
-                if label(cfg) not in per_split:
-                    per_split[label(cfg)] = run(cfg)
+                if label(cfg, overlap) not in per_split:
+                    per_split[label(cfg, overlap)] = run(cfg, overlap)
             best_split = min(per_split, key=per_split.get)
             best = per_split[best_split]
             short = {f.name: getattr(base_cfg, f.name) for f in dataclasses.fields(base_cfg)

@@ -82,6 +82,10 @@ WGMMA_BLOCK_N = (64, 128)  # weight rows per program: one warp group (4 warps x 
 BLOCK_K = 128  # columns per K tile
 WGMMA_BLOCK_M = (8, 16, 32, 64)  # activation rows per program: the MMA's N
 WGMMA_SMEM_BYTES = 64 * 1024  # most shared memory a program may take (the split grows to fit)
+# Experimental, off unless AWQ_AO_WGMMA_OVERLAP=1 (or set here): the two-buffer loop lets the first tile's
+# MMAs run while the second is unpacked (``_mma_two_tiles``); 0 register hazards in the SASS, 96-128
+# registers against 80-128, not yet run on a GPU (``benchmarks/wgmma_check.py`` checks and times both ways)
+OVERLAP_PAIRS = os.environ.get("AWQ_AO_WGMMA_OVERLAP") == "1"
 
 # The MMA column order of a 128-column tile (see the module docstring). A stored column of the tile is
 # 32c + 8q + 4b + 2 p1 + p0: the activation tile is loaded as [m, c, q, b, p1, p0] and permuted by
@@ -201,14 +205,9 @@ if HAVE_GLUON:
         async_copy.commit_group()
 
     @gluon.jit
-    def _mma_tile(acc, words, scale, zero, x_tile, magic_pair, DTYPE: gl.constexpr, NEG_MAGIC: gl.constexpr,
-                  A_OP: gl.constexpr):
-        """Unpack one weight tile (``_weight_tile``'s) into the A fragment and issue its 8 asynchronous wgmma
-        against the staged activation tile x_tile [BLOCK_M, 128], then wait for them all. Not one group
-        left in flight: the MMA reads its A registers asynchronously, and ptxas (Triton 3.6) reuses them
-        for the next tile's unpacking before the wait that would retire it (the wait's ``deps`` name the
-        16-bit values, not the packed registers the MMA reads): wrong products on the H200, and the SASS
-        test ``test_wgmma_a_registers_are_not_rewritten_in_flight``."""
+    def _fragment(words, scale, zero, magic_pair, DTYPE: gl.constexpr, NEG_MAGIC: gl.constexpr, A_OP: gl.constexpr):
+        """One weight tile (``_weight_tile``'s words, scales, zeros) unpacked into wgmma's A fragment
+        [rows, 128] in MMA column order."""
         scale2 = _both_halves(scale, DTYPE)[:, :, None]
         neg_zero2 = (zero.to(gl.int32) * 0x10001 + NEG_MAGIC)[:, :, None]
         l0, h0 = _pair(words, neg_zero2, scale2, magic_pair, DTYPE)
@@ -218,16 +217,40 @@ if HAVE_GLUON:
         # [64, c, q] x (pair p, half b) -> [64, c, q, b, p0, p1] -> MMA order [64, q, p1, p0, c, b]
         a = gl.join(gl.join(gl.join(l0, h0), gl.join(l1, h1)), gl.join(gl.join(l2, h2), gl.join(l3, h3)))
         a = gl.reshape(gl.permute(a, _A_TO_MMA.value), [words.shape[0], 128])
-        a = gl.convert_layout(a, A_OP, assert_trivial=True)
+        return gl.convert_layout(a, A_OP, assert_trivial=True)
+
+    @gluon.jit
+    def _mma_tile(acc, words, scale, zero, x_tile, magic_pair, DTYPE: gl.constexpr, NEG_MAGIC: gl.constexpr,
+                  A_OP: gl.constexpr):
+        """Unpack one weight tile into the A fragment and issue its 8 asynchronous wgmma against the staged
+        activation tile x_tile [BLOCK_M, 128], then wait for them all. No group is left in flight across
+        calls: the MMA reads its A registers asynchronously, and with a group pending at the loop's back
+        edge ptxas (Triton 3.6) reused them for the next tile's unpacking (the wait's ``deps`` name the
+        16-bit values, not the packed registers the MMA reads): wrong products on the H200. The SASS check
+        ``compile_report.wgmma_register_hazards`` finds such writes (tests/test_kernel_configs.py)."""
+        a = _fragment(words, scale, zero, magic_pair, DTYPE, NEG_MAGIC, A_OP)
         acc = warpgroup_mma(a, x_tile.permute((1, 0)), acc, is_async=True)
         return warpgroup_mma_wait(num_outstanding=0, deps=(acc, a))[0]
+
+    @gluon.jit
+    def _mma_two_tiles(acc, words_a, scale_a, zero_a, x_a, words_b, scale_b, zero_b, x_b, magic_pair,
+                       DTYPE: gl.constexpr, NEG_MAGIC: gl.constexpr, A_OP: gl.constexpr):
+        """Two tiles (the two register buffers'): tile a's MMAs run while tile b is unpacked, then one wait
+        for both. Both fragments are live to that wait, so ptxas keeps tile a's registers (0 hazards in the
+        SASS of every two-buffer variant, Triton 3.6 and 3.9; the loop carries nothing in flight)."""
+        a = _fragment(words_a, scale_a, zero_a, magic_pair, DTYPE, NEG_MAGIC, A_OP)
+        acc = warpgroup_mma(a, x_a.permute((1, 0)), acc, is_async=True)
+        b = _fragment(words_b, scale_b, zero_b, magic_pair, DTYPE, NEG_MAGIC, A_OP)
+        acc = warpgroup_mma(b, x_b.permute((1, 0)), acc, is_async=True)
+        return warpgroup_mma_wait(num_outstanding=0, deps=(acc, a, b))[0]
 
     @gluon.jit
     def _int4_wgmma_kernel(
         x_ptr, q_ptr, s_ptr, z_ptr, pre_ptr, out_ptr, y_ptr, counter_ptr,
         M, N, K, K_WORDS, stride_xm, stride_q, stride_s, stride_om, stride_osplit, magic_pair,
         GROUP_SIZE: gl.constexpr, HAS_PRE_SCALE: gl.constexpr, BLOCK_M: gl.constexpr, TILES: gl.constexpr,
-        SPLIT_OUT: gl.constexpr, FUSED_SPLITS: gl.constexpr, TWO_BUFFERS: gl.constexpr, RING: gl.constexpr,
+        SPLIT_OUT: gl.constexpr, FUSED_SPLITS: gl.constexpr, TWO_BUFFERS: gl.constexpr, OVERLAP: gl.constexpr,
+        RING: gl.constexpr,
         NEG_MAGIC: gl.constexpr, BLOCK_N: gl.constexpr, WORDS: gl.constexpr,
     ):
         """One program (BLOCK_N / 16 warps: one or two warp groups): rows [BLOCK_N pid_n, +BLOCK_N) of W, activation rows [BLOCK_M pid_m, +BLOCK_M), K tiles
@@ -309,8 +332,8 @@ if HAVE_GLUON:
         # (a, b), each refilled right after its tile is unpacked, for the tile two ahead, so the loop carries no
         # copies; else one buffer, rotated. In sm_90 SASS ptxas places the refills after the tile's MMAs and,
         # with one buffer, copies the freshly loaded registers at the top of the next iteration, which waits
-        # for the load there (kernel_notes.md); with two, each load has the other tile's work to arrive in, for
-        # 128 registers instead of 80
+        # for the load there (kernel_notes.md); with two, each load has the other tile's work to arrive in
+        # (80 registers at BLOCK_M 8 and 16, against 71-72 with one, since each tile's MMAs are waited for; 128 at 64)
         if RING > 0:  # the words through the ring, RING - 1 tiles ahead: LDGSTS, no registers to wait on
             for t in range(TILES):
                 ahead = t + RING - 1
@@ -323,10 +346,15 @@ if HAVE_GLUON:
         elif TWO_BUFFERS:
             for pair in range(TILES // 2):
                 t = 2 * pair
-                acc = _mma_tile(acc, w_a, s_a, z_a, x_smem.index(t), magic_pair, DTYPE, NEG_MAGIC, A_OP)
+                if OVERLAP:  # tile t's MMAs in flight while tile t + 1 is unpacked, one wait for both
+                    acc = _mma_two_tiles(acc, w_a, s_a, z_a, x_smem.index(t), w_b, s_b, z_b, x_smem.index(t + 1),
+                                         magic_pair, DTYPE, NEG_MAGIC, A_OP)
+                else:
+                    acc = _mma_tile(acc, w_a, s_a, z_a, x_smem.index(t), magic_pair, DTYPE, NEG_MAGIC, A_OP)
                 w_a, s_a, z_a = _weight_tile(q_ptr, s_ptr, z_ptr, rows, row_live, cs, qs, k0 + (t + 2) * 128,
                                              t + 2 < TILES, K_WORDS, stride_q, stride_s, GROUP_SIZE)
-                acc = _mma_tile(acc, w_b, s_b, z_b, x_smem.index(t + 1), magic_pair, DTYPE, NEG_MAGIC, A_OP)
+                if not OVERLAP:
+                    acc = _mma_tile(acc, w_b, s_b, z_b, x_smem.index(t + 1), magic_pair, DTYPE, NEG_MAGIC, A_OP)
                 w_b, s_b, z_b = _weight_tile(q_ptr, s_ptr, z_ptr, rows, row_live, cs, qs, k0 + (t + 3) * 128,
                                              t + 3 < TILES, K_WORDS, stride_q, stride_s, GROUP_SIZE)
             if TILES % 2 == 1:
@@ -389,7 +417,8 @@ def wgmma_linear(x, words, scale, zero_point, pre, has_pre, y, group_size, in_fe
         MAGIC_PAIR_BF16 if x.dtype == torch.bfloat16 else MAGIC_PAIR_FP16,
         GROUP_SIZE=group_size, HAS_PRE_SCALE=has_pre, BLOCK_M=config.block_m, TILES=tiles_per_split,
         SPLIT_OUT=split > 1, FUSED_SPLITS=split if fused else 0, NEG_MAGIC=NEG_MAGIC_PAIR[x.dtype],
-        TWO_BUFFERS=config.prefetch == 2, RING=config.num_stages if config.num_stages >= 3 else 0,
+        TWO_BUFFERS=config.prefetch == 2, OVERLAP=OVERLAP_PAIRS and config.prefetch == 2,
+        RING=config.num_stages if config.num_stages >= 3 else 0,
         BLOCK_N=config.block_n, WORDS=words_layout(config.block_n), num_warps=config.block_n // 16,
     )
     if split > 1 and not fused:

@@ -276,11 +276,12 @@ def test_wgmma_kernel_compiles_to_sm90_without_a_shared_memory_round_trip(dt, bl
         f"cfg = KernelConfig('wgmma', {block_n}, 128, block_m={block_m}, prefetch={buffers}, num_stages={stages})"
         ".fitted(128, 4096)\n"
         f"r.compile_wgmma(cfg, '{dt}', 128, 90, k=1000, pre=True)\n"
-        f"print(len(r.wgmma_register_hazards(r.main_loop(r.cuobjdump(r.compile_wgmma(cfg, '{dt}', 128, 90))[1]))))\n"
+        f"print(len(r.wgmma_register_hazards(r.main_loop(r.cuobjdump(r.compile_wgmma(cfg, '{dt}', 128, 90))[1])))\n"
+        f"      + len(r.wgmma_register_hazards(r.main_loop(r.cuobjdump(r.compile_wgmma(cfg, '{dt}', 128, 90, overlap=True))[1]))))\n"
         f"print(cfg.split_k); print(r.report(cfg, '{dt}', 128, 90, top=None))\n"
     )
     hazards, split, row = _compiled_in_child(code, 3)
-    assert int(hazards) == 0, "an A-operand register rewritten while its wgmma may read it"
+    assert int(hazards) == 0, "an in-flight wgmma's registers touched (A written, or the accumulator used)"
     cells = [c.strip() for c in row.split("|")]
     regs, stack, per_weight, ops = int(cells[7]), int(cells[8]), float(cells[10]), cells[12]
     # 32 tiles x 16 rows x 256 bytes would be 128 KB; the ring's 16 KB and staged scales take 4 splits
@@ -336,8 +337,8 @@ def test_triton_op_body_as_aot_autograd_traces_it_on_fake_cuda_tensors():
 
 def test_wgmma_register_hazard_check_flags_a_rewritten_operand():
     """``compile_report.wgmma_register_hazards`` (which the compile test above runs on the kernel's SASS):
-    a write to an HGMMA's A registers after it is issued is a hazard unless a ``DEPBAR.LE gsb0, 0x0``
-    comes between, around the loop's back edge too; a wait that leaves a group in flight does not clear it.
+    a write to an HGMMA's A registers, or any use of its accumulator, after it is issued is a hazard
+    unless a ``DEPBAR.LE gsb0, 0x0`` comes between, around the loop's back edge too; a wait that leaves a group in flight does not clear it.
     Triton 3.6's SASS of the kernel with one group left in flight had 100-193 such writes per loop, and the
     H200 check's wrong products (benchmarks/results/wgmma_check_nvidia_h200_race.log)."""
     r = _benchmark_module("compile_report")
@@ -348,6 +349,10 @@ def test_wgmma_register_hazard_check_flags_a_rewritten_operand():
     assert r.wgmma_register_hazards(issue + ["WARPGROUP.DEPBAR.LE gsb0, 0x0 ;", write]) == []
     assert r.wgmma_register_hazards(issue + ["@P3 LDG.E.128 R30, desc[UR10][R68.64+0x40] ;"]) != []  # R30..R33
     assert r.wgmma_register_hazards(issue + ["LDG.E.128 R36, desc[UR10][R68.64] ;", "STG.E [R32.64], R4 ;"]) == []
+    # the accumulator (R24..R31: 64 x 16 fp32 over 128 threads) may not be read or written in flight either
+    read_acc = "FADD R40, R31, R2 ;"
+    assert r.wgmma_register_hazards(issue + [read_acc]) == [read_acc]
+    assert r.wgmma_register_hazards(issue + ["WARPGROUP.DEPBAR.LE gsb0, 0x0 ;", read_acc]) == []
 
 
 def test_wgmma_fused_split_sum_follows_the_counter_protocol():
