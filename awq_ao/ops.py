@@ -90,9 +90,12 @@ def int4_linear_triton(
     )
 
 
-@int4_linear_triton.register_fake
-def _(x, qdata, scale, zero_point, act_pre_scale, group_size, in_features):
+def _rows_by_out_features(x, qdata, scale, zero_point, act_pre_scale, group_size, in_features):
+    """The fake of the CUDA ops: x [M, K] -> an empty [M, N] in x's dtype."""
     return x.new_empty((x.shape[0], qdata.shape[0]))
+
+
+int4_linear_triton.register_fake(_rows_by_out_features)
 
 
 @torch.library.custom_op("awq_ao::int4_linear_opaque", mutates_args=())
@@ -119,9 +122,7 @@ def int4_linear_opaque(
                               counters=tile_counters(x.device))
 
 
-@int4_linear_opaque.register_fake
-def _(x, qdata, scale, zero_point, act_pre_scale, group_size, in_features):
-    return x.new_empty((x.shape[0], qdata.shape[0]))
+int4_linear_opaque.register_fake(_rows_by_out_features)
 
 
 def cpu_fast_path_applies(x: Tensor, w) -> bool:

@@ -132,8 +132,13 @@ def main_loop(sass: str) -> list[str]:
     return [ln.split("*/")[1].strip() for ln in best or lines]
 
 
+def _unpredicated(ins: str) -> str:
+    """A SASS instruction without its guard predicate (``@P3 ``, ``@!UPT ``)."""
+    return re.sub(r"^@!?U?P[T\d] ", "", ins)
+
+
 def _opcode(ins: str) -> str:
-    return re.sub(r"^@!?U?P[T\d] ", "", ins).split()[0]
+    return _unpredicated(ins).split()[0]
 
 
 def loop_mix(body: list[str]) -> tuple[int, collections.Counter]:
@@ -152,10 +157,10 @@ def shortest_load_use(body: list[str]) -> int:
     for i, ins in enumerate(body):
         if not _opcode(ins).startswith("LDG."):
             continue
-        dest = re.sub(r"^@!?U?P[T\d] ", "", ins).split()[1].rstrip(",")
+        dest = _unpredicated(ins).split()[1].rstrip(",")
         reads = re.compile(rf"\b{dest}\b")
         for gap in range(1, len(body) + 1):
-            operands = re.sub(r"^@!?U?P[T\d] ", "", body[(i + gap) % len(body)]).split(None, 1)[1:]
+            operands = _unpredicated(body[(i + gap) % len(body)]).split(None, 1)[1:]
             sources = operands[0].split(",", 1)[1:] if operands else []
             if sources and reads.search(sources[0]):
                 best = gap if best < 0 else min(best, gap)
@@ -167,7 +172,7 @@ def _dest_registers(ins: str) -> set[int]:
     """The general registers an instruction writes (its first operand: 1, 2 or 4 of them by width); none
     for stores, branches, barriers and HGMMA (whose destination is the accumulator)."""
     op = _opcode(ins)
-    parts = re.sub(r"^@!?U?P[T\d] ", "", ins).split(None, 1)
+    parts = _unpredicated(ins).split(None, 1)
     if len(parts) < 2 or re.match(r"(ST|RED|BRA|BAR|HGMMA|WARPGROUP|EXIT|RET|CALL)", op):
         return set()
     hit = re.match(r"R(\d+)\b", parts[1])
@@ -188,7 +193,7 @@ def wgmma_register_hazards(body: list[str]) -> list[str]:
     hazards = []
     for ins in body + body:  # twice: a group left in flight at the back edge meets the next iteration's writes
         op = _opcode(ins)
-        operands = re.sub(r"^@!?U?P[T\d] ", "", ins).split(None, 1)[1:]
+        operands = _unpredicated(ins).split(None, 1)[1:]
         if op.startswith("HGMMA"):
             regs = operands[0].split(",")
             shape = re.match(r"HGMMA\.64x(\d+)x", op)

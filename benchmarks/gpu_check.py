@@ -132,7 +132,7 @@ def check_module(device, dtype, mode, fused=False, wgmma=False) -> list[tuple[st
         forced = {(1, KernelConfig("wgmma", 64, 128, block_m=8, split_k=4)),
                   (4, KernelConfig("wgmma", 64, 128, block_m=8, split_k=1)),
                   (16, KernelConfig("wgmma", 64, 128, block_m=16, split_k=2))}
-    label = f"module {str(dtype)[6:]} {mode}{' fused' if fused else ''}{' wgmma' if wgmma else ''}"
+    label = _module_label(dtype, mode, fused, wgmma)
     from torch._dynamo.utils import counters as dynamo_counters
 
     skips_before = dynamo_counters["inductor"]["cudagraph_skips"]
@@ -239,14 +239,17 @@ def correctness(device, quick: bool, m_values=None) -> int:
     return failures
 
 
+def _module_label(dtype, mode, fused=False, wgmma=False) -> str:
+    return f"module {str(dtype)[6:]} {mode}{' fused' if fused else ''}{' wgmma' if wgmma else ''}"
+
+
 def _module_results(device, dtype, mode, fused=False, wgmma=False) -> list[tuple[str, float, bool]]:
     """``check_module``'s results, or one failure naming the exception (the checks after it still run)."""
     try:
         return check_module(device, dtype, mode, fused, wgmma)
     except Exception as exc:  # e.g. a compile error: the tuning and the timing table still follow
         first = (str(exc).strip().splitlines() or [""])[0][:300]
-        label = f"module {str(dtype)[6:]} {mode}{' fused' if fused else ''}{' wgmma' if wgmma else ''}"
-        return [(f"{label}: {type(exc).__name__}: {first}", float("nan"), False)]
+        return [(f"{_module_label(dtype, mode, fused, wgmma)}: {type(exc).__name__}: {first}", float("nan"), False)]
 
 
 def module_checks(device) -> int:
