@@ -8,6 +8,7 @@
     python benchmarks/compile_report.py --m 16 --all-ops      # every opcode of each main loop
     python benchmarks/compile_report.py --m 16 --loop         # and each main loop's instructions, in order
     python benchmarks/compile_report.py --m 1 16 --hazards    # wgmma rows: writes to in-flight A registers (0)
+    python benchmarks/compile_report.py --m 8 16 64 --overlap --hazards   # the experimental two-tile overlap
 
 Triton's wheel carries ptxas and cuobjdump, so kernels compile to SASS here.
 For each launch config: registers, stack (spills), shared memory, and the
@@ -261,8 +262,14 @@ def main(argv=None) -> int:
     parser.add_argument("--loop", action="store_true", help="each main loop's instructions after its row")
     parser.add_argument("--hazards", action="store_true",
                         help="after each wgmma row, its loop's writes to in-flight A registers (0 is correct)")
+    parser.add_argument("--overlap", action="store_true",
+                        help="wgmma rows with the experimental two-tile overlap (int4_wgmma.OVERLAP_PAIRS)")
     args = parser.parse_args(argv)
     import torch
+
+    from awq_ao.kernels import int4_wgmma
+
+    int4_wgmma.OVERLAP_PAIRS = int4_wgmma.OVERLAP_PAIRS or args.overlap  # compile_wgmma's default
 
     from awq_ao.kernels.configs import candidate_configs
 

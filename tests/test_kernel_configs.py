@@ -338,9 +338,10 @@ def test_triton_op_body_as_aot_autograd_traces_it_on_fake_cuda_tensors():
 def test_wgmma_register_hazard_check_flags_a_rewritten_operand():
     """``compile_report.wgmma_register_hazards`` (which the compile test above runs on the kernel's SASS):
     a write to an HGMMA's A registers, or any use of its accumulator, after it is issued is a hazard
-    unless a ``DEPBAR.LE gsb0, 0x0`` comes between, around the loop's back edge too; a wait that leaves a group in flight does not clear it.
-    Triton 3.6's SASS of the kernel with one group left in flight had 100-193 such writes per loop, and the
-    H200 check's wrong products (benchmarks/results/wgmma_check_nvidia_h200_race.log)."""
+    unless a ``DEPBAR.LE gsb0, 0x0`` comes between, around the loop's back edge too; a wait that leaves a
+    group in flight does not clear it. Triton 3.6's SASS of the kernel with one group left in flight (commit
+    0ebf190) had 100-193 such writes per loop (a scratch count), and the H200 check's wrong products
+    (benchmarks/results/wgmma_check_nvidia_h200_race.log)."""
     r = _benchmark_module("compile_report")
     issue = ["WARPGROUP.ARRIVE ;", "HGMMA.64x16x16.F32.BF16 R24, R32, gdesc[UR12], R24, gsb0 ;"]
     write = "LOP3.LUT R34, R8, 0xf000f, R2, 0xea, !PT ;"
