@@ -11,9 +11,10 @@
   config is the Gluon wgmma kernel (sm_90, bf16 / fp16; a tuned table's pick),
   or a split-K sum in the kernel while the body is traced (``torch.compile``:
   the sum needs the kept tile counters, a real tensor, which may not enter a
-  graph built on fake ones), the op's body calls ``awq_ao::int4_linear_opaque``:
-  an opaque custom op, since Inductor cannot re-emit a Gluon kernel, and the
-  counters are read when it runs.
+  graph built on fake ones), or M is symbolic (a graph traced for every M), the
+  op's body calls ``awq_ao::int4_linear_opaque``: an opaque custom op, since
+  Inductor cannot re-emit a Gluon kernel, the counters are read when it runs,
+  and the config is chosen by each call's M.
 * CPU, bf16 activations, at most ``CPU_INT4_MAX_M`` rows, and a weight shape the
   kernel takes (N % 16 == 0, group 32/64/128/256): ``aten._weight_int4pack_mm_for_cpu``
   on the layout prepared once when the weight was built.
@@ -113,7 +114,8 @@ def int4_linear_opaque(
     (``awq_ao/kernels/int4_wgmma.py``: Inductor re-emits a ``triton_op``'s kernels as ``@triton.jit``
     source, which a Gluon kernel is not), or adds its splits in the kernel and the body was traced without
     the kept tile counters (under ``torch.compile``: here they are read at run time, a fixed buffer that
-    CUDA graphs replay). The choice stays out of Dynamo-traced code."""
+    CUDA graphs replay), or M is symbolic (a graph traced for every M: the config is chosen here, by the M
+    of the call). The choice stays out of Dynamo-traced code."""
     from awq_ao.kernels.int4_matmul import launch_int4_linear
     from awq_ao.kernels.splitk import tile_counters
 

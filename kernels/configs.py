@@ -146,36 +146,16 @@ FUSED_REDUCE_CANDIDATES = True
 DEQUANT_MIN_M = 128  # from this M bucket on, the default dequantizes once and calls a dense matmul
 
 
-def m_bucket(m) -> int:
-    """M rounded up to a power of two, at most MAX_BUCKET (a plain int).
+def m_bucket(m: int) -> int:
+    """M rounded up to a power of two, at most MAX_BUCKET.
 
-    A symbolic M (torch.compile with dynamic shapes) is bucketed by its hint,
-    the size seen when the graph was traced, without adding a guard: the
-    compiled graph then serves every M with that config. Every config is correct
-    for every M (only speed depends on the choice), and M == 1 is never dynamic
-    (torch.compile specialises sizes 0 and 1), so decoding keeps the GEMV.
+    M is a plain int: a graph that torch.compile traces for every M (dynamic shapes) chooses its config per
+    call, in the opaque op (``int4_matmul.launch_int4_linear``), not at trace time.
     """
-    if isinstance(m, torch.SymInt):
-        m = _hint_without_guard(m)
     bucket = 1
     while bucket < m and bucket < MAX_BUCKET:
         bucket *= 2
     return bucket
-
-
-def _hint_without_guard(m: "torch.SymInt") -> int:
-    """The size a symbolic int had when traced, read without adding a guard.
-
-    torch 2.13 names this ``optimization_hint``; 2.11 ``size_hint`` (``hint_int``
-    before, deprecated there).
-    """
-    from torch.fx.experimental import symbolic_shapes
-
-    for name in ("optimization_hint", "size_hint", "hint_int"):
-        fn = getattr(symbolic_shapes, name, None)
-        if fn is not None:
-            return int(fn(m, fallback=MAX_BUCKET))
-    return MAX_BUCKET
 
 
 @functools.lru_cache(maxsize=None)

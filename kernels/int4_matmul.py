@@ -77,6 +77,11 @@ def launch_int4_linear(
     the launch has more output tiles, a fused sum zeroes counters of its own per call.
     """
     m = x.shape[0]
+    if launcher is not None and isinstance(m, torch.SymInt):
+        # a graph traced for every M (torch.compile's dynamic shapes): its kernels are chosen by the M of each
+        # call in the opaque op, since a config picked here would serve every M (a 2-row GEMV for a prefill)
+        return torch.ops.awq_ao.int4_linear_opaque(x, qdata, scale, zero_point, act_pre_scale, group_size,
+                                                   in_features)
     n = qdata.shape[0]
     k_pad = qdata.shape[1] * 2
     if config is None:
