@@ -17,7 +17,8 @@ relative to a float64 reference ``(x * pre) @ dequantize(W).T``):
    sum (``fused_reduce``) bit-identical to the reduce launch over 200 calls;
 4. an nn.Module eager, ``torch.compile(fullgraph=True)`` and
    ``mode="reduce-overhead"`` (CUDA graphs), each compiled once and called at
-   M = 1, 3, 16, 200, 16, 1 (so dynamic shapes are exercised too); compiled
+   M = 1, 3, 16, 200, 16, 1 (so dynamic shapes are exercised too; the graph
+   traced for every M must call the opaque op, which picks each call's kernels); compiled
    and under CUDA graphs once more with ``fused_reduce`` configs forced for
    M = 1, 3 and 16 (at 16 in column order, ``natural_order``: one launch), checking that no CUDA graph is skipped and that Inductor
    updates the kept tile counters in place (any failure there also keeps the
@@ -143,6 +144,8 @@ def check_module(device, dtype, mode, fused=False, wgmma=False) -> list[tuple[st
         results.append((f"{label}: CUDA graphs kept ({skips} skipped)", 0.0, skips == 0))
     if mode == "compile" and fused:
         results.append(_kept_counters_not_cloned(lin, dtype, forced))
+    if mode == "compile" and not (fused or wgmma):
+        results.append(_dynamic_graph_calls_the_opaque_op(lin, dtype))
     return results
 
 
@@ -177,6 +180,24 @@ def _kept_counters_not_cloned(lin, dtype, forced) -> tuple[str, float, bool]:
     cloned = f"empty_strided_cuda(({COUNTER_SLOTS}, )" in text  # how Inductor allocates a copy of them
     return (f"module {str(dtype)[6:]} compile fused: kept tile counters updated in place (no clone)", 0.0,
             not cloned)
+
+
+def _dynamic_graph_calls_the_opaque_op(lin, dtype) -> tuple[str, float, bool]:
+    """Inductor's code for the graph traced for every M (compiled at M = 3, then at 5, the second size) calls
+    ``awq_ao::int4_linear_opaque``, which picks the kernels by each call's M; a 200-row call through it is right."""
+    from torch._inductor.utils import run_and_get_code
+
+    device = lin.weight.device
+    torch._dynamo.reset()
+    fn = torch.compile(lin, fullgraph=True)
+    with torch.no_grad():
+        fn(torch.randn(3, 1024, dtype=dtype, device=device))
+        _, code = run_and_get_code(fn, torch.randn(5, 1024, dtype=dtype, device=device))
+        x = torch.randn(200, 1024, dtype=dtype, device=device)
+        err = rel_err(fn(x), F.linear(x.double(), lin.weight.dequantize(torch.float64), lin.bias.double()))
+    opaque = "int4_linear_opaque" in "\n".join(code)
+    return (f"{_module_label(dtype, 'compile')}: the graph for every M calls the opaque op ({opaque}), M=200", err,
+            opaque and err < TOL[dtype])
 
 
 def _module_cases(fn, lin, dtype, label) -> list[tuple[str, float, bool]]:
