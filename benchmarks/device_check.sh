@@ -10,12 +10,15 @@
 #    reference, the fused split-K stress test, the compiled and CUDA-graph module checks, then tuning and the
 #    timing table ($OUT: gpu_check.log, tuned_<gpu>.json, kernels_<gpu>.md, each written as the run goes);
 # 2. bench_layout.py: read rates by layout, the split-K reduce launch and the GEMM's activation launch alone;
-# 3. Nsight Compute's stall reasons for the GEMV (M = 1) that step 1 picked and the wgmma kernel (M = 16).
+# 3. model_check.py: the user's flow, whole models compiled (transformers' generate() with a static cache and
+#    CUDA graphs; the gpt-fast model's compiled decode), tokens against eager ($OUT/model_check.log);
+# 4. Nsight Compute's stall reasons for the GEMV (M = 1) that step 1 picked and the wgmma kernel (M = 16).
 #
 # Each step has its own time limit (seconds; override by environment), so a slow step cannot starve the
 # rest: WGMMA_S (default 120: the check), WGMMA_TIME_S (120: its timing, the two-buffer configs with and
-# without the experimental overlap), CHECK_S (240), LAYOUT_S (0: off, its results are in), NCU_S (30 per
-# kernel): 9 minutes of limits in all, plus the install, inside one run's 10. A
+# without the experimental overlap), CHECK_S (240), LAYOUT_S (0: off, its results are in), MODEL_S (60),
+# NCU_S (20 per kernel, each ~12 s, last): 9 minutes 40 s of limits in all, plus the install, inside one run's 10
+# (a run cut short there loses the second profile only). A
 # limit of 0 skips its step; CHECK_M (default "1 2 16") sets step 1's M values. The device machines have torch and Triton but no torchao and no network: the
 # torchao wheel travels in .whl/ (named in the run's carry; see kernel_notes.md for how to fetch it).
 set -u
@@ -49,15 +52,20 @@ if [ "${LAYOUT_S:-0}" != 0 ]; then
   echo "bench_layout exit: $?"
 fi
 
+if [ "${MODEL_S:-60}" != 0 ]; then
+  timeout "${MODEL_S:-60}" python3 benchmarks/model_check.py 2>&1 | tee "$OUT/model_check.log"
+  echo "model_check exit: ${PIPESTATUS[0]}"
+fi
+
 cp "$OUT"/tuned_*.json kernels/tuned/ 2>/dev/null  # the picks just tuned, for the probe (loaded after the shipped table)
 NCU=/usr/local/cuda/bin/ncu
 SECTIONS=(--section WarpStateStats --section Occupancy --section SchedulerStats --section LaunchStats
           --metrics "regex:smsp__pcsamp_warps_issue_stalled_.*")
-if [ "${NCU_S:-30}" = 0 ]; then ls -l "$OUT"; exit 0; fi
-timeout "${NCU_S:-30}" "$NCU" -k regex:int4_gemv --launch-count 1 "${SECTIONS[@]}" \
+if [ "${NCU_S:-20}" = 0 ]; then ls -l "$OUT"; exit 0; fi
+timeout "${NCU_S:-20}" "$NCU" -k regex:int4_gemv --launch-count 1 "${SECTIONS[@]}" \
   python3 benchmarks/ncu_probe.py > "$OUT/ncu_int4_gemv.txt" 2>&1
 echo "ncu int4_gemv exit: $?"
-timeout "${NCU_S:-30}" "$NCU" -k regex:int4_wgmma --launch-count 1 "${SECTIONS[@]}" python3 benchmarks/ncu_probe.py \
+timeout "${NCU_S:-20}" "$NCU" -k regex:int4_wgmma --launch-count 1 "${SECTIONS[@]}" python3 benchmarks/ncu_probe.py \
   --m16 '{"kind": "wgmma", "block_n": 64, "block_k": 128, "block_m": 16, "split_k": 4}' > "$OUT/ncu_int4_wgmma.txt" 2>&1
 echo "ncu int4_wgmma exit: $?"
 ls -l "$OUT"

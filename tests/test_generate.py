@@ -175,3 +175,21 @@ def test_chat_prompt_uses_the_template_and_needs_one():
     ids = gen.encode_prompt(tok, "w1 w2", chat=True)
     assert ids == tok.convert_tokens_to_ids(["<s>", "w1", "w2", "</s>", "<s>"])
     assert gen.encode_prompt(tok, "w1 w2", chat=False) == tok.convert_tokens_to_ids(["w1", "w2"])
+
+
+def test_model_check_script_dry_run_and_its_teeth(monkeypatch, capsys):
+    """benchmarks/model_check.py (the user's flow, compiled, on a GPU) stays runnable: its CPU dry run passes, and
+    a compiled decode that returns wrong tokens fails it."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks", "model_check.py")
+    spec = importlib.util.spec_from_file_location("model_check", path)
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    assert check.main(["--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("ok  ") == 3 and "0 failed" in out
+    monkeypatch.setattr(gen, "compile_decode", lambda device_type: lambda model, token, *args: (token + 1) % 512)
+    assert check.main(["--device", "cpu"]) == 1
+    assert "FAIL gpt-fast" in capsys.readouterr().out

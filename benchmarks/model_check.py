@@ -1,0 +1,138 @@
+"""The user's flow on a GPU: quantize_ a (tiny, random) Llama, compile it, generate; compiled against eager.
+
+    python benchmarks/model_check.py                  # on a CUDA machine (a step of device_check.sh)
+    python benchmarks/model_check.py --device cpu     # dry run: the CPU path, Inductor on the CPU
+
+gpu_check.py compiles one Linear; this compiles whole models, the way the README tells users to:
+
+1. transformers: ``quantize_`` (round to nearest, group 64) of a 2-block Llama in bf16, greedy
+   ``generate()`` eager, then with a static cache and the decode step compiled (fullgraph; CUDA graphs on
+   CUDA). The prompt's logits match the dequantized model's, and the compiled new tokens agree with the eager
+   ones: at least half of them (a random model has near-ties, which Inductor's bf16 rounding order may
+   flip, and a flip changes what follows; a broken kernel agrees on almost none of 512 ids);
+2. awq_ao's gpt-fast model from the same weights: ``prepare_for_decode``, ``compile_decode``, generate;
+   a second generate with recompiles forbidden; tokens against the eager decode.
+
+One ok / FAIL line per check; exits non-zero on any failure (or exception).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+
+import torch
+
+import awq_ao
+from awq_ao import AWQInt4Tensor
+from awq_ao import generate as gen
+from awq_ao.models import from_hf_model
+from awq_ao.models.decode_prep import prepare_for_decode
+
+PROMPT, NEW_TOKENS = 12, 16
+
+
+def tiny_llama(device: torch.device) -> torch.nn.Module:
+    """A 2-block random LlamaForCausalLM in bf16 (GQA 8 / 2 heads), int4 weights by ``quantize_``."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=512, hidden_size=512, intermediate_size=1024, num_hidden_layers=2,
+                      num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=128)
+    model = LlamaForCausalLM(cfg).to(device, torch.bfloat16).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        awq_ao.quantize_(model, awq_ao.awq_config(bits=4, group_size=64))
+    return model
+
+
+def dequantized_logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's logits with every int4 weight swapped for its dequantized bf16 copy (then put back)."""
+    swapped = []
+    for mod in model.modules():
+        w = getattr(mod, "weight", None)
+        if isinstance(w, AWQInt4Tensor):
+            dense = w.dequantize(torch.float32)
+            if w.act_pre_scale is not None:
+                dense = dense * w.act_pre_scale.float()
+            swapped.append((mod, w))
+            mod.weight = torch.nn.Parameter(dense.to(w.dtype), requires_grad=False)
+    try:
+        return model(x).logits
+    finally:
+        for mod, w in swapped:
+            mod.weight = w
+
+
+def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
+    y, ref = y.double(), ref.double()
+    return ((y - ref).norm() / ref.norm().clamp(min=1e-30)).item()
+
+
+def new_token_agreement(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """The share of generated positions (after the prompt) where ``out`` and ``ref`` [1, PROMPT + n] agree."""
+    return (out[:, PROMPT:] == ref[:, PROMPT:]).float().mean().item()
+
+
+def check_transformers(model, x) -> list[tuple[str, bool]]:
+    from transformers import GenerationConfig
+    from transformers.generation import CompileConfig
+
+    with torch.no_grad():
+        err = rel_err(model(x).logits, dequantized_logits(model, x))
+        eager = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=NEW_TOKENS,
+                               min_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=0)
+        compile_config = CompileConfig(fullgraph=True, mode="reduce-overhead" if x.is_cuda else "default")
+        compile_config._compile_all_devices = True  # transformers compiles only on GPUs unless told
+        config = GenerationConfig(cache_implementation="static", max_new_tokens=NEW_TOKENS,
+                                  min_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=0,
+                                  compile_config=compile_config)
+        torch._dynamo.utils.counters.clear()
+        compiled = model.generate(x, attention_mask=torch.ones_like(x), generation_config=config)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    agree = new_token_agreement(compiled, eager)
+    return [(f"transformers: prompt logits vs the dequantized model, rel err {err:.2e}", err < 2e-2),
+            (f"transformers: compiled generate() ({graphs} graphs) agrees with eager on {agree:.0%} of new tokens",
+             graphs >= 1 and agree >= 0.5)]
+
+
+def check_gpt_fast(hf_model, x) -> list[tuple[str, bool]]:
+    model = prepare_for_decode(from_hf_model(hf_model))
+    step = gen.compile_decode(x.device.type)
+    eager, _ = gen.generate(model, x, NEW_TOKENS)
+    model.setup_caches(1, PROMPT + NEW_TOKENS)
+    gen.generate(model, x, NEW_TOKENS, decode_fn=step)  # compiles (and captures, on CUDA)
+    with torch.compiler.set_stance("fail_on_recompile"):
+        compiled, stats = gen.generate(model, x, NEW_TOKENS, decode_fn=step)
+    agree = new_token_agreement(compiled, eager)
+    return [(f"gpt-fast: compiled decode, no recompile on the second generate, agrees with eager on "
+             f"{agree:.0%} of new tokens ({stats.decode_tokens_per_s:.0f} tok/s)", agree >= 0.5)]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda")
+    device = torch.device(parser.parse_args(argv).device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("model_check: no CUDA device here (use --device cpu for a dry run)", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    model = tiny_llama(device)
+    x = torch.randint(3, 512, (1, PROMPT), generator=torch.Generator().manual_seed(1)).to(device)
+    failures = 0
+    for name, check in (("transformers", check_transformers), ("gpt-fast", check_gpt_fast)):
+        try:
+            results = check(model, x)
+        except Exception as exc:  # one failing flow: report it, run the other
+            results = [(f"{name}: {type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}", False)]
+        for label, ok in results:
+            print(f"{'ok  ' if ok else 'FAIL'} {label}", flush=True)
+            failures += not ok
+    print(f"model checks: {failures} failed ({time.perf_counter() - start:.0f} s)")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
