@@ -5,7 +5,8 @@
 
 gpu_check.py compiles one Linear; this compiles whole models, the way the README tells users to:
 
-1. transformers: ``quantize_`` (round to nearest, group 64) of a 2-block Llama in bf16, greedy
+1. transformers: ``calibrate_and_quantize`` (AWQ on random token ids, fp32, then int4 group 64 in bf16) of a
+   2-block Llama, greedy
    ``generate()`` eager, then with a static cache and the decode step compiled (fullgraph; CUDA graphs on
    CUDA). The prompt's logits match the dequantized model's, and the compiled new tokens agree with the eager
    ones: at least half of them (a random model has near-ties, which Inductor's bf16 rounding order may
@@ -35,16 +36,19 @@ PROMPT, NEW_TOKENS = 12, 16
 
 
 def tiny_llama(device: torch.device) -> torch.nn.Module:
-    """A 2-block random LlamaForCausalLM in bf16 (GQA 8 / 2 heads), int4 weights by ``quantize_``."""
+    """A 2-block random LlamaForCausalLM (GQA 8 / 2 heads), AWQ-calibrated in fp32 on ``device`` with random
+    token ids, then cast to bf16 and quantized (int4, group 64): ``calibrate_and_quantize``, the README's flow."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=512, hidden_size=512, intermediate_size=1024, num_hidden_layers=2,
                       num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=128)
-    model = LlamaForCausalLM(cfg).to(device, torch.bfloat16).eval()
+    model = LlamaForCausalLM(cfg).to(device).eval()
+    data = torch.randint(3, 512, (8, 64), generator=torch.Generator().manual_seed(2))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        awq_ao.quantize_(model, awq_ao.awq_config(bits=4, group_size=64))
+        awq_ao.calibrate_and_quantize(model, awq_ao.awq_config(bits=4, group_size=64), data, torch.bfloat16,
+                                      progress=False)
     return model
 
 
