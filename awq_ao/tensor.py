@@ -197,6 +197,17 @@ class AWQInt4Tensor(TorchAOBaseTensor):
         )
         return w.t() if self.transposed else w
 
+    def effective_weight(self, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+        """The dense weight a linear with this tensor multiplies by: ``dequantize()`` with act_pre_scale folded
+        into its K columns (computed in fp32, then cast to dtype, default the activation dtype); [N, K], or
+        [K, N] when transposed."""
+        w = quant.dequantize(quant.unpack_int4(self.qdata), self.scale, self.zero_point, self.group_size,
+                             self.in_features, torch.float32)
+        if self.act_pre_scale is not None:
+            w = w * self.act_pre_scale.float()
+        w = w.to(dtype or self.dtype)
+        return w.t() if self.transposed else w
+
     def __repr__(self) -> str:
         kernel = "cpu-int4pack" if self.cpu_packed is not None else "reference"
         if self.device.type == "cuda":

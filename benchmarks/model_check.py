@@ -58,11 +58,8 @@ def dequantized_logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     for mod in model.modules():
         w = getattr(mod, "weight", None)
         if isinstance(w, AWQInt4Tensor):
-            dense = w.dequantize(torch.float32)
-            if w.act_pre_scale is not None:
-                dense = dense * w.act_pre_scale.float()
             swapped.append((mod, w))
-            mod.weight = torch.nn.Parameter(dense.to(w.dtype), requires_grad=False)
+            mod.weight = torch.nn.Parameter(w.effective_weight(), requires_grad=False)
     try:
         return model(x).logits
     finally:

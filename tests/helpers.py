@@ -44,10 +44,7 @@ def dequantized_copy(model: nn.Module) -> nn.Module:
     for mod in ref.modules():
         w = getattr(mod, "weight", None)
         if isinstance(w, AWQInt4Tensor):
-            dense = w.dequantize(torch.float32)
-            if w.act_pre_scale is not None:
-                dense = dense * w.act_pre_scale.float()
-            mod.weight = nn.Parameter(dense.to(w.dtype), requires_grad=False)
+            mod.weight = nn.Parameter(w.effective_weight(), requires_grad=False)
     return ref
 
 

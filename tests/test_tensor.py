@@ -82,6 +82,17 @@ def test_dequantize_is_logical_weight_without_pre_scale():
     assert torch.equal(qw.act_pre_scale, pre)
 
 
+@pytest.mark.parametrize("pre", [False, True])
+def test_effective_weight_is_what_the_linear_multiplies_by(pre):
+    qw = make_weight(dtype=torch.float32, pre=pre)
+    x = torch.randn(3, 100)
+    assert rel_err(F.linear(x, qw.effective_weight()), F.linear(x, qw)) < 1e-5
+    assert torch.equal(qw.t().effective_weight(), qw.effective_weight().t())
+    assert qw.effective_weight(torch.bfloat16).dtype == torch.bfloat16
+    if not pre:
+        assert torch.equal(qw.effective_weight(), qw.dequantize())
+
+
 def test_to_dtype_detach_clone_copy_and_repr():
     qw = make_weight(dtype=torch.float32, pre=True)
     bf = qw.to(torch.bfloat16)
