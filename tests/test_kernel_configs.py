@@ -197,10 +197,10 @@ def test_compile_report_measures_load_to_use_around_the_loop():
     assert report.shortest_load_use([other, use]) == -1  # no global load
 
 
-def _compiled_in_child(body: str, lines: int, compiles: bool = True) -> list[str]:
+def _compiled_in_child(body: str, lines: int) -> list[str]:
     """Run ``body`` (Python; ``r`` is benchmarks/compile_report.py, ``KernelConfig`` imported) in a child process
     without TRITON_INTERPRET, so kernels compile for sm_90 here; its last ``lines`` lines of output. Skips where
-    this Triton build has no sm_90 toolchain, if the body ``compiles`` kernels."""
+    this Triton build has no sm_90 toolchain."""
     import os
     import subprocess
     import sys
@@ -210,7 +210,7 @@ def _compiled_in_child(body: str, lines: int, compiles: bool = True) -> list[str
             "from awq_ao.kernels import KernelConfig\n" + body)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     run = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=600)
-    if compiles and run.returncode != 0 and ("ptxas" in run.stderr or "backend" in run.stderr):
+    if run.returncode != 0 and ("ptxas" in run.stderr or "backend" in run.stderr):
         pytest.skip("no sm_90 toolchain in this Triton build")
     assert run.returncode == 0, run.stderr[-2000:]
     return run.stdout.strip().splitlines()[-lines:]
@@ -288,65 +288,30 @@ def test_wgmma_kernel_compiles_to_sm90_without_a_shared_memory_round_trip(dt, bl
 
 def test_compiled_linear_on_fake_cuda_tensors_traces_as_on_the_gpu():
     """What ``torch.compile(fullgraph=True)`` makes of a quantized Linear on a GPU, replayed on fake CUDA
-    tensors (a child process: Triton's interpreter, which this one runs, would execute the kernels instead of
-    tracing them). gpu_check's module check, 768 x 1024 g64 called at M = 1, 3, 16, 200, 16, 1, with the
-    device's kept split-K counters (a real tensor) present and an sm_90 H200 as Triton's target. Dynamo runs
-    the subclass's linear on fake tensors, AOTAutograd decomposes the ``triton_op`` into its body: the static
-    M = 1 graph has the GEMV and its reduce launch as kernel calls for Inductor (plain config), or one call of
-    the opaque ``int4_linear_opaque`` (the in-kernel sum, which reads the kept counters when it runs; the
-    Gluon wgmma kernel); the graph traced for every M (dynamic shapes, from the second size) is one opaque
-    call, which picks the kernels by each call's M. The H200's two compile failures reproduce here with the
-    code they ran, under torch 2.13 and under the device's torch 2.11: commit 8d50725 (the real counters
-    passed into the op, "Please convert all Tensors to FakeTensors") and 5d9c875 under 2.11 only
-    (``IndexError('tuple index out of range')`` on a mutable optional argument)."""
-    code = (
-        "import torch, triton\n"
-        "from triton.backends.compiler import GPUTarget\n"
-        "from torch._subclasses.fake_tensor import FakeTensorMode\n"
-        "from torch._dynamo.backends.common import aot_autograd\n"
-        "from awq_ao import AWQInt4Tensor\n"
-        "from awq_ao.kernels import configs, int4_wgmma, splitk\n"
-        "class Sm90:  # what torch asks of Triton's driver when it reads a kernel's TTIR for its mutated arguments\n"
-        "    def get_current_target(self): return GPUTarget('cuda', 90, 32)\n"
-        "    def get_active_torch_device(self): return torch.device('cuda', 0)\n"
-        "triton.runtime.driver.set_active(Sm90())\n"
-        "configs._device_name = lambda index: 'NVIDIA H200'\n"
-        "configs.sm_count = lambda index: 132\n"
-        "int4_wgmma.capability_major = lambda index: 9\n"
-        "d = torch.device('cuda', 0)\n"
-        "splitk._TILE_COUNTERS[d] = torch.zeros(splitk.COUNTER_SLOTS, dtype=torch.int32)\n"
-        "forced = {'plain': (), 'fused': ((1, KernelConfig('gemv', 64, 256, split_k=4, num_warps=2, fused_reduce=True)),\n"
-        "          (16, KernelConfig('gemm', 64, 64, split_k=8, block_m=16, num_stages=3, prefetch=1, swap_ab=True,\n"
-        "                            fused_reduce=True, natural_order=True))),\n"
-        "          'wgmma': ((1, KernelConfig('wgmma', 64, 128, block_m=8, split_k=4)),\n"
-        "                    (16, KernelConfig('wgmma', 64, 128, block_m=16, split_k=2)))}\n"
-        "graphs = []\n"
-        "def keep(gm, inputs):\n"
-        "    graphs.append(gm.code)\n"
-        "    return gm\n"
-        "for name, picks in forced.items():\n"
-        "    for bucket, cfg in picks:\n"
-        "        configs.record('NVIDIA H200', bucket, 768, 1024, 64, cfg)\n"
-        "    for dtype in (torch.bfloat16, torch.float16):\n"
-        "        torch._dynamo.reset(); graphs.clear()\n"
-        "        with FakeTensorMode(allow_non_fake_inputs=True):\n"
-        "            lin = torch.nn.Linear(1024, 768, dtype=dtype, device='meta')\n"
-        "            lin.bias = torch.nn.Parameter(torch.empty(768, dtype=dtype, device=d), requires_grad=False)\n"
-        "            pre = torch.empty(1024, dtype=dtype, device=d) if dtype == torch.bfloat16 else None\n"
-        "            lin.weight = torch.nn.Parameter(AWQInt4Tensor.from_parts(\n"
-        "                torch.empty(768, 512, dtype=torch.uint8, device=d), torch.empty(768, 16, dtype=dtype, device=d),\n"
-        "                torch.empty(768, 16, dtype=torch.uint8, device=d), 4, 64, 1024, pre), requires_grad=False)\n"
-        "            fn = torch.compile(lin, fullgraph=True, backend=aot_autograd(fw_compiler=keep))\n"
-        "            with torch.no_grad():\n"
-        "                rows = [fn(torch.empty(m, 1024, dtype=dtype, device=d)).shape for m in (1, 3, 16, 200, 16, 1)]\n"
-        "        calls = [(g.count('triton_kernel_wrapper_functional('), g.count('int4_linear_opaque.default(')) for g in graphs]\n"
-        "        print(name, rows == [(m, 768) for m in (1, 3, 16, 200, 16, 1)], calls)\n"
-        "    configs._TUNED.clear()\n"
-    )
-    lines = _compiled_in_child(code, 6, compiles=False)
-    assert lines[0:2] == ["plain True [(2, 0), (0, 1)]"] * 2, lines  # GEMV + reduce at M = 1; opaque for every M
-    assert lines[2:4] == ["fused True [(0, 1), (0, 1)]"] * 2, lines
-    assert lines[4:6] == ["wgmma True [(0, 1), (0, 1)]"] * 2, lines
+    tensors by ``benchmarks/compile_replay.py`` (gpu_check's module check, an H200 as Triton's target, the kept
+    split-K counters present; in a child process, since Triton's interpreter, which this one runs, would
+    execute the kernels instead of tracing them). The static M = 1 graph has the GEMV and its reduce launch as
+    kernel calls for Inductor (plain config), or one call of the opaque ``int4_linear_opaque`` (the in-kernel
+    sum, which reads the kept counters when it runs; the Gluon wgmma kernel); the graph traced for every M
+    (dynamic shapes, from the second size) is one opaque call, which picks the kernels by each call's M. The
+    H200's two compile failures reproduce here with the code they ran, under torch 2.13 and under the
+    device's torch 2.11: commit 8d50725 (the real counters passed into the op, "Please convert all Tensors to
+    FakeTensors") and 5d9c875 under 2.11 only (``IndexError('tuple index out of range')`` on a mutable
+    optional argument)."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(__file__))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, os.path.join("benchmarks", "compile_replay.py")], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = run.stdout.strip().splitlines()
+    # GEMV + reduce as kernels at M = 1, the opaque op for every M
+    assert lines[0:2] == ["plain bfloat16 True [(2, 0), (0, 1)]", "plain float16 True [(2, 0), (0, 1)]"], lines
+    assert lines[2:4] == ["fused bfloat16 True [(0, 1), (0, 1)]", "fused float16 True [(0, 1), (0, 1)]"], lines
+    assert lines[4:6] == ["wgmma bfloat16 True [(0, 1), (0, 1)]", "wgmma float16 True [(0, 1), (0, 1)]"], lines
 
 
 def test_wgmma_register_hazard_check_flags_a_rewritten_operand():
