@@ -189,20 +189,21 @@ class AWQInt4Tensor(TorchAOBaseTensor):
     def in_features(self) -> int:
         return self._in_features
 
+    def _dequantized_rows(self, dtype: torch.dtype) -> torch.Tensor:
+        """The stored weight dequantized, [N, K] in dtype, whatever the transposed flag."""
+        return quant.dequantize(quant.unpack_int4(self.qdata), self.scale, self.zero_point, self.group_size,
+                                self.in_features, dtype)
+
     def dequantize(self, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
         """The logical weight [N, K] (or [K, N] when transposed), without act_pre_scale."""
-        w = quant.dequantize(
-            quant.unpack_int4(self.qdata), self.scale, self.zero_point,
-            self.group_size, self.in_features, dtype or self.dtype,
-        )
+        w = self._dequantized_rows(dtype or self.dtype)
         return w.t() if self.transposed else w
 
     def effective_weight(self, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
         """The dense weight a linear with this tensor multiplies by: ``dequantize()`` with act_pre_scale folded
         into its K columns (computed in fp32, then cast to dtype, default the activation dtype); [N, K], or
         [K, N] when transposed."""
-        w = quant.dequantize(quant.unpack_int4(self.qdata), self.scale, self.zero_point, self.group_size,
-                             self.in_features, torch.float32)
+        w = self._dequantized_rows(torch.float32)
         if self.act_pre_scale is not None:
             w = w * self.act_pre_scale.float()
         w = w.to(dtype or self.dtype)

@@ -8,8 +8,8 @@ find a kernel's mutated arguments), Dynamo's fake propagation and AOTAutograd's 
 ``triton_op`` run here as they do on an H200; Inductor's code generation and CUDA graphs do not (they
 need the device). The case is gpu_check's module check: a 768 x 1024 g64 Linear called at M = 1, 3, 16,
 200, 16, 1, in bf16 with a pre-scale and in fp16, with the device's kept split-K counters present (a
-real tensor, as eager CUDA weights make it), and each family of configs forced for M buckets 1 and 16
-as gpu_check forces them. One line per family and dtype:
+real tensor, as eager CUDA weights make it), and each family of configs forced as gpu_check forces
+them (``gpu_check.FORCED_FUSED``, ``FORCED_WGMMA``). One line per family and dtype:
 
     <family> <dtype> <every output shape right> [(kernel calls, opaque-op calls) per graph, ...]
 
@@ -27,19 +27,13 @@ from torch._dynamo.backends.common import aot_autograd
 from torch._subclasses.fake_tensor import FakeTensorMode
 from triton.backends.compiler import GPUTarget
 
+import gpu_check
 from awq_ao import AWQInt4Tensor
-from awq_ao.kernels import KernelConfig, configs, int4_wgmma, splitk
+from awq_ao.kernels import configs, int4_wgmma, splitk
 
 GPU = "NVIDIA H200"
 M_VALUES = (1, 3, 16, 200, 16, 1)
-FORCED = {  # M bucket -> config, as gpu_check.check_module forces them
-    "plain": {},
-    "fused": {1: KernelConfig("gemv", 64, 256, split_k=4, num_warps=2, fused_reduce=True),
-              16: KernelConfig("gemm", 64, 64, split_k=8, block_m=16, num_stages=3, prefetch=1, swap_ab=True,
-                               fused_reduce=True, natural_order=True)},
-    "wgmma": {1: KernelConfig("wgmma", 64, 128, block_m=8, split_k=4),
-              16: KernelConfig("wgmma", 64, 128, block_m=16, split_k=2)},
-}
+FORCED = {"plain": set(), "fused": gpu_check.FORCED_FUSED, "wgmma": gpu_check.FORCED_WGMMA}
 
 
 class _Sm90Driver:
@@ -99,7 +93,7 @@ def main() -> int:
     device = pretend_h200()
     for family, forced in FORCED.items():
         saved = dict(configs._TUNED)
-        for bucket, cfg in forced.items():
+        for bucket, cfg in forced:
             configs.record(GPU, bucket, 768, 1024, 64, cfg)
         for dtype, pre in ((torch.bfloat16, True), (torch.float16, False)):
             shapes_ok, calls = replay(device, dtype, pre)

@@ -50,6 +50,20 @@ from awq_ao.kernels import KernelConfig, configs, int4_linear, int4_wgmma  # noq
 from awq_ao.kernels.splitk import tile_counters  # noqa: E402
 
 TOL = {torch.float32: 2e-3, torch.float16: 3e-3, torch.bfloat16: 1.5e-2}
+# The module checks' forced picks, {(M bucket, config)} for their 768 x 1024 g64 Linear (compile_replay.py
+# replays the same): split-K with the in-kernel sum (at 16 in column order: one launch), or the wgmma kernel
+FORCED_FUSED = {
+    (1, KernelConfig("gemv", 64, 256, split_k=4, num_warps=2, fused_reduce=True)),
+    (4, KernelConfig("gemm", 64, 64, split_k=4, block_m=16, num_stages=3, prefetch=1, swap_ab=True,
+                     fused_reduce=True)),
+    (16, KernelConfig("gemm", 64, 64, split_k=8, block_m=16, num_stages=3, prefetch=1, swap_ab=True,
+                      fused_reduce=True, natural_order=True)),
+}
+FORCED_WGMMA = {
+    (1, KernelConfig("wgmma", 64, 128, block_m=8, split_k=4)),
+    (4, KernelConfig("wgmma", 64, 128, block_m=8, split_k=1)),
+    (16, KernelConfig("wgmma", 64, 128, block_m=16, split_k=2)),
+}
 
 
 def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
@@ -124,15 +138,7 @@ def check_module(device, dtype, mode, fused=False, wgmma=False) -> list[tuple[st
     lin.weight = torch.nn.Parameter(AWQInt4Tensor.from_float(lin.weight.detach(), 4, 64), requires_grad=False)
     fn = lin if mode == "eager" else torch.compile(
         lin, fullgraph=True, mode="reduce-overhead" if mode == "reduce-overhead" else None)
-    forced = {(1, KernelConfig("gemv", 64, 256, split_k=4, num_warps=2, fused_reduce=True)),
-              (4, KernelConfig("gemm", 64, 64, split_k=4, block_m=16, num_stages=3, prefetch=1, swap_ab=True,
-                               fused_reduce=True)),
-              (16, KernelConfig("gemm", 64, 64, split_k=8, block_m=16, num_stages=3, prefetch=1, swap_ab=True,
-                                fused_reduce=True, natural_order=True))} if fused else set()
-    if wgmma:
-        forced = {(1, KernelConfig("wgmma", 64, 128, block_m=8, split_k=4)),
-                  (4, KernelConfig("wgmma", 64, 128, block_m=8, split_k=1)),
-                  (16, KernelConfig("wgmma", 64, 128, block_m=16, split_k=2))}
+    forced = FORCED_WGMMA if wgmma else FORCED_FUSED if fused else set()
     label = _module_label(dtype, mode, fused, wgmma)
     from torch._dynamo.utils import counters as dynamo_counters
 

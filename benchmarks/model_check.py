@@ -29,6 +29,7 @@ import torch
 import awq_ao
 from awq_ao import AWQInt4Tensor
 from awq_ao import generate as gen
+from awq_ao.kernels.configs import relative_error
 from awq_ao.models import from_hf_model
 from awq_ao.models.decode_prep import prepare_for_decode
 
@@ -67,11 +68,6 @@ def dequantized_logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
             mod.weight = w
 
 
-def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
-    y, ref = y.double(), ref.double()
-    return ((y - ref).norm() / ref.norm().clamp(min=1e-30)).item()
-
-
 def new_token_agreement(out: torch.Tensor, ref: torch.Tensor) -> float:
     """The share of generated positions (after the prompt) where ``out`` and ``ref`` [1, PROMPT + n] agree."""
     return (out[:, PROMPT:] == ref[:, PROMPT:]).float().mean().item()
@@ -82,7 +78,7 @@ def check_transformers(model, x) -> list[tuple[str, bool]]:
     from transformers.generation import CompileConfig
 
     with torch.no_grad():
-        err = rel_err(model(x).logits, dequantized_logits(model, x))
+        err = relative_error(model(x).logits, dequantized_logits(model, x).float())
         eager = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=NEW_TOKENS,
                                min_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=0)
         compile_config = CompileConfig(fullgraph=True, mode="reduce-overhead" if x.is_cuda else "default")
