@@ -77,7 +77,9 @@ def compile_wgmma(cfg: KernelConfig, dt: str, group: int, arch: int, k: int = 40
     constexprs = {"GROUP_SIZE": group, "HAS_PRE_SCALE": pre, "BLOCK_M": cfg.block_m, "TILES": per_split,
                   "SPLIT_OUT": split_out, "FUSED_SPLITS": cfg.split_k if cfg.fused_reduce and split_out else 0,
                   "TWO_BUFFERS": cfg.prefetch == 2, "RING": cfg.num_stages if cfg.num_stages >= 3 else 0,
-                  "OVERLAP": (int4_wgmma.OVERLAP_PAIRS if overlap is None else overlap) and cfg.prefetch == 2,
+                  "OVERLAP": ((int4_wgmma.OVERLAP_PAIRS if overlap is None else overlap) and cfg.prefetch == 2
+                              and not cfg.mma_sync),
+                  "MMA_SYNC": cfg.mma_sync,
                   "NEG_MAGIC": int4_wgmma.NEG_MAGIC_PAIR[torch.bfloat16 if dt == "bf16" else torch.float16],
                   "BLOCK_N": cfg.block_n, "WORDS": int4_wgmma.words_layout(cfg.block_n)}
     return _compile(GluonASTSource, int4_wgmma._int4_wgmma_kernel, sig, constexprs,
@@ -239,7 +241,8 @@ def report(cfg: KernelConfig, dt: str, group: int, arch: int, top: int = 6, loop
         weights_per_thread *= 2
     top = ", ".join(f"{op} {n}" for op, n in ops.most_common(top))
     if cfg.kind == "wgmma":
-        kind = "wgmma" + (" ring" if cfg.num_stages >= 3 else " 2 buffers" if cfg.prefetch == 2 else "")
+        kind = ("mma.sync" if cfg.mma_sync else "wgmma") + (
+            " ring" if cfg.num_stages >= 3 else " 2 buffers" if cfg.prefetch == 2 else "")
     else:
         kind = cfg.kind + ("" if not cfg.prefetch else " prefetch" if cfg.prefetch == 1 else f" prefetch{cfg.prefetch}")
     kind += " swap" if cfg.swap_ab else ""
@@ -271,7 +274,7 @@ def main(argv=None) -> int:
 
     int4_wgmma.OVERLAP_PAIRS = int4_wgmma.OVERLAP_PAIRS or args.overlap  # compile_wgmma's default
 
-    from awq_ao.kernels.configs import candidate_configs
+    from awq_ao.kernels.configs import GLUON_TILES, candidate_configs
 
     seen = []
     for m in args.m:
@@ -279,10 +282,10 @@ def main(argv=None) -> int:
             cfg = dataclasses.replace(cfg, split_k=8 if cfg.fused_reduce else 1)  # fused: its epilogue for 8 splits
             if cfg not in seen:
                 seen.append(cfg)
-        if m <= 64 and args.dtype != "fp32":  # the Gluon wgmma kernel (a candidate on sm_90 GPUs only)
-            for block_n, buffers, stages in ((64, 1, 1), (64, 2, 1), (64, 1, 4), (128, 1, 1), (128, 1, 4)):
-                cfg = KernelConfig("wgmma", block_n, 128, block_m=m, prefetch=buffers, num_stages=stages).fitted(
-                    args.group, 4096)
+        if m <= 64 and args.dtype != "fp32":  # the Gluon kernel, wgmma and mma.sync (candidates on sm_90 GPUs only)
+            for block_n, buffers, stages, mma_sync in GLUON_TILES:
+                cfg = KernelConfig("wgmma", block_n, 128, block_m=m, prefetch=buffers, num_stages=stages,
+                                   mma_sync=mma_sync).fitted(args.group, 4096)
                 if cfg not in seen:
                     seen.append(cfg)
     print(f"sm_{args.arch}, {args.dtype}, group {args.group}, triton {triton.__version__}")

@@ -3,20 +3,21 @@
 #
 #   bash benchmarks/device_check.sh          # in the repo root on the device machine, with $OUT set
 #
-# 0. wgmma_check.py: the Gluon wgmma kernel's correctness, then (apart) its timing table on the goal shapes at
-#    M = 1 and 16 ($OUT/wgmma_check.log, wgmma_<gpu>.md); if the check fails, AWQ_AO_DISABLE_WGMMA=1 keeps the
-#    kernel out of the steps after it;
+# 0. wgmma_check.py: the Gluon kernel's correctness (wgmma and mma.sync), then (apart) its timing table on the
+#    goal shapes at M = 1 and 16 ($OUT/wgmma_check.log, wgmma_<gpu>.md); if the check fails,
+#    AWQ_AO_DISABLE_WGMMA=1 keeps the kernel out of the steps after it;
 # 1. gpu_check.py on the three goal shapes at M = 1, 2 and 16: every candidate checked against a float64
 #    reference, the fused split-K stress test, the compiled and CUDA-graph module checks, then tuning and the
 #    timing table ($OUT: gpu_check.log, tuned_<gpu>.json, kernels_<gpu>.md, each written as the run goes);
 # 2. bench_layout.py: read rates by layout, the split-K reduce launch and the GEMM's activation launch alone;
 # 3. model_check.py: the user's flow, whole models compiled (transformers' generate() with a static cache and
 #    CUDA graphs; the gpt-fast model's compiled decode), tokens against eager ($OUT/model_check.log);
-# 4. Nsight Compute's stall reasons for the GEMV (M = 1) that step 1 picked and the wgmma kernel (M = 16).
+# 4. Nsight Compute's stall reasons for the GEMV (M = 1) that step 1 picked and the Gluon kernel with mma.sync
+#    (M = 16, two weight buffers, split 8).
 #
 # Each step has its own time limit (seconds; override by environment), so a slow step cannot starve the
-# rest: WGMMA_S (default 120: the check), WGMMA_TIME_S (120: its timing, the two-buffer configs with and
-# without the experimental overlap), CHECK_S (240), LAYOUT_S (0: off, its results are in), MODEL_S (60),
+# rest: WGMMA_S (default 120: the check, 228 cases as in run 9's 216), WGMMA_TIME_S (120: its timing, 7 configs
+# with wgmma, the 64-row ones with mma.sync, one with the experimental overlap), CHECK_S (240), LAYOUT_S (0: off, its results are in), MODEL_S (60),
 # NCU_S (20 per kernel, each ~12 s, last): 9 minutes 40 s of limits in all, plus the install, inside one run's 10
 # (a run cut short there loses the second profile only). A
 # limit of 0 skips its step; CHECK_M (default "1 2 16") sets step 1's M values. The device machines have torch and Triton but no torchao and no network: the
@@ -66,6 +67,7 @@ timeout "${NCU_S:-20}" "$NCU" -k regex:int4_gemv --launch-count 1 "${SECTIONS[@]
   python3 benchmarks/ncu_probe.py > "$OUT/ncu_int4_gemv.txt" 2>&1
 echo "ncu int4_gemv exit: $?"
 timeout "${NCU_S:-20}" "$NCU" -k regex:int4_wgmma --launch-count 1 "${SECTIONS[@]}" python3 benchmarks/ncu_probe.py \
-  --m16 '{"kind": "wgmma", "block_n": 64, "block_k": 128, "block_m": 16, "split_k": 4}' > "$OUT/ncu_int4_wgmma.txt" 2>&1
-echo "ncu int4_wgmma exit: $?"
+  --m16 '{"kind": "wgmma", "block_n": 64, "block_k": 128, "block_m": 16, "split_k": 8, "prefetch": 2, "mma_sync": true}' \
+  > "$OUT/ncu_int4_mma_sync.txt" 2>&1
+echo "ncu int4_wgmma (mma.sync) exit: $?"
 ls -l "$OUT"

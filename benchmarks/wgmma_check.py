@@ -1,4 +1,4 @@
-"""First GPU run of the Gluon wgmma kernel (``awq_ao/kernels/int4_wgmma.py``): correctness, then a timing table.
+"""The Gluon kernel (``awq_ao/kernels/int4_wgmma.py``, wgmma and mma.sync) on a GPU: correctness, then a timing table.
 
     python benchmarks/wgmma_check.py --out DIR      # on an sm_90 GPU (H100 / H200); about two minutes
     TRITON_INTERPRET=1 python benchmarks/wgmma_check.py --dry-run   # no GPU: the script's own check
@@ -8,7 +8,7 @@ its CUDA context down with it, and a failure here turns the kernel off for the r
 (``AWQ_AO_DISABLE_WGMMA=1``). Correctness: bf16 and fp16, fresh random data, output poisoned with NaN,
 error relative to a float64 reference, over tails in M, N and K, groups 32 / 64 / 128, with and without
 ``act_pre_scale``, at several splits, with the reduce launch and with the in-kernel sum, one and two weight
-buffers and the shared-memory ring. Timing (CUDA-graph replays over rotated weight copies,
+buffers and the shared-memory ring, with wgmma and (``KernelConfig.mma_sync``) with mma.sync. Timing (CUDA-graph replays over rotated weight copies,
 ``kernels/timing.py``): on the three goal shapes at M = 1 and 16, the kernel at each split against what
 ``select_config`` runs today and bf16 ``F.linear``; written to DIR/wgmma_<gpu>.md as it goes.
 """
@@ -49,17 +49,38 @@ TIMED_SHORT = ((64, 4, True, 1, 1), (64, 4, True, 2, 1), (64, 8, True, 2, 1), (6
 def label(cfg, overlap: bool = False) -> str:
     """A fitted wgmma config in short: N64 BM16 s4f b2 = 64 rows, BLOCK_M 16, split 4, fused sum, two weight
     buffers; r4: a 4-stage shared-memory ring for the words; b2o: two buffers with the experimental
-    MMA / unpacking overlap (``int4_wgmma.OVERLAP_PAIRS``)."""
+    MMA / unpacking overlap (``int4_wgmma.OVERLAP_PAIRS``); a trailing " mma": mma.sync, not wgmma."""
     words = f"r{cfg.num_stages}" if cfg.num_stages >= 3 else f"b{cfg.prefetch}" + ("o" if overlap else "")
-    return f"N{cfg.block_n} BM{cfg.block_m} s{cfg.split_k}{'f' if cfg.fused_reduce else ''} {words}"
+    return (f"N{cfg.block_n} BM{cfg.block_m} s{cfg.split_k}{'f' if cfg.fused_reduce else ''} {words}"
+            + (" mma" if cfg.mma_sync else ""))
 
 
-def with_overlap(configs):
-    """Each (block_n, split, fused, buffers, stages) with overlap False, and the two-buffer ones again with True."""
+def variants(configs, overlapped, mma_sync):
+    """(spec, overlap, mma_sync) for each (block_n, split, fused, buffers, stages) of ``configs``: wgmma as it is,
+    again with the overlap if ``overlapped(spec)``, and with mma.sync if ``mma_sync(spec)``."""
     for spec in configs:
-        yield spec, False
-        if spec[3] == 2:
-            yield spec, True
+        yield spec, False, False
+        if spec[3] == 2 and overlapped(spec):
+            yield spec, True, False
+        if mma_sync(spec):
+            yield spec, False, True
+
+
+# mma.sync shares everything but the MMA with wgmma: its check covers one buffer with the in-kernel sum, two
+# buffers and the ring, at every case's BLOCK_M; its timing, every 64-row config timed (the overlap: the one
+# config that was fastest at M = 16 on two of three goal shapes in run 10, wgmma_nvidia_h200_m16.md)
+MMA_CHECKED = ((64, 4, False, 2, 1), (64, 4, True, 1, 1), (64, 2, False, 1, 3))
+OVERLAP_TIMED = ((64, 8, True, 2, 1),)
+
+
+def checked_variants(with_pre: bool) -> list:
+    """What each correctness case runs with or without the pre-scale: the two-buffer CHECKED specs with the
+    overlap and the MMA_CHECKED ones with mma.sync, both ways; the CHECKED specs as they are (wgmma), with the
+    pre-scale only (they passed 216 of 216 checks on the H200 both ways, wgmma_check_nvidia_h200.log, and the
+    pre-scale changes only how the activation is staged; this keeps the check inside device_check.sh's limit)."""
+    return [(spec, overlap, mma_sync)
+            for spec, overlap, mma_sync in variants(CHECKED, lambda spec: True, lambda spec: spec in MMA_CHECKED)
+            if with_pre or overlap or mma_sync]
 
 
 @contextlib.contextmanager
@@ -79,9 +100,9 @@ def correctness(device, cases=CASES, dtypes=(torch.bfloat16, torch.float16)) -> 
         for m, n, k, group in cases:
             for with_pre in (False, True):
                 x, (qdata, s, z), pre, ref = make_case(device, dtype, m, n, k, group, with_pre=with_pre)
-                for (block_n, split, fused, buffers, stages), overlap in with_overlap(CHECKED):
+                for (block_n, split, fused, buffers, stages), overlap, mma_sync in checked_variants(with_pre):
                     cfg = KernelConfig("wgmma", block_n, 128, block_m=m, split_k=split, fused_reduce=fused,
-                                       prefetch=buffers, num_stages=stages)
+                                       prefetch=buffers, num_stages=stages, mma_sync=mma_sync)
                     out = torch.full((m, n), float("nan"), dtype=dtype, device=device)
                     with overlap_pairs(overlap):
                         int4_linear(x, qdata, s, z, group, k, act_pre_scale=pre, out=out, config=cfg)
@@ -101,9 +122,9 @@ def timing(device, out_path, m_values=(1, 16), timed=TIMED) -> None:
 
     dtype, group = torch.bfloat16, 128
     counters = tile_counters(device)
-    header = ("| N | K | M | bf16 F.linear us | select_config us (config) | wgmma best us (config) | "
-              "wgmma / bf16 speedup | wgmma / select_config speedup | every config us (s: split, f: fused sum, "
-              "N: weight rows per program, b: weight buffers, o: overlapped, r: ring stages) |")
+    header = ("| N | K | M | bf16 F.linear us | select_config us (config) | Gluon best us (config) | "
+              "Gluon / bf16 speedup | Gluon / select_config speedup | every config us (s: split, f: fused sum, "
+              "N: weight rows per program, b: weight buffers, o: overlapped, r: ring stages, mma: mma.sync) |")
     lines = [f"{torch.cuda.get_device_name()}, torch {torch.__version__}", "", header, "|---" * 9 + "|"]
     with open(out_path, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -128,9 +149,10 @@ def timing(device, out_path, m_values=(1, 16), timed=TIMED) -> None:
             base_cfg = select_config(m, n, k, group, device)
             base_us = run(base_cfg)
             per_split = {}  # label (split, fused sum, buffers) -> us
-            for (block_n, split, fused, buffers, stages), overlap in with_overlap(timed):
+            timed_here = variants(timed, lambda spec: spec in OVERLAP_TIMED, lambda spec: spec[0] == 64)
+            for (block_n, split, fused, buffers, stages), overlap, mma_sync in timed_here:
                 cfg = KernelConfig("wgmma", block_n, 128, block_m=m, split_k=split, fused_reduce=fused,
-                                   prefetch=buffers, num_stages=stages).fitted(group, k)
+                                   prefetch=buffers, num_stages=stages, mma_sync=mma_sync).fitted(group, k)
                 if label(cfg, overlap) not in per_split:
                     per_split[label(cfg, overlap)] = run(cfg, overlap)
             best_split = min(per_split, key=per_split.get)

@@ -36,7 +36,8 @@ MAX_BUCKET = 512
 
 @dataclasses.dataclass(frozen=True)
 class KernelConfig:
-    kind: str  # "gemv", "gemm", "wgmma" (int4_wgmma.py: sm_90, bf16 / fp16, BLOCK_N 64 or 128, BLOCK_K 128) or "dequant"
+    kind: str  # "gemv", "gemm", "wgmma" (int4_wgmma.py, Gluon: sm_90, bf16 / fp16, BLOCK_N 64 or 128, BLOCK_K 128;
+    # the weight as the MMA's register operand, by wgmma or with ``mma_sync`` by mma.sync) or "dequant"
     block_n: int
     block_k: int
     split_k: int = 1
@@ -48,6 +49,7 @@ class KernelConfig:
     swap_ab: bool = False  # gemm only: compute y.T = W x.T (weight tile as the MMA's A operand)
     fused_reduce: bool = False  # split-K: the last program of each tile adds the partials (no second launch)
     natural_order: bool = False  # gemm, bf16 / fp16: unpack in column order and read x as given (no launch before)
+    mma_sync: bool = False  # wgmma: the same Gluon kernel issuing mma.sync (HMMA m16n8k16 per warp), not wgmma
 
     def fitted(self, group_size: int, k_pad: int) -> "KernelConfig":
         """This config made valid for the group and K: BLOCK_K divides K_pad and either divides the
@@ -58,7 +60,7 @@ class KernelConfig:
         """
         if self.kind == "dequant":
             return dataclasses.replace(self, split_k=1, block_m=1, prefetch=0, swap_ab=False, fused_reduce=False,
-                                       natural_order=False)
+                                       natural_order=False, mma_sync=False)
         if self.kind == "wgmma":
             return self._fitted_wgmma(group_size, k_pad)
         kind, block_m = self.kind, self.block_m
@@ -75,7 +77,7 @@ class KernelConfig:
         split_k = max(1, min(self.split_k, tiles))
         return dataclasses.replace(self, kind=kind, block_k=block_k, block_m=block_m, prefetch=prefetch,
                                    split_k=split_k, fused_reduce=bool(self.fused_reduce) and split_k > 1,
-                                   natural_order=bool(self.natural_order) and kind == "gemm")
+                                   natural_order=bool(self.natural_order) and kind == "gemm", mma_sync=False)
 
 
     def as_swapped_gemm(self, group_size: int, k_pad: int) -> "KernelConfig":
@@ -102,7 +104,7 @@ class KernelConfig:
         return KernelConfig("wgmma", block_n, int4_wgmma.BLOCK_K, split_k=split_k, block_m=block_m,
                             num_warps=block_n // 16, num_stages=max(ring, 1),
                             prefetch=2 if self.prefetch >= 2 and not ring else 1,
-                            fused_reduce=bool(self.fused_reduce) and split_k > 1)
+                            fused_reduce=bool(self.fused_reduce) and split_k > 1, mma_sync=bool(self.mma_sync))
 
 
 KINDS = ("gemv", "gemm", "wgmma", "dequant")
@@ -140,6 +142,10 @@ GEMV_ROWS_TILES = ((64, 2, 256), (32, 1, 256))
 # slower on every goal shape from M = 2 to 16 (gpu_check_nvidia_h200_async.log; 48.5-51.4 us against 33.8-34.4
 # at 8192 x 8192 in gpu_check_nvidia_h200_wide_gemv.log)
 SMALL_M_GEMM_TILES = ((64, True, 4, 5),)
+# (BLOCK_N, weight buffers, ring stages, mma_sync) of the Gluon kernel's tiles the tuner tries from M = 1 to 64 on
+# sm_90 (candidate_configs says why each)
+GLUON_TILES = ((64, 1, 1, False), (64, 2, 1, False), (64, 1, 4, False), (128, 1, 1, False), (128, 1, 4, False),
+               (64, 1, 1, True), (64, 2, 1, True), (64, 1, 4, True))
 # whether the tuner tries the in-kernel split-K sum (``fused_reduce``); benchmarks/gpu_check.py turns it off for
 # its tuning run when that path fails a correctness check on the GPU at hand
 FUSED_REDUCE_CANDIDATES = True
@@ -283,21 +289,22 @@ def candidate_configs(m: int, n: int, k_pad: int, group_size: int, device: torch
         # instruction per word to unpack; with each split and way of adding the splits
         out += [dataclasses.replace(c, natural_order=True) for c in out[1:]
                 if _swapped_async_tile(c) and c.block_n == 64 and c.split_k > 1]
-    if m <= 64 and int4_wgmma.wgmma_available(device):  # the Gluon GEMM with the weight as wgmma's register operand
-        # (int4_wgmma.py; sm_90 SASS: 3.3 instructions per weight and no shared-memory round trip in the loop,
-        # 80 registers at BLOCK_M 16, so up to 6 four-warp programs per SM), split toward 2 programs per SM and
-        # 2 and 4 times that (fitted() raises a split whose staged activation would not fit)
+    if m <= 64 and int4_wgmma.wgmma_available(device):  # the Gluon GEMM with the weight as the MMA's register
+        # operand (int4_wgmma.py; sm_90 SASS: 3.1-3.4 instructions per weight, no shared-memory round trip in the
+        # loop, 62-99 registers at BLOCK_M 8 and 16), split toward 2 programs per SM and 2 and 4 times that
+        # (fitted() raises a split whose staged activation would not fit), with the in-kernel sum where the tuning
+        # may use it (no slower than the reduce launch for any wgmma config timed on the H200: wgmma_nvidia_h200_m1.md)
         block_m = next(b for b in int4_wgmma.WGMMA_BLOCK_M if b >= m)
         k_tiles = triton.cdiv(k_pad, int4_wgmma.BLOCK_K)
-        for fused in (False, True) if FUSED_REDUCE_CANDIDATES else (False,):  # with each way of adding splits
-            # 64 rows on 4 warps: weight tiles in registers, one buffer (80 registers) or two (128, no copies),
-            # or through a 4-stage shared-memory ring by cp.async; 128 rows on 8 warps (half the staged
-            # activation per weight, more warps per SM): one buffer or the ring
-            for block_n, buffers, stages in ((64, 1, 1), (64, 2, 1), (64, 1, 4), (128, 1, 1), (128, 1, 4)):
-                split = _split_for(triton.cdiv(n, block_n) * triton.cdiv(m, block_m), k_tiles, device)
-                out += [KernelConfig("wgmma", block_n, int4_wgmma.BLOCK_K, block_m=block_m, prefetch=buffers,
-                                     num_stages=stages, split_k=min(split * f, k_tiles), fused_reduce=fused)
-                        for f in (1, 2, 4)]
+        # (rows, buffers, ring stages, mma.sync). wgmma: 64 rows on 4 warps, weight tiles in registers, one buffer
+        # (72 registers) or two (96), or through a 4-stage shared-memory ring by cp.async; 128 rows on 8 warps
+        # (half the staged activation per weight): one buffer or the ring. mma.sync (no warp-group wait after each
+        # tile's MMAs): 64 rows with one or two buffers or the ring
+        for block_n, buffers, stages, mma_sync in GLUON_TILES:
+            split = _split_for(triton.cdiv(n, block_n) * triton.cdiv(m, block_m), k_tiles, device)
+            out += [KernelConfig("wgmma", block_n, int4_wgmma.BLOCK_K, block_m=block_m, prefetch=buffers,
+                                 num_stages=stages, split_k=min(split * f, k_tiles),
+                                 fused_reduce=FUSED_REDUCE_CANDIDATES, mma_sync=mma_sync) for f in (1, 2, 4)]
     if m > 64:  # (BLOCK_M, BLOCK_N, warps): the two that compile without spills and with the fewest instructions
         for block_m, block_n, warps in ((64, 128, 4), (64, 256, 8)):
             out.append(KernelConfig("gemm", block_n, 64, block_m=block_m, num_warps=warps, num_stages=3,

@@ -45,6 +45,18 @@ each thread reads only what it copied). ``act_pre_scale`` is applied as the acti
 (``x * pre`` rounded to the dtype, as the dense path rounds it): no launch before the kernel in any
 case.
 
+The same kernel with ``KernelConfig.mma_sync`` issues mma.sync (``HMMA.16816``, the Ampere instruction,
+which sm_90 keeps) instead of wgmma: the A fragment of m16n8k16 gives each thread the same elements of its
+warp's 16 rows as wgmma's register operand does (the trivial conversion above holds for both), the
+accumulator is mma.sync's (BLOCK_M / 8 tiles of n8 per warp), and the activation tile is read from shared
+memory into the B fragment (``ldmatrix``) per tile. What it changes: nothing waits for a tile's MMAs. Each
+warp runs on its own, and the register scoreboard makes only the instructions that read an MMA's result
+wait for it, so the next tile's loads and unpacking overlap the MMAs (the wgmma loop waits for its warp
+group's MMAs after each tile: 25-30 us at M = 16 on the H200's goal shapes, 20 us at M = 1 against the
+GEMV's 17, kernel_notes.md). In sm_90 SASS: 3.1-3.4 instructions per weight and 62-99 registers at
+BLOCK_M 8 and 16 (``benchmarks/compile_report.py --m 1 16``). It also compiles for sm_80 (no wgmma there),
+which is not enabled: never run on such a GPU.
+
 Split-K over grid axis 2 (the tiles of K are split in contiguous ranges of TILES): each split
 stores an fp32 partial, added in split order by ``splitk._splitk_reduce_kernel`` or, with
 ``fused_reduce``, by the tile's last program (``splitk.py``'s counters and memory ordering: a CTA
@@ -71,7 +83,7 @@ from awq_ao.kernels.splitk import add_splits
 try:  # Triton >= 3.5 ships Gluon; without it this path is simply never chosen
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.language.nvidia.ampere import async_copy
+    from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
     from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, warpgroup_mma,
                                                                    warpgroup_mma_wait)
     HAVE_GLUON = True
@@ -221,16 +233,25 @@ if HAVE_GLUON:
 
     @gluon.jit
     def _mma_tile(acc, words, scale, zero, x_tile, magic_pair, DTYPE: gl.constexpr, NEG_MAGIC: gl.constexpr,
-                  A_OP: gl.constexpr):
-        """Unpack one weight tile into the A fragment and issue its 8 asynchronous wgmma against the staged
-        activation tile x_tile [BLOCK_M, 128], then wait for them all. No group is left in flight across
-        calls: the MMA reads its A registers asynchronously, and with a group pending at the loop's back
+                  A_OP: gl.constexpr, B_OP: gl.constexpr, MMA_SYNC: gl.constexpr):
+        """Unpack one weight tile into the A fragment and multiply it by the staged activation tile x_tile
+        [BLOCK_M, 128].
+
+        wgmma (MMA_SYNC False): 8 asynchronous wgmma, then a wait for them all. No group is left in flight
+        across calls: the MMA reads its A registers asynchronously, and with a group pending at the loop's back
         edge ptxas (Triton 3.6) reused them for the next tile's unpacking (the wait's ``deps`` name the
         16-bit values, not the packed registers the MMA reads): wrong products on the H200. The SASS check
-        ``compile_report.wgmma_register_hazards`` finds such writes (tests/test_kernel_configs.py)."""
+        ``compile_report.wgmma_register_hazards`` finds such writes (tests/test_kernel_configs.py).
+        mma.sync (MMA_SYNC, B_OP the B fragment's layout): the activation tile read into registers
+        (``ldmatrix``), then 8 x BLOCK_M / 8 HMMA m16n8k16 per warp; each warp runs on its own, and the
+        hardware's register scoreboard, not a wait, orders the next tile's unpacking after the reads."""
         a = _fragment(words, scale, zero, magic_pair, DTYPE, NEG_MAGIC, A_OP)
-        acc = warpgroup_mma(a, x_tile.permute((1, 0)), acc, is_async=True)
-        return warpgroup_mma_wait(num_outstanding=0, deps=(acc, a))[0]
+        if MMA_SYNC:
+            acc = mma_v2(a, x_tile.permute((1, 0)).load(B_OP), acc)
+        else:
+            acc = warpgroup_mma(a, x_tile.permute((1, 0)), acc, is_async=True)
+            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a))[0]
+        return acc
 
     @gluon.jit
     def _mma_two_tiles(acc, words_a, scale_a, zero_a, x_a, words_b, scale_b, zero_b, x_b, magic_pair,
@@ -250,7 +271,7 @@ if HAVE_GLUON:
         M, N, K, K_WORDS, stride_xm, stride_q, stride_s, stride_om, stride_osplit, magic_pair,
         GROUP_SIZE: gl.constexpr, HAS_PRE_SCALE: gl.constexpr, BLOCK_M: gl.constexpr, TILES: gl.constexpr,
         SPLIT_OUT: gl.constexpr, FUSED_SPLITS: gl.constexpr, TWO_BUFFERS: gl.constexpr, OVERLAP: gl.constexpr,
-        RING: gl.constexpr,
+        RING: gl.constexpr, MMA_SYNC: gl.constexpr,
         NEG_MAGIC: gl.constexpr, BLOCK_N: gl.constexpr, WORDS: gl.constexpr,
     ):
         """One program (BLOCK_N / 16 warps: one or two warp groups): rows [BLOCK_N pid_n, +BLOCK_N) of W, activation rows [BLOCK_M pid_m, +BLOCK_M), K tiles
@@ -260,9 +281,16 @@ if HAVE_GLUON:
         DTYPE: gl.constexpr = x_ptr.dtype.element_ty
         # WORDS (``words_layout``): the words [BLOCK_N rows, 4 (c), 4 (q)] as thread 4g + c of warp w holds them
         ROW_C: gl.constexpr = gl.SliceLayout(2, WORDS)  # [BLOCK_N, 4]: a row's scale / zero for a thread's 32 columns
-        ACC: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[BLOCK_N // 16, 1],
-                                                      instr_shape=[16, BLOCK_M, 16])
+        # the accumulator of wgmma (m64nBLOCK_Mk16 per warp group) or of mma.sync (m16n8k16 per warp); the A
+        # fragment of both gives a thread the same elements of its warp's 16 rows (``_fragment`` asserts it)
+        if MMA_SYNC:
+            ACC: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[BLOCK_N // 16, 1],
+                                                          instr_shape=[16, 8])
+        else:
+            ACC: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[BLOCK_N // 16, 1],
+                                                          instr_shape=[16, BLOCK_M, 16])
         A_OP: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=ACC, k_width=2)
+        B_OP: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=ACC, k_width=2)
         # the activation tile [m, c, q, b, p1, p0]: 8 stored-consecutive columns (16 bytes) per thread
         XL: gl.constexpr = gl.BlockedLayout([1, 1, 1, 2, 2, 2], [2, 4, 4, 1, 1, 1], [BLOCK_N // 16, 1, 1, 1, 1, 1],
                                             [5, 4, 3, 2, 1, 0])
@@ -325,7 +353,8 @@ if HAVE_GLUON:
                                      GROUP_SIZE)
                 s_smem.index(t).store(st)
                 z_smem.index(t).store(zt)
-        fence_async_shared()  # the generic-proxy stores before the MMAs' async-proxy reads
+        if not MMA_SYNC:  # (mma.sync reads registers loaded by ldmatrix: the CTA barrier below suffices)
+            fence_async_shared()  # the generic-proxy stores before the MMAs' async-proxy reads
         _cta_barrier()
 
         # 2. the weight tiles, each loaded a tile ahead. TWO_BUFFERS: two at a time from two register buffers
@@ -342,7 +371,7 @@ if HAVE_GLUON:
                 async_copy.wait_group(RING - 1)  # this thread's copies of tile t have landed
                 words = ring.index(t % RING).load(WORDS)
                 acc = _mma_tile(acc, words, s_smem.index(t).load(ROW_C), z_smem.index(t).load(ROW_C),
-                                x_smem.index(t), magic_pair, DTYPE, NEG_MAGIC, A_OP)
+                                x_smem.index(t), magic_pair, DTYPE, NEG_MAGIC, A_OP, B_OP, MMA_SYNC)
         elif TWO_BUFFERS:
             for pair in range(TILES // 2):
                 t = 2 * pair
@@ -350,22 +379,27 @@ if HAVE_GLUON:
                     acc = _mma_two_tiles(acc, w_a, s_a, z_a, x_smem.index(t), w_b, s_b, z_b, x_smem.index(t + 1),
                                          magic_pair, DTYPE, NEG_MAGIC, A_OP)
                 else:
-                    acc = _mma_tile(acc, w_a, s_a, z_a, x_smem.index(t), magic_pair, DTYPE, NEG_MAGIC, A_OP)
+                    acc = _mma_tile(acc, w_a, s_a, z_a, x_smem.index(t), magic_pair, DTYPE, NEG_MAGIC, A_OP, B_OP,
+                                    MMA_SYNC)
                 w_a, s_a, z_a = _weight_tile(q_ptr, s_ptr, z_ptr, rows, row_live, cs, qs, k0 + (t + 2) * 128,
                                              t + 2 < TILES, K_WORDS, stride_q, stride_s, GROUP_SIZE)
                 if not OVERLAP:
-                    acc = _mma_tile(acc, w_b, s_b, z_b, x_smem.index(t + 1), magic_pair, DTYPE, NEG_MAGIC, A_OP)
+                    acc = _mma_tile(acc, w_b, s_b, z_b, x_smem.index(t + 1), magic_pair, DTYPE, NEG_MAGIC, A_OP, B_OP,
+                                    MMA_SYNC)
                 w_b, s_b, z_b = _weight_tile(q_ptr, s_ptr, z_ptr, rows, row_live, cs, qs, k0 + (t + 3) * 128,
                                              t + 3 < TILES, K_WORDS, stride_q, stride_s, GROUP_SIZE)
             if TILES % 2 == 1:
-                acc = _mma_tile(acc, w_a, s_a, z_a, x_smem.index(TILES - 1), magic_pair, DTYPE, NEG_MAGIC, A_OP)
+                acc = _mma_tile(acc, w_a, s_a, z_a, x_smem.index(TILES - 1), magic_pair, DTYPE, NEG_MAGIC, A_OP,
+                                B_OP, MMA_SYNC)
         else:
             for t in range(TILES):
                 w_n, s_n, z_n = _weight_tile(q_ptr, s_ptr, z_ptr, rows, row_live, cs, qs, k0 + (t + 1) * 128,
                                              t + 1 < TILES, K_WORDS, stride_q, stride_s, GROUP_SIZE)
-                acc = _mma_tile(acc, w_a, s_a, z_a, x_smem.index(t), magic_pair, DTYPE, NEG_MAGIC, A_OP)
+                acc = _mma_tile(acc, w_a, s_a, z_a, x_smem.index(t), magic_pair, DTYPE, NEG_MAGIC, A_OP, B_OP,
+                                MMA_SYNC)
                 w_a, s_a, z_a = w_n, s_n, z_n
-        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+        if not MMA_SYNC:
+            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
 
         # 3. y.T tile -> y (or the split's fp32 partial), stored from the accumulator's own layout
         on = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, gl.SliceLayout(1, ACC))
@@ -417,8 +451,8 @@ def wgmma_linear(x, words, scale, zero_point, pre, has_pre, y, group_size, in_fe
         MAGIC_PAIR_BF16 if x.dtype == torch.bfloat16 else MAGIC_PAIR_FP16,
         GROUP_SIZE=group_size, HAS_PRE_SCALE=has_pre, BLOCK_M=config.block_m, TILES=tiles_per_split,
         SPLIT_OUT=split > 1, FUSED_SPLITS=split if fused else 0, NEG_MAGIC=NEG_MAGIC_PAIR[x.dtype],
-        TWO_BUFFERS=config.prefetch == 2, OVERLAP=OVERLAP_PAIRS and config.prefetch == 2,
-        RING=config.num_stages if config.num_stages >= 3 else 0,
+        TWO_BUFFERS=config.prefetch == 2, OVERLAP=OVERLAP_PAIRS and config.prefetch == 2 and not config.mma_sync,
+        RING=config.num_stages if config.num_stages >= 3 else 0, MMA_SYNC=config.mma_sync,
         BLOCK_N=config.block_n, WORDS=words_layout(config.block_n), num_warps=config.block_n // 16,
     )
     if split > 1 and not fused:

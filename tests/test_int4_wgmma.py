@@ -170,9 +170,10 @@ def test_wgmma_check_script_refuses_without_a_gpu(tmp_path, capsys):
     assert "sm_90" in capsys.readouterr().out
     assert module.main(["--dry-run"]) == 0  # its correctness half, on the CPU fallback
     out = capsys.readouterr().out
-    runs = len(list(module.with_overlap(module.CHECKED)))  # the two-buffer configs twice: with the overlap too
-    assert runs > len(module.CHECKED) and "b2o:" in out
-    assert "dry run: 0 failed" in out and out.count("ok  ") == 2 * 2 * runs
+    with_pre, without = len(module.checked_variants(True)), len(module.checked_variants(False))
+    assert with_pre == len(module.CHECKED) + 2 + len(module.MMA_CHECKED) and without == 2 + len(module.MMA_CHECKED)
+    assert "b2o:" in out and " mma:" in out
+    assert "dry run: 0 failed" in out and out.count("ok  ") == 2 * (with_pre + without)
 
 
 def test_triton_op_sends_wgmma_configs_to_the_opaque_op(monkeypatch):
