@@ -35,16 +35,25 @@ def tiny_llama(dtype=torch.float32, tie=True, hidden=96, inter=160):
     return LlamaForCausalLM(cfg).to(dtype).eval(), cfg
 
 
-def dequantized_copy(model: nn.Module) -> nn.Module:
+def dequantized_copy(model: nn.Module, dtype=None) -> nn.Module:
     """A float copy of a quantized model: every AWQInt4Tensor weight dequantized.
 
-    act_pre_scale is folded into the dequantized weight's columns.
+    act_pre_scale is folded into the dequantized weight's columns. With ``dtype``, every floating-point
+    parameter and buffer is then cast to it (parameter by parameter: transformers refuses ``.float()`` on a
+    model loaded from GGUF).
     """
     ref = copy.deepcopy(model)
     for mod in ref.modules():
         w = getattr(mod, "weight", None)
         if isinstance(w, AWQInt4Tensor):
             mod.weight = nn.Parameter(w.effective_weight(), requires_grad=False)
+    if dtype is not None:
+        for mod in ref.modules():
+            for p in mod.parameters(recurse=False):
+                p.data = p.data.to(dtype) if p.is_floating_point() else p.data
+            for name, b in list(mod.named_buffers(recurse=False)):
+                if b.is_floating_point():
+                    setattr(mod, name, b.to(dtype))
     return ref
 
 

@@ -44,13 +44,21 @@ def test_every_block_linear_quantized(loaded):
 
 
 def test_logits_match_dequantized_and_stay_near_float(loaded):
+    """The bf16 int4 model against the exact product of its stored weights (the dequantized model in fp32): no
+    further from it than those weights run densely in bf16 are, for the prompt and for one decode-sized token
+    (the CPU int4 kernel). bf16 rounding alone moves 30 layers' logits by 2-5% here: on an AMD EPYC with
+    AVX512-BF16 the dense bf16 model was 2.3% (prompt) and 4.7% (one token) off the fp32 one, the int4 model
+    1.9% and 4.1%; comparing the two bf16 paths with each other, as this test did before, gave 2.4% there,
+    over its 2% bound. A wrong kernel (a zero point or scale misapplied) is off by far more."""
     _, model, ids, float_logits = loaded
-    reference = dequantized_copy(model)
+    dense_bf16 = dequantized_copy(model)
+    exact = dequantized_copy(model, torch.float32)
     with torch.no_grad():
         logits = model(ids).logits
-        assert rel_err(logits, reference(ids).logits) < 2e-2
-        one = ids[:, -1:]  # decode-sized: the CPU int4 kernel
-        assert rel_err(model(one).logits, reference(one).logits) < 2e-2
+        one = ids[:, -1:]
+        for x, y in ((ids, logits), (one, model(one).logits)):
+            want = exact(x).logits
+            assert rel_err(y, want) < 1.25 * rel_err(dense_bf16(x).logits, want) + 5e-3
         # inductor reorders bf16 roundings across 30 layers (about 2% on its own,
         # quantized or not), hence the looser bound for compiled against eager
         compiled = torch.compile(model, fullgraph=True)
