@@ -79,7 +79,8 @@ def compile_wgmma(cfg: KernelConfig, dt: str, group: int, arch: int, k: int = 40
                   "TWO_BUFFERS": cfg.prefetch == 2, "RING": cfg.num_stages if cfg.num_stages >= 3 else 0,
                   "OVERLAP": ((int4_wgmma.OVERLAP_PAIRS if overlap is None else overlap) and cfg.prefetch == 2
                               and not cfg.mma_sync),
-                  "MMA_SYNC": cfg.mma_sync,
+                  "MMA_SYNC": cfg.mma_sync, "LATE": cfg.late_dequant,
+                  "MAGIC": int4_wgmma.MAGIC_VALUE[torch.bfloat16 if dt == "bf16" else torch.float16],
                   "NEG_MAGIC": int4_wgmma.NEG_MAGIC_PAIR[torch.bfloat16 if dt == "bf16" else torch.float16],
                   "BLOCK_N": cfg.block_n, "WORDS": int4_wgmma.words_layout(cfg.block_n)}
     return _compile(GluonASTSource, int4_wgmma._int4_wgmma_kernel, sig, constexprs,
@@ -241,7 +242,7 @@ def report(cfg: KernelConfig, dt: str, group: int, arch: int, top: int = 6, loop
         weights_per_thread *= 2
     top = ", ".join(f"{op} {n}" for op, n in ops.most_common(top))
     if cfg.kind == "wgmma":
-        kind = ("mma.sync" if cfg.mma_sync else "wgmma") + (
+        kind = ("mma.sync" + (" late" if cfg.late_dequant else "") if cfg.mma_sync else "wgmma") + (
             " ring" if cfg.num_stages >= 3 else " 2 buffers" if cfg.prefetch == 2 else "")
     else:
         kind = cfg.kind + ("" if not cfg.prefetch else " prefetch" if cfg.prefetch == 1 else f" prefetch{cfg.prefetch}")
@@ -283,9 +284,9 @@ def main(argv=None) -> int:
             if cfg not in seen:
                 seen.append(cfg)
         if m <= 64 and args.dtype != "fp32":  # the Gluon kernel, wgmma and mma.sync (candidates on sm_90 GPUs only)
-            for block_n, buffers, stages, mma_sync in GLUON_TILES:
+            for block_n, buffers, stages, mma_sync, late in GLUON_TILES:
                 cfg = KernelConfig("wgmma", block_n, 128, block_m=m, prefetch=buffers, num_stages=stages,
-                                   mma_sync=mma_sync).fitted(args.group, 4096)
+                                   mma_sync=mma_sync, late_dequant=late).fitted(args.group, 4096)
                 if cfg not in seen:
                     seen.append(cfg)
     print(f"sm_{args.arch}, {args.dtype}, group {args.group}, triton {triton.__version__}")

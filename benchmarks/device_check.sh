@@ -12,15 +12,15 @@
 # 2. bench_layout.py: read rates by layout, the split-K reduce launch and the GEMM's activation launch alone;
 # 3. model_check.py: the user's flow, whole models compiled (transformers' generate() with a static cache and
 #    CUDA graphs; the gpt-fast model's compiled decode), tokens against eager ($OUT/model_check.log);
-# 4. Nsight Compute's stall reasons for the GEMV (M = 1) that step 1 picked and the Gluon kernel with mma.sync
-#    (M = 16, two weight buffers, split 8).
+# 4. Nsight Compute's stall reasons for the Gluon kernel with mma.sync and late_dequant (M = 16, two weight
+#    buffers, split 8), and (NCU_GEMV_S, off by default: run 7 profiled it) the GEMV that step 1 picked at M = 1.
 #
 # Each step has its own time limit (seconds; override by environment), so a slow step cannot starve the
-# rest: WGMMA_S (default 120: the check, 228 cases as in run 9's 216), WGMMA_TIME_S (120: its timing, 7 configs
-# with wgmma, the 64-row ones with mma.sync, one with the experimental overlap), CHECK_S (240), LAYOUT_S (0:
-# off, its results are in), MODEL_S (60), NCU_S (20 per kernel, each ~12 s, last): 9 minutes 40 s of limits in
-# all, plus the install, inside one run's 10 (a run cut short there loses the second profile only). A limit of
-# 0 skips its step. CHECK_M (default "1 16", the goal's M values; the shipped table keeps its M = 2 picks)
+# rest: WGMMA_S (default 150: the check, 252 cases against run 9's 216 in under 150 s), WGMMA_TIME_S (120: its
+# timing, 14 configs per row: 5 wgmma, 1 overlapped, 3 mma.sync, 5 late_dequant), CHECK_S (240), LAYOUT_S (0:
+# off, its results are in), MODEL_S (60), NCU_S (20, ~12 s, last), NCU_GEMV_S (0): 9 minutes 50 s of limits
+# in all, plus the install, inside one run's 10 (a run cut short there loses the profile only). A limit of 0
+# skips its step. CHECK_M (default "1 16", the goal's M values; the shipped table keeps its M = 2 picks)
 # sets step 1's M values. The device machines have torch and Triton but no torchao and no network: the
 # torchao wheel travels in .whl/ (named in the run's carry; see kernel_notes.md for how to fetch it).
 set -u
@@ -33,7 +33,7 @@ nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv,noheader
 
 # 0. the Gluon wgmma kernel first, in a process of its own: if its check fails (or faults), it is off for the
 # rest; its timing table runs apart (the short config list), so a timing cut short cannot turn it off
-timeout "${WGMMA_S:-120}" python3 benchmarks/wgmma_check.py --no-bench 2>&1 | tee "$OUT/wgmma_check.log"
+timeout "${WGMMA_S:-150}" python3 benchmarks/wgmma_check.py --no-bench 2>&1 | tee "$OUT/wgmma_check.log"
 status=${PIPESTATUS[0]}
 echo "wgmma_check exit: $status"
 if [ "$status" != 0 ]; then
@@ -63,12 +63,16 @@ cp "$OUT"/tuned_*.json kernels/tuned/ 2>/dev/null  # the picks just tuned, for t
 NCU=/usr/local/cuda/bin/ncu
 SECTIONS=(--section WarpStateStats --section Occupancy --section SchedulerStats --section LaunchStats
           --metrics "regex:smsp__pcsamp_warps_issue_stalled_.*")
-if [ "${NCU_S:-20}" = 0 ]; then ls -l "$OUT"; exit 0; fi
-timeout "${NCU_S:-20}" "$NCU" -k regex:int4_gemv --launch-count 1 "${SECTIONS[@]}" \
-  python3 benchmarks/ncu_probe.py > "$OUT/ncu_int4_gemv.txt" 2>&1
-echo "ncu int4_gemv exit: $?"
-timeout "${NCU_S:-20}" "$NCU" -k regex:int4_wgmma --launch-count 1 "${SECTIONS[@]}" python3 benchmarks/ncu_probe.py \
-  --m16 '{"kind": "wgmma", "block_n": 64, "block_k": 128, "block_m": 16, "split_k": 8, "prefetch": 2, "mma_sync": true}' \
-  > "$OUT/ncu_int4_mma_sync.txt" 2>&1
-echo "ncu int4_wgmma (mma.sync) exit: $?"
+if [ "${NCU_S:-20}" != 0 ]; then
+  timeout "${NCU_S:-20}" "$NCU" -k regex:int4_wgmma --launch-count 1 "${SECTIONS[@]}" python3 benchmarks/ncu_probe.py \
+    --m1 '{"kind": "gemv", "block_n": 64, "block_k": 256, "num_warps": 2, "split_k": 8}' \
+    --m16 '{"kind": "wgmma", "block_n": 64, "block_k": 128, "block_m": 16, "split_k": 8, "prefetch": 2,
+            "mma_sync": true, "late_dequant": true}' > "$OUT/ncu_int4_mma_late.txt" 2>&1
+  echo "ncu int4_wgmma (mma.sync, late_dequant) exit: $?"
+fi
+if [ "${NCU_GEMV_S:-0}" != 0 ]; then
+  timeout "${NCU_GEMV_S}" "$NCU" -k regex:int4_gemv --launch-count 1 "${SECTIONS[@]}" \
+    python3 benchmarks/ncu_probe.py > "$OUT/ncu_int4_gemv.txt" 2>&1
+  echo "ncu int4_gemv exit: $?"
+fi
 ls -l "$OUT"

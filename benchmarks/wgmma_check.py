@@ -41,46 +41,54 @@ CHECKED = ((64, 1, False, 1, 1), (64, 4, False, 2, 1), (64, 16, False, 1, 1), (6
 TIMED = tuple((block_n, split, True, buffers, stages) for split in (2, 4, 8, 16)
               for block_n, buffers, stages in ((64, 1, 1), (64, 2, 1), (64, 1, 4), (128, 1, 1), (128, 1, 4))) + (
                   (64, 4, False, 1, 1),)
-# a short timing run (--short): the likeliest winners of each word feed
-TIMED_SHORT = ((64, 4, True, 1, 1), (64, 4, True, 2, 1), (64, 8, True, 2, 1), (64, 2, True, 2, 1),
-               (64, 4, True, 1, 4), (64, 8, True, 1, 1), (128, 4, True, 1, 1))
+# a short timing run (--short): the likeliest winners of each word feed (dropped: split 2 and the 128-row tile,
+# never the fastest in runs 9 and 10)
+TIMED_SHORT = ((64, 4, True, 1, 1), (64, 4, True, 2, 1), (64, 8, True, 2, 1), (64, 4, True, 1, 4), (64, 8, True, 1, 1))
+# the kernel's variants: "wgmma"; "overlap" (two buffers, OVERLAP_PAIRS); "mma" (mma.sync); "late" (mma.sync with
+# late_dequant, groups of a multiple of 128 only). mma.sync shares everything but the MMA with wgmma, and late
+# everything but the unpacking and the per-tile scaling with mma: their checks cover one buffer with the
+# in-kernel sum, two buffers and the ring at every case's BLOCK_M, both ways of the pre-scale; the plain wgmma
+# specs (216 of 216 correct on the H200 in run 9, both ways, wgmma_check_nvidia_h200.log) and the overlap run
+# with the pre-scale only, which changes only how the activation is staged: 252 checks, near run 9's 216
+MMA_CHECKED = ((64, 4, False, 2, 1), (64, 4, True, 1, 1), (64, 2, False, 1, 3))
+# timing: the overlap on the config fastest at M = 16 on two of three goal shapes in run 10
+# (wgmma_nvidia_h200_m16.md), plain mma.sync on three, late on every 64-row config timed
+OVERLAP_TIMED = ((64, 8, True, 2, 1),)
+MMA_TIMED = ((64, 4, True, 1, 1), (64, 8, True, 2, 1), (64, 4, True, 1, 4))
 
 
 def label(cfg, overlap: bool = False) -> str:
-    """A fitted wgmma config in short: N64 BM16 s4f b2 = 64 rows, BLOCK_M 16, split 4, fused sum, two weight
-    buffers; r4: a 4-stage shared-memory ring for the words; b2o: two buffers with the experimental
-    MMA / unpacking overlap (``int4_wgmma.OVERLAP_PAIRS``); a trailing " mma": mma.sync, not wgmma."""
+    """A fitted config in short: N64 BM16 s4f b2 = 64 rows, BLOCK_M 16, split 4, fused sum, two weight buffers (wgmma);
+    r4: a 4-stage shared-memory ring for the words; b2o: two buffers with the experimental MMA / unpacking
+    overlap (``int4_wgmma.OVERLAP_PAIRS``); a trailing " mma": mma.sync, " late": mma.sync with late_dequant."""
     words = f"r{cfg.num_stages}" if cfg.num_stages >= 3 else f"b{cfg.prefetch}" + ("o" if overlap else "")
-    return (f"N{cfg.block_n} BM{cfg.block_m} s{cfg.split_k}{'f' if cfg.fused_reduce else ''} {words}"
-            + (" mma" if cfg.mma_sync else ""))
+    mma = " late" if cfg.late_dequant else " mma" if cfg.mma_sync else ""
+    return f"N{cfg.block_n} BM{cfg.block_m} s{cfg.split_k}{'f' if cfg.fused_reduce else ''} {words}{mma}"
 
 
-def variants(configs, overlapped, mma_sync):
-    """(spec, overlap, mma_sync) for each (block_n, split, fused, buffers, stages) of ``configs``: wgmma as it is,
-    again with the overlap if ``overlapped(spec)``, and with mma.sync if ``mma_sync(spec)``."""
-    for spec in configs:
-        yield spec, False, False
-        if spec[3] == 2 and overlapped(spec):
-            yield spec, True, False
-        if mma_sync(spec):
-            yield spec, False, True
+def config(spec, variant: str, m: int) -> KernelConfig:
+    """The (unfitted) config of a (block_n, split, fused, buffers, stages) spec in ``variant`` for M rows."""
+    block_n, split, fused, buffers, stages = spec
+    return KernelConfig("wgmma", block_n, 128, block_m=m, split_k=split, fused_reduce=fused, prefetch=buffers,
+                        num_stages=stages, mma_sync=variant in ("mma", "late"), late_dequant=variant == "late")
 
 
-# mma.sync shares everything but the MMA with wgmma: its check covers one buffer with the in-kernel sum, two
-# buffers and the ring, at every case's BLOCK_M; its timing, every 64-row config timed (the overlap: the one
-# config that was fastest at M = 16 on two of three goal shapes in run 10, wgmma_nvidia_h200_m16.md)
-MMA_CHECKED = ((64, 4, False, 2, 1), (64, 4, True, 1, 1), (64, 2, False, 1, 3))
-OVERLAP_TIMED = ((64, 8, True, 2, 1),)
+def checked_variants(with_pre: bool, group: int = 128) -> list:
+    """(spec, variant) pairs each correctness case runs, with or without the pre-scale, for its group size."""
+    out = [(spec, "wgmma") for spec in CHECKED if with_pre]
+    out += [(spec, "overlap") for spec in CHECKED if with_pre and spec[3] == 2]
+    out += [(spec, "mma") for spec in MMA_CHECKED]
+    out += [(spec, "late") for spec in MMA_CHECKED if group % 128 == 0]
+    return out
 
 
-def checked_variants(with_pre: bool) -> list:
-    """What each correctness case runs with or without the pre-scale: the two-buffer CHECKED specs with the
-    overlap and the MMA_CHECKED ones with mma.sync, both ways; the CHECKED specs as they are (wgmma), with the
-    pre-scale only (they passed 216 of 216 checks on the H200 both ways, wgmma_check_nvidia_h200.log, and the
-    pre-scale changes only how the activation is staged; this keeps the check inside device_check.sh's limit)."""
-    return [(spec, overlap, mma_sync)
-            for spec, overlap, mma_sync in variants(CHECKED, lambda spec: True, lambda spec: spec in MMA_CHECKED)
-            if with_pre or overlap or mma_sync]
+def timed_variants(timed) -> list:
+    """(spec, variant) pairs each timing row times."""
+    out = [(spec, "wgmma") for spec in timed]
+    out += [(spec, "overlap") for spec in timed if spec in OVERLAP_TIMED]
+    out += [(spec, "mma") for spec in timed if spec in MMA_TIMED or timed is not TIMED_SHORT]
+    out += [(spec, "late") for spec in timed if spec[0] == 64]
+    return out
 
 
 @contextlib.contextmanager
@@ -100,9 +108,8 @@ def correctness(device, cases=CASES, dtypes=(torch.bfloat16, torch.float16)) -> 
         for m, n, k, group in cases:
             for with_pre in (False, True):
                 x, (qdata, s, z), pre, ref = make_case(device, dtype, m, n, k, group, with_pre=with_pre)
-                for (block_n, split, fused, buffers, stages), overlap, mma_sync in checked_variants(with_pre):
-                    cfg = KernelConfig("wgmma", block_n, 128, block_m=m, split_k=split, fused_reduce=fused,
-                                       prefetch=buffers, num_stages=stages, mma_sync=mma_sync)
+                for spec, variant in checked_variants(with_pre, group):
+                    cfg, overlap = config(spec, variant, m), variant == "overlap"
                     out = torch.full((m, n), float("nan"), dtype=dtype, device=device)
                     with overlap_pairs(overlap):
                         int4_linear(x, qdata, s, z, group, k, act_pre_scale=pre, out=out, config=cfg)
@@ -149,10 +156,8 @@ def timing(device, out_path, m_values=(1, 16), timed=TIMED) -> None:
             base_cfg = select_config(m, n, k, group, device)
             base_us = run(base_cfg)
             per_split = {}  # label (split, fused sum, buffers) -> us
-            timed_here = variants(timed, lambda spec: spec in OVERLAP_TIMED, lambda spec: spec[0] == 64)
-            for (block_n, split, fused, buffers, stages), overlap, mma_sync in timed_here:
-                cfg = KernelConfig("wgmma", block_n, 128, block_m=m, split_k=split, fused_reduce=fused,
-                                   prefetch=buffers, num_stages=stages, mma_sync=mma_sync).fitted(group, k)
+            for spec, variant in timed_variants(timed):
+                cfg, overlap = config(spec, variant, m).fitted(group, k), variant == "overlap"
                 if label(cfg, overlap) not in per_split:
                     per_split[label(cfg, overlap)] = run(cfg, overlap)
             best_split = min(per_split, key=per_split.get)

@@ -50,6 +50,8 @@ class KernelConfig:
     fused_reduce: bool = False  # split-K: the last program of each tile adds the partials (no second launch)
     natural_order: bool = False  # gemm, bf16 / fp16: unpack in column order and read x as given (no launch before)
     mma_sync: bool = False  # wgmma: the same Gluon kernel issuing mma.sync (HMMA m16n8k16 per warp), not wgmma
+    late_dequant: bool = False  # mma_sync, groups of a multiple of 128: the MMA on the raw nibbles, the zero and the
+    # scale applied to each tile's product (one LOP3 per two weights left in the unpacking)
 
     def fitted(self, group_size: int, k_pad: int) -> "KernelConfig":
         """This config made valid for the group and K: BLOCK_K divides K_pad and either divides the
@@ -60,7 +62,7 @@ class KernelConfig:
         """
         if self.kind == "dequant":
             return dataclasses.replace(self, split_k=1, block_m=1, prefetch=0, swap_ab=False, fused_reduce=False,
-                                       natural_order=False, mma_sync=False)
+                                       natural_order=False, mma_sync=False, late_dequant=False)
         if self.kind == "wgmma":
             return self._fitted_wgmma(group_size, k_pad)
         kind, block_m = self.kind, self.block_m
@@ -77,7 +79,8 @@ class KernelConfig:
         split_k = max(1, min(self.split_k, tiles))
         return dataclasses.replace(self, kind=kind, block_k=block_k, block_m=block_m, prefetch=prefetch,
                                    split_k=split_k, fused_reduce=bool(self.fused_reduce) and split_k > 1,
-                                   natural_order=bool(self.natural_order) and kind == "gemm", mma_sync=False)
+                                   natural_order=bool(self.natural_order) and kind == "gemm", mma_sync=False,
+                                   late_dequant=False)
 
 
     def as_swapped_gemm(self, group_size: int, k_pad: int) -> "KernelConfig":
@@ -98,13 +101,15 @@ class KernelConfig:
         tiles = triton.cdiv(k_pad, int4_wgmma.BLOCK_K)
         ring = self.num_stages if self.num_stages >= 3 else 0
         split_k = max(1, min(self.split_k, tiles))
-        while split_k < tiles and int4_wgmma.shared_bytes(block_m, triton.cdiv(tiles, split_k), ring, block_n) > \
-                int4_wgmma.WGMMA_SMEM_BYTES:
+        late = bool(self.late_dequant) and bool(self.mma_sync) and group_size % int4_wgmma.BLOCK_K == 0
+        while split_k < tiles and int4_wgmma.shared_bytes(block_m, triton.cdiv(tiles, split_k), ring, block_n,
+                                                          late) > int4_wgmma.WGMMA_SMEM_BYTES:
             split_k += 1
         return KernelConfig("wgmma", block_n, int4_wgmma.BLOCK_K, split_k=split_k, block_m=block_m,
                             num_warps=block_n // 16, num_stages=max(ring, 1),
                             prefetch=2 if self.prefetch >= 2 and not ring else 1,
-                            fused_reduce=bool(self.fused_reduce) and split_k > 1, mma_sync=bool(self.mma_sync))
+                            fused_reduce=bool(self.fused_reduce) and split_k > 1, mma_sync=bool(self.mma_sync),
+                            late_dequant=late)
 
 
 KINDS = ("gemv", "gemm", "wgmma", "dequant")
@@ -142,10 +147,12 @@ GEMV_ROWS_TILES = ((64, 2, 256), (32, 1, 256))
 # slower on every goal shape from M = 2 to 16 (gpu_check_nvidia_h200_async.log; 48.5-51.4 us against 33.8-34.4
 # at 8192 x 8192 in gpu_check_nvidia_h200_wide_gemv.log)
 SMALL_M_GEMM_TILES = ((64, True, 4, 5),)
-# (BLOCK_N, weight buffers, ring stages, mma_sync) of the Gluon kernel's tiles the tuner tries from M = 1 to 64 on
-# sm_90 (candidate_configs says why each)
-GLUON_TILES = ((64, 1, 1, False), (64, 2, 1, False), (64, 1, 4, False), (128, 1, 1, False), (128, 1, 4, False),
-               (64, 1, 1, True), (64, 2, 1, True), (64, 1, 4, True))
+# (BLOCK_N, weight buffers, ring stages, mma_sync, late_dequant) of the Gluon kernel's tiles the tuner tries from
+# M = 1 to 64 on sm_90 (candidate_configs says why each)
+GLUON_TILES = ((64, 1, 1, False, False), (64, 2, 1, False, False), (64, 1, 4, False, False),
+               (128, 1, 1, False, False), (128, 1, 4, False, False),
+               (64, 1, 1, True, False), (64, 2, 1, True, False), (64, 1, 4, True, False),
+               (64, 1, 1, True, True), (64, 2, 1, True, True), (64, 1, 4, True, True))
 # whether the tuner tries the in-kernel split-K sum (``fused_reduce``); benchmarks/gpu_check.py turns it off for
 # its tuning run when that path fails a correctness check on the GPU at hand
 FUSED_REDUCE_CANDIDATES = True
@@ -300,11 +307,12 @@ def candidate_configs(m: int, n: int, k_pad: int, group_size: int, device: torch
         # (72 registers) or two (96), or through a 4-stage shared-memory ring by cp.async; 128 rows on 8 warps
         # (half the staged activation per weight): one buffer or the ring. mma.sync (no warp-group wait after each
         # tile's MMAs): 64 rows with one or two buffers or the ring
-        for block_n, buffers, stages, mma_sync in GLUON_TILES:
+        for block_n, buffers, stages, mma_sync, late in GLUON_TILES:
             split = _split_for(triton.cdiv(n, block_n) * triton.cdiv(m, block_m), k_tiles, device)
             out += [KernelConfig("wgmma", block_n, int4_wgmma.BLOCK_K, block_m=block_m, prefetch=buffers,
                                  num_stages=stages, split_k=min(split * f, k_tiles),
-                                 fused_reduce=FUSED_REDUCE_CANDIDATES, mma_sync=mma_sync) for f in (1, 2, 4)]
+                                 fused_reduce=FUSED_REDUCE_CANDIDATES, mma_sync=mma_sync, late_dequant=late)
+                    for f in (1, 2, 4)]
     if m > 64:  # (BLOCK_M, BLOCK_N, warps): the two that compile without spills and with the fewest instructions
         for block_m, block_n, warps in ((64, 128, 4), (64, 256, 8)):
             out.append(KernelConfig("gemm", block_n, 64, block_m=block_m, num_warps=warps, num_stages=3,

@@ -118,11 +118,11 @@ def capability_major(device_index: int) -> int:
     return torch.cuda.get_device_capability(device_index)[0]
 
 
-def shared_bytes(block_m: int, tiles: int, ring: int, block_n: int = 64) -> int:
-    """Shared memory of one program: its staged activation (``tiles`` x BLOCK_M x 128 x 2 bytes), and with a
-    ring of ``ring`` stages the ring (a tile's words: block_n x 64 bytes a stage) and every tile's scales and
-    zeros ([block_n, 4] x 3 bytes each)."""
-    staged = tiles * block_m * BLOCK_K * 2
+def shared_bytes(block_m: int, tiles: int, ring: int, block_n: int = 64, late: bool = False) -> int:
+    """Shared memory of one program: its staged activation (``tiles`` x BLOCK_M x 128 x 2 bytes; with ``late``,
+    late_dequant, and its column sums: 4 bytes per row and tile), and with a ring of ``ring`` stages the ring (a
+    tile's words: block_n x 64 bytes a stage) and every tile's scales and zeros ([block_n, 4] x 3 bytes each)."""
+    staged = tiles * block_m * (BLOCK_K * 2 + (4 if late else 0))
     return staged + (ring * block_n * BLOCK_K // 2 + tiles * block_n * 4 * 3 if ring else 0)
 
 
@@ -138,6 +138,10 @@ def wgmma_available(device: torch.device) -> bool:
 # the pair unpacking's PTX with the zero term and the scale packed once per row and tile (int4_planes.pair_ptx)
 PAIR_PTX_BF16 = pair_ptx("bf16x2", packed_operands=True)
 PAIR_PTX_FP16 = pair_ptx("f16x2", packed_operands=True)
+# late_dequant: the pair as DTYPE ``magic + q`` only (one LOP3: nibbles p and p + 4 into the two halves' low bits,
+# OR the magic, ``$3``), for an MMA on the raw nibbles; the zero, the magic and the scale come after it
+RAW_PAIR_PTX = "{ .reg .b32 t; lop3.b32 t, $2, 983055, $3, 0xEA; mov.b32 {$0, $1}, t; }"
+MAGIC_VALUE = {torch.bfloat16: 128.0, torch.float16: 1024.0}  # MAGIC_PAIR_*'s halves as numbers
 # -(magic + z) in both 16-bit halves is NEG_MAGIC_PAIR + z * 0x10001: magic + z (z < 16) is exact with the
 # magic's exponent (128.0 = 0x4300 in bf16, 1024.0 = 0x6400 in fp16, whose last mantissa bit is 1), so its
 # bits are the magic's plus z, and the sign is bit 15; one integer multiply-add per row and tile (as int32)
@@ -147,6 +151,7 @@ NEG_MAGIC_PAIR = {torch.bfloat16: 0xC300C300 - (1 << 32), torch.float16: 0xE400E
 if HAVE_GLUON:
     _PTX_BF16 = gl.constexpr(PAIR_PTX_BF16)
     _PTX_FP16 = gl.constexpr(PAIR_PTX_FP16)
+    _RAW_PTX = gl.constexpr(RAW_PAIR_PTX)
     _X_TO_MMA = gl.constexpr(X_TO_MMA)
     _A_TO_MMA = gl.constexpr(A_TO_MMA)
     _cta_barrier = getattr(gl, "thread_barrier", None) or gl.barrier  # renamed in Triton 3.9
@@ -173,6 +178,16 @@ if HAVE_GLUON:
                                              dtype=(gl.float16, gl.float16), is_pure=True, pack=1)
 
     @gluon.jit
+    def _raw_pair(words, magic_pair, DTYPE: gl.constexpr):
+        """Pair p of each word (shifted right by 4p) -> columns p and p + 4 as DTYPE ``magic + q``, exact."""
+        if DTYPE == gl.bfloat16:
+            return gl.inline_asm_elementwise(_RAW_PTX, "=h,=h,r,r", [words, magic_pair],
+                                             dtype=(gl.bfloat16, gl.bfloat16), is_pure=True, pack=1)
+        else:
+            return gl.inline_asm_elementwise(_RAW_PTX, "=h,=h,r,r", [words, magic_pair],
+                                             dtype=(gl.float16, gl.float16), is_pure=True, pack=1)
+
+    @gluon.jit
     def _both_halves(v, DTYPE: gl.constexpr):
         """DTYPE tensor -> int32 with its 16 bits in both halves (a packed operand of ``_pair``)."""
         bits = v.to(DTYPE).to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF
@@ -180,14 +195,25 @@ if HAVE_GLUON:
 
     @gluon.jit
     def _weight_tile(q_ptr, s_ptr, z_ptr, rows, row_live, cs, qs, k, live, K_WORDS, stride_q, stride_s,
-                     GROUP_SIZE: gl.constexpr):
+                     GROUP_SIZE: gl.constexpr, rows_acc, rows_acc_live, LATE: gl.constexpr):
         """The 128-column weight tile at column k: words int32 [64, 4 (c), 4 (q)] (thread c's 16 bytes of each of
-        its rows), and uint8 zero / DTYPE scale [64, 4] (its 32 columns lie in one group); masked off past K,
-        past N and where ``live`` is False (no memory traffic)."""
+        its rows), and uint8 zero / DTYPE scale [64, 4] (its 32 columns lie in one group), or with LATE
+        (``late_dequant``: the tile lies in one group) [64] per row in ``rows_acc``'s layout (the accumulator's
+        rows); masked off past K, past N and where ``live`` is False (no memory traffic)."""
         ptrs, mask = _word_addresses(q_ptr, rows, row_live, cs, qs, k, live, K_WORDS, stride_q)
         words = gl.load(ptrs, mask=mask, other=0)
-        scale, zero = _scale_tile(s_ptr, z_ptr, rows, row_live, cs, k, live, K_WORDS, stride_s, GROUP_SIZE)
+        if LATE:
+            scale, zero = _row_scale(s_ptr, z_ptr, rows_acc, rows_acc_live, k, live, K_WORDS, stride_s, GROUP_SIZE)
+        else:
+            scale, zero = _scale_tile(s_ptr, z_ptr, rows, row_live, cs, k, live, K_WORDS, stride_s, GROUP_SIZE)
         return words, scale, zero
+
+    @gluon.jit
+    def _row_scale(s_ptr, z_ptr, rows, rows_live, k, live, K_WORDS, stride_s, GROUP_SIZE: gl.constexpr):
+        """Scale and zero [rows] of the group of column k (the whole 128-column tile's, with late_dequant)."""
+        group_live = rows_live & (k < K_WORDS * 8) & live
+        ptrs = rows * stride_s + k // GROUP_SIZE
+        return gl.load(s_ptr + ptrs, mask=group_live, other=0.0), gl.load(z_ptr + ptrs, mask=group_live, other=0)
 
     @gluon.jit
     def _scale_tile(s_ptr, z_ptr, rows, row_live, cs, k, live, K_WORDS, stride_s, GROUP_SIZE: gl.constexpr):
@@ -217,23 +243,39 @@ if HAVE_GLUON:
         async_copy.commit_group()
 
     @gluon.jit
-    def _fragment(words, scale, zero, magic_pair, DTYPE: gl.constexpr, NEG_MAGIC: gl.constexpr, A_OP: gl.constexpr):
-        """One weight tile (``_weight_tile``'s words, scales, zeros) unpacked into wgmma's A fragment
-        [rows, 128] in MMA column order."""
-        scale2 = _both_halves(scale, DTYPE)[:, :, None]
-        neg_zero2 = (zero.to(gl.int32) * 0x10001 + NEG_MAGIC)[:, :, None]
-        l0, h0 = _pair(words, neg_zero2, scale2, magic_pair, DTYPE)
-        l1, h1 = _pair(words >> 4, neg_zero2, scale2, magic_pair, DTYPE)
-        l2, h2 = _pair(words >> 8, neg_zero2, scale2, magic_pair, DTYPE)
-        l3, h3 = _pair(words >> 12, neg_zero2, scale2, magic_pair, DTYPE)
+    def _fragment(words, scale, zero, magic_pair, DTYPE: gl.constexpr, NEG_MAGIC: gl.constexpr, A_OP: gl.constexpr,
+                  LATE: gl.constexpr = False):
+        """One weight tile (``_weight_tile``'s words, scales, zeros) unpacked into the MMA's A fragment
+        [rows, 128] in MMA column order: ``(q - z) * s``, or with LATE ``magic + q`` (scale and zero unused)."""
+        if LATE:
+            l0, h0 = _raw_pair(words, magic_pair, DTYPE)
+            l1, h1 = _raw_pair(words >> 4, magic_pair, DTYPE)
+            l2, h2 = _raw_pair(words >> 8, magic_pair, DTYPE)
+            l3, h3 = _raw_pair(words >> 12, magic_pair, DTYPE)
+        else:
+            scale2 = _both_halves(scale, DTYPE)[:, :, None]
+            neg_zero2 = (zero.to(gl.int32) * 0x10001 + NEG_MAGIC)[:, :, None]
+            l0, h0 = _pair(words, neg_zero2, scale2, magic_pair, DTYPE)
+            l1, h1 = _pair(words >> 4, neg_zero2, scale2, magic_pair, DTYPE)
+            l2, h2 = _pair(words >> 8, neg_zero2, scale2, magic_pair, DTYPE)
+            l3, h3 = _pair(words >> 12, neg_zero2, scale2, magic_pair, DTYPE)
         # [64, c, q] x (pair p, half b) -> [64, c, q, b, p0, p1] -> MMA order [64, q, p1, p0, c, b]
         a = gl.join(gl.join(gl.join(l0, h0), gl.join(l1, h1)), gl.join(gl.join(l2, h2), gl.join(l3, h3)))
         a = gl.reshape(gl.permute(a, _A_TO_MMA.value), [words.shape[0], 128])
         return gl.convert_layout(a, A_OP, assert_trivial=True)
 
     @gluon.jit
-    def _mma_tile(acc, words, scale, zero, x_tile, magic_pair, DTYPE: gl.constexpr, NEG_MAGIC: gl.constexpr,
-                  A_OP: gl.constexpr, B_OP: gl.constexpr, MMA_SYNC: gl.constexpr):
+    def _x_sum(xsum_smem, t, ACC_COL: gl.constexpr, LATE: gl.constexpr):
+        """With LATE, tile t's staged column sums [BLOCK_M] in the accumulator's column layout; else 0 (unused)."""
+        if LATE:
+            return xsum_smem.index(t).load(ACC_COL)
+        else:
+            return 0
+
+    @gluon.jit
+    def _mma_tile(acc, words, scale, zero, x_tile, x_sum, magic_pair, DTYPE: gl.constexpr, NEG_MAGIC: gl.constexpr,
+                  A_OP: gl.constexpr, B_OP: gl.constexpr, MMA_SYNC: gl.constexpr, LATE: gl.constexpr,
+                  MAGIC: gl.constexpr):
         """Unpack one weight tile into the A fragment and multiply it by the staged activation tile x_tile
         [BLOCK_M, 128].
 
@@ -244,10 +286,21 @@ if HAVE_GLUON:
         ``compile_report.wgmma_register_hazards`` finds such writes (tests/test_kernel_configs.py).
         mma.sync (MMA_SYNC, B_OP the B fragment's layout): the activation tile read into registers
         (``ldmatrix``), then 8 x BLOCK_M / 8 HMMA m16n8k16 per warp; each warp runs on its own, and the
-        hardware's register scoreboard, not a wait, orders the next tile's unpacking after the reads."""
-        a = _fragment(words, scale, zero, magic_pair, DTYPE, NEG_MAGIC, A_OP)
+        hardware's register scoreboard, not a wait, orders the next tile's unpacking after the reads.
+        LATE (with mma.sync; the tile lies in one group; scale, zero [rows] as ``_row_scale`` gives them; x_sum
+        [BLOCK_M] the fp32 sums of the staged tile's columns, in the accumulator's column layout): the MMA
+        multiplies the raw ``magic + q`` into a zeroed accumulator, and
+        ``acc += s * (P - (magic + z) * x_sum)`` applies the zero, the magic and the scale once per row and
+        tile: one LOP3 per two weights and a shift per pair left in the unpacking."""
+        a = _fragment(words, scale, zero, magic_pair, DTYPE, NEG_MAGIC, A_OP, LATE)
         if MMA_SYNC:
-            acc = mma_v2(a, x_tile.permute((1, 0)).load(B_OP), acc)
+            if LATE:
+                part = mma_v2(a, x_tile.permute((1, 0)).load(B_OP), gl.zeros_like(acc))
+                s = scale.to(gl.float32)
+                acc = acc + s[:, None] * part  # two FMAs per element
+                acc = acc - (s * (zero.to(gl.float32) + MAGIC))[:, None] * x_sum[None, :]
+            else:
+                acc = mma_v2(a, x_tile.permute((1, 0)).load(B_OP), acc)
         else:
             acc = warpgroup_mma(a, x_tile.permute((1, 0)), acc, is_async=True)
             acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a))[0]
@@ -271,13 +324,15 @@ if HAVE_GLUON:
         M, N, K, K_WORDS, stride_xm, stride_q, stride_s, stride_om, stride_osplit, magic_pair,
         GROUP_SIZE: gl.constexpr, HAS_PRE_SCALE: gl.constexpr, BLOCK_M: gl.constexpr, TILES: gl.constexpr,
         SPLIT_OUT: gl.constexpr, FUSED_SPLITS: gl.constexpr, TWO_BUFFERS: gl.constexpr, OVERLAP: gl.constexpr,
-        RING: gl.constexpr, MMA_SYNC: gl.constexpr,
+        RING: gl.constexpr, MMA_SYNC: gl.constexpr, LATE: gl.constexpr, MAGIC: gl.constexpr,
         NEG_MAGIC: gl.constexpr, BLOCK_N: gl.constexpr, WORDS: gl.constexpr,
     ):
         """One program (BLOCK_N / 16 warps: one or two warp groups): rows [BLOCK_N pid_n, +BLOCK_N) of W, activation rows [BLOCK_M pid_m, +BLOCK_M), K tiles
         [TILES pid_k, +TILES). out: y [M, N] in x's dtype, or (SPLIT_OUT) fp32 partials [split, M, N]; with
         FUSED_SPLITS (the split count) the last program of each output tile adds them into y [M, N]
-        (``splitk.py``'s protocol: counter_ptr holds one zeroed int32 per output tile, left at 0)."""
+        (``splitk.py``'s protocol: counter_ptr holds one zeroed int32 per output tile, left at 0). LATE
+        (``late_dequant``, with MMA_SYNC; groups of a multiple of 128): ``_mma_tile`` on raw nibbles, MAGIC the
+        magic's value (128.0 bf16, 1024.0 fp16)."""
         DTYPE: gl.constexpr = x_ptr.dtype.element_ty
         # WORDS (``words_layout``): the words [BLOCK_N rows, 4 (c), 4 (q)] as thread 4g + c of warp w holds them
         ROW_C: gl.constexpr = gl.SliceLayout(2, WORDS)  # [BLOCK_N, 4]: a row's scale / zero for a thread's 32 columns
@@ -291,10 +346,13 @@ if HAVE_GLUON:
                                                           instr_shape=[16, BLOCK_M, 16])
         A_OP: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=ACC, k_width=2)
         B_OP: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=ACC, k_width=2)
+        ACC_ROW: gl.constexpr = gl.SliceLayout(1, ACC)  # [BLOCK_N]: per weight row, as the accumulator holds it
+        ACC_COL: gl.constexpr = gl.SliceLayout(0, ACC)  # [BLOCK_M]: per activation row
         # the activation tile [m, c, q, b, p1, p0]: 8 stored-consecutive columns (16 bytes) per thread
         XL: gl.constexpr = gl.BlockedLayout([1, 1, 1, 2, 2, 2], [2, 4, 4, 1, 1, 1], [BLOCK_N // 16, 1, 1, 1, 1, 1],
                                             [5, 4, 3, 2, 1, 0])
         XS: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+        S1: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[0])  # [TILES, n] rows
 
         pid_n = gl.program_id(0)
         pid_m = gl.program_id(1)
@@ -307,6 +365,8 @@ if HAVE_GLUON:
         cs = gl.arange(0, 4, gl.SliceLayout(0, ROW_C))
         qs = gl.arange(0, 4, gl.SliceLayout(0, gl.SliceLayout(1, WORDS)))
         row_live = rows[:, None] < N
+        rows_acc = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, ACC_ROW)  # (LATE: each row's scale and zero)
+        rows_acc_live = rows_acc < N
         if RING > 0:  # the words of the first RING - 1 tiles into the ring; scales and zeros staged below
             WS: gl.constexpr = gl.SwizzledSharedLayout(vec=4, per_phase=1, max_phase=1, order=[2, 1, 0])
             ring = gl.allocate_shared_memory(gl.int32, [RING, BLOCK_N, 4, 4], WS)
@@ -314,14 +374,19 @@ if HAVE_GLUON:
                 _copy_words(ring.index(i), q_ptr, rows, row_live, cs, qs, k0 + i * 128, i < TILES, K_WORDS, stride_q)
         else:
             w_a, s_a, z_a = _weight_tile(q_ptr, s_ptr, z_ptr, rows, row_live, cs, qs, k0, True, K_WORDS, stride_q,
-                                         stride_s, GROUP_SIZE)
+                                         stride_s, GROUP_SIZE, rows_acc, rows_acc_live, LATE)
         if TWO_BUFFERS:
             w_b, s_b, z_b = _weight_tile(q_ptr, s_ptr, z_ptr, rows, row_live, cs, qs, k0 + 128, TILES > 1, K_WORDS,
-                                         stride_q, stride_s, GROUP_SIZE)
+                                         stride_q, stride_s, GROUP_SIZE, rows_acc, rows_acc_live, LATE)
         acc = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, ACC)
 
-        # 1. the activation of the whole K range, in MMA column order, into shared memory (once)
+        # 1. the activation of the whole K range, in MMA column order, into shared memory (once); with LATE also
+        # each tile's column sums per activation row (fp32, of the values staged)
         x_smem = gl.allocate_shared_memory(DTYPE, [TILES, BLOCK_M, 128], XS)
+        if LATE:
+            xsum_smem = gl.allocate_shared_memory(gl.float32, [TILES, BLOCK_M], S1)
+        else:
+            xsum_smem = x_smem  # (never read)
         L5: gl.constexpr = gl.SliceLayout(5, XL)
         L4: gl.constexpr = gl.SliceLayout(4, L5)
         L3: gl.constexpr = gl.SliceLayout(3, L4)
@@ -344,15 +409,26 @@ if HAVE_GLUON:
                 xt = (xt.to(gl.float32) * pre.to(gl.float32)).to(DTYPE)
             xt = gl.reshape(gl.permute(xt, _X_TO_MMA.value), [BLOCK_M, 128])
             x_smem.index(t).store(xt)
+            if LATE:
+                xsum_smem.index(t).store(gl.sum(xt.to(gl.float32), axis=1))
         if RING > 0:  # and every tile's scales and zeros, read from shared memory in the loop
-            SZ: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0])
-            s_smem = gl.allocate_shared_memory(DTYPE, [TILES, BLOCK_N, 4], SZ)
-            z_smem = gl.allocate_shared_memory(gl.uint8, [TILES, BLOCK_N, 4], SZ)
-            for t in range(TILES):
-                st, zt = _scale_tile(s_ptr, z_ptr, rows, row_live, cs, k0 + t * 128, True, K_WORDS, stride_s,
-                                     GROUP_SIZE)
-                s_smem.index(t).store(st)
-                z_smem.index(t).store(zt)
+            if LATE:  # one per row and tile
+                s_smem = gl.allocate_shared_memory(DTYPE, [TILES, BLOCK_N], S1)
+                z_smem = gl.allocate_shared_memory(gl.uint8, [TILES, BLOCK_N], S1)
+                for t in range(TILES):
+                    st, zt = _row_scale(s_ptr, z_ptr, rows_acc, rows_acc_live, k0 + t * 128, True, K_WORDS, stride_s,
+                                        GROUP_SIZE)
+                    s_smem.index(t).store(st)
+                    z_smem.index(t).store(zt)
+            else:
+                SZ: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0])
+                s_smem = gl.allocate_shared_memory(DTYPE, [TILES, BLOCK_N, 4], SZ)
+                z_smem = gl.allocate_shared_memory(gl.uint8, [TILES, BLOCK_N, 4], SZ)
+                for t in range(TILES):
+                    st, zt = _scale_tile(s_ptr, z_ptr, rows, row_live, cs, k0 + t * 128, True, K_WORDS, stride_s,
+                                         GROUP_SIZE)
+                    s_smem.index(t).store(st)
+                    z_smem.index(t).store(zt)
         if not MMA_SYNC:  # (mma.sync reads registers loaded by ldmatrix: the CTA barrier below suffices)
             fence_async_shared()  # the generic-proxy stores before the MMAs' async-proxy reads
         _cta_barrier()
@@ -363,6 +439,7 @@ if HAVE_GLUON:
         # with one buffer, copies the freshly loaded registers at the top of the next iteration, which waits
         # for the load there (kernel_notes.md); with two, each load has the other tile's work to arrive in
         # (80 registers at BLOCK_M 8 and 16, against 71-72 with one, since each tile's MMAs are waited for; 128 at 64)
+        SC: gl.constexpr = ACC_ROW if LATE else ROW_C  # the layout of a tile's scales and zeros
         if RING > 0:  # the words through the ring, RING - 1 tiles ahead: LDGSTS, no registers to wait on
             for t in range(TILES):
                 ahead = t + RING - 1
@@ -370,8 +447,9 @@ if HAVE_GLUON:
                             K_WORDS, stride_q)
                 async_copy.wait_group(RING - 1)  # this thread's copies of tile t have landed
                 words = ring.index(t % RING).load(WORDS)
-                acc = _mma_tile(acc, words, s_smem.index(t).load(ROW_C), z_smem.index(t).load(ROW_C),
-                                x_smem.index(t), magic_pair, DTYPE, NEG_MAGIC, A_OP, B_OP, MMA_SYNC)
+                acc = _mma_tile(acc, words, s_smem.index(t).load(SC), z_smem.index(t).load(SC), x_smem.index(t),
+                                _x_sum(xsum_smem, t, ACC_COL, LATE), magic_pair, DTYPE, NEG_MAGIC, A_OP, B_OP,
+                                MMA_SYNC, LATE, MAGIC)
         elif TWO_BUFFERS:
             for pair in range(TILES // 2):
                 t = 2 * pair
@@ -379,24 +457,27 @@ if HAVE_GLUON:
                     acc = _mma_two_tiles(acc, w_a, s_a, z_a, x_smem.index(t), w_b, s_b, z_b, x_smem.index(t + 1),
                                          magic_pair, DTYPE, NEG_MAGIC, A_OP)
                 else:
-                    acc = _mma_tile(acc, w_a, s_a, z_a, x_smem.index(t), magic_pair, DTYPE, NEG_MAGIC, A_OP, B_OP,
-                                    MMA_SYNC)
+                    acc = _mma_tile(acc, w_a, s_a, z_a, x_smem.index(t), _x_sum(xsum_smem, t, ACC_COL, LATE),
+                                    magic_pair, DTYPE, NEG_MAGIC, A_OP, B_OP, MMA_SYNC, LATE, MAGIC)
                 w_a, s_a, z_a = _weight_tile(q_ptr, s_ptr, z_ptr, rows, row_live, cs, qs, k0 + (t + 2) * 128,
-                                             t + 2 < TILES, K_WORDS, stride_q, stride_s, GROUP_SIZE)
+                                             t + 2 < TILES, K_WORDS, stride_q, stride_s, GROUP_SIZE, rows_acc,
+                                             rows_acc_live, LATE)
                 if not OVERLAP:
-                    acc = _mma_tile(acc, w_b, s_b, z_b, x_smem.index(t + 1), magic_pair, DTYPE, NEG_MAGIC, A_OP, B_OP,
-                                    MMA_SYNC)
+                    acc = _mma_tile(acc, w_b, s_b, z_b, x_smem.index(t + 1), _x_sum(xsum_smem, t + 1, ACC_COL, LATE),
+                                    magic_pair, DTYPE, NEG_MAGIC, A_OP, B_OP, MMA_SYNC, LATE, MAGIC)
                 w_b, s_b, z_b = _weight_tile(q_ptr, s_ptr, z_ptr, rows, row_live, cs, qs, k0 + (t + 3) * 128,
-                                             t + 3 < TILES, K_WORDS, stride_q, stride_s, GROUP_SIZE)
+                                             t + 3 < TILES, K_WORDS, stride_q, stride_s, GROUP_SIZE, rows_acc,
+                                             rows_acc_live, LATE)
             if TILES % 2 == 1:
-                acc = _mma_tile(acc, w_a, s_a, z_a, x_smem.index(TILES - 1), magic_pair, DTYPE, NEG_MAGIC, A_OP,
-                                B_OP, MMA_SYNC)
+                acc = _mma_tile(acc, w_a, s_a, z_a, x_smem.index(TILES - 1), _x_sum(xsum_smem, TILES - 1, ACC_COL, LATE),
+                                magic_pair, DTYPE, NEG_MAGIC, A_OP, B_OP, MMA_SYNC, LATE, MAGIC)
         else:
             for t in range(TILES):
                 w_n, s_n, z_n = _weight_tile(q_ptr, s_ptr, z_ptr, rows, row_live, cs, qs, k0 + (t + 1) * 128,
-                                             t + 1 < TILES, K_WORDS, stride_q, stride_s, GROUP_SIZE)
-                acc = _mma_tile(acc, w_a, s_a, z_a, x_smem.index(t), magic_pair, DTYPE, NEG_MAGIC, A_OP, B_OP,
-                                MMA_SYNC)
+                                             t + 1 < TILES, K_WORDS, stride_q, stride_s, GROUP_SIZE, rows_acc,
+                                             rows_acc_live, LATE)
+                acc = _mma_tile(acc, w_a, s_a, z_a, x_smem.index(t), _x_sum(xsum_smem, t, ACC_COL, LATE), magic_pair,
+                                DTYPE, NEG_MAGIC, A_OP, B_OP, MMA_SYNC, LATE, MAGIC)
                 w_a, s_a, z_a = w_n, s_n, z_n
         if not MMA_SYNC:
             acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
@@ -453,6 +534,7 @@ def wgmma_linear(x, words, scale, zero_point, pre, has_pre, y, group_size, in_fe
         SPLIT_OUT=split > 1, FUSED_SPLITS=split if fused else 0, NEG_MAGIC=NEG_MAGIC_PAIR[x.dtype],
         TWO_BUFFERS=config.prefetch == 2, OVERLAP=OVERLAP_PAIRS and config.prefetch == 2 and not config.mma_sync,
         RING=config.num_stages if config.num_stages >= 3 else 0, MMA_SYNC=config.mma_sync,
+        LATE=config.late_dequant, MAGIC=MAGIC_VALUE[x.dtype],
         BLOCK_N=config.block_n, WORDS=words_layout(config.block_n), num_warps=config.block_n // 16,
     )
     if split > 1 and not fused:

@@ -12,6 +12,8 @@ Gluon kernels do not run under the interpreter, so the kernel itself is checked 
 And its plumbing: configs, the fallback where it cannot run, and the op dispatch.
 """
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -170,10 +172,16 @@ def test_wgmma_check_script_refuses_without_a_gpu(tmp_path, capsys):
     assert "sm_90" in capsys.readouterr().out
     assert module.main(["--dry-run"]) == 0  # its correctness half, on the CPU fallback
     out = capsys.readouterr().out
-    with_pre, without = len(module.checked_variants(True)), len(module.checked_variants(False))
-    assert with_pre == len(module.CHECKED) + 2 + len(module.MMA_CHECKED) and without == 2 + len(module.MMA_CHECKED)
-    assert "b2o:" in out and " mma:" in out
-    assert "dry run: 0 failed" in out and out.count("ok  ") == 2 * (with_pre + without)
+    mma = len(module.MMA_CHECKED)
+    runs = {(pre, group): len(module.checked_variants(pre, group)) for pre in (True, False) for group in (128, 32)}
+    assert runs == {(True, 128): len(module.CHECKED) + 2 + 2 * mma, (False, 128): 2 * mma,
+                    (True, 32): len(module.CHECKED) + 2 + mma, (False, 32): mma}  # late: groups of 128 only
+    assert "b2o:" in out and " mma:" in out and " late:" in out
+    # the dry run's cases: group 128 and group 32, fp16, with and without the pre-scale
+    assert "dry run: 0 failed" in out and out.count("ok  ") == sum(runs.values())
+    n_checks = sum(len(module.checked_variants(pre, group)) for pre in (True, False)
+                   for _, _, _, group in module.CASES) * 2  # bf16 and fp16
+    assert n_checks == 252  # the GPU check's size, which device_check.sh's WGMMA_S limit is set for
 
 
 def test_triton_op_sends_wgmma_configs_to_the_opaque_op(monkeypatch):
@@ -202,3 +210,40 @@ def test_triton_op_sends_wgmma_configs_to_the_opaque_op(monkeypatch):
     assert launched == [(wgmma, True)]
     expected = x.double() @ quant.dequantize(q, scale, zero, group, k, torch.float64).T
     assert ((y.double() - expected).norm() / expected.norm()).item() < 3e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_late_dequant_algebra_in_fp32(dtype):
+    """``late_dequant``'s arithmetic, replayed in PyTorch on one 128-column tile (K order does not matter, so the
+    MMA column order is left out): the MMA's fp32 product of the raw ``magic + q`` and the staged activation,
+    then ``s * P - s * (magic + z) * sum(x)`` in fp32, against the exact ``x @ ((q - z) * s).T``. The large
+    ``magic * sum(x)`` cancels, the more so with every activation positive: 1.1e-6 and 1.2e-6 relative in bf16
+    (magic 128), 3.5e-5 and 3.7e-5 in fp16 (magic 1024), for N(0, 1) and all-positive activations, under each
+    dtype's own rounding of a dequantized weight (2**-9 and 2**-12 relative); a magic off by one: 0.18-0.23."""
+    gen = torch.Generator().manual_seed(7)
+    rows, m = 64, 16
+    q = torch.randint(0, 16, (rows, 128), generator=gen)
+    z = torch.randint(0, 16, (rows,), generator=gen)
+    s = (torch.rand(rows, generator=gen) * 0.02 + 1e-3).to(dtype).double()
+    magic = int4_wgmma.MAGIC_VALUE[dtype]
+    for x in (torch.randn(m, 128, generator=gen), torch.rand(m, 128, generator=gen) + 0.5):
+        x = x.to(dtype).double()  # as staged: the activation in the dtype (products exact in fp32)
+        exact = x @ ((q - z[:, None]).double() * s[:, None]).T  # [m, rows]
+        raw = (q.double() + magic).float()  # magic + q, exact in the dtype and in fp32
+        part = (x.float() @ raw.T)  # the MMA: fp32 accumulation
+        x_sum = x.float().sum(dim=1)  # staged column sums, fp32
+        s32 = s.float()
+        y = (s32[None, :] * part) - (s32 * (z.float() + magic))[None, :] * x_sum[:, None]
+        err = ((y.double() - exact).norm() / exact.norm()).item()
+        assert err < (2e-5 if dtype == torch.bfloat16 else 2e-4), err
+
+
+def test_late_dequant_is_fitted_only_where_a_tile_lies_in_one_group():
+    """``late_dequant`` needs mma.sync and a group that is a multiple of the 128-column tile; elsewhere fitting
+    drops it (the config runs mma.sync with the scale in the unpacking). Its staged column sums count in the
+    shared memory that sets the split."""
+    late = KernelConfig("wgmma", 64, 128, block_m=16, split_k=1, mma_sync=True, late_dequant=True)
+    assert late.fitted(128, 8192).late_dequant and late.fitted(256, 8192).late_dequant
+    assert not late.fitted(64, 8192).late_dequant and late.fitted(64, 8192).mma_sync
+    assert not dataclasses.replace(late, mma_sync=False).fitted(128, 8192).late_dequant
+    assert int4_wgmma.shared_bytes(16, 10, 0, 64, late=True) == int4_wgmma.shared_bytes(16, 10, 0, 64) + 10 * 16 * 4

@@ -286,19 +286,22 @@ def test_wgmma_kernel_compiles_to_sm90_without_a_shared_memory_round_trip(dt, bl
         assert int(mix["LDGSTS"]) == 2 and "LDG" not in mix and int(mix["BAR"]) <= 2 and "LDSM" not in mix, row
 
 
-@pytest.mark.parametrize("dt, block_m, buffers, stages", [
-    ("bf16", 8, 1, 1), ("fp16", 16, 1, 1), ("bf16", 16, 2, 1), ("bf16", 16, 1, 4)])
-def test_mma_sync_variant_compiles_to_sm90_hmma_with_no_wait_for_the_mma(dt, block_m, buffers, stages):
+@pytest.mark.parametrize("dt, block_m, buffers, stages, late", [
+    ("bf16", 8, 1, 1, False), ("fp16", 16, 1, 1, False), ("bf16", 16, 2, 1, False), ("bf16", 16, 1, 4, False),
+    ("bf16", 16, 2, 1, True), ("fp16", 8, 1, 4, True)])
+def test_mma_sync_variant_compiles_to_sm90_hmma_with_no_wait_for_the_mma(dt, block_m, buffers, stages, late):
     """The Gluon kernel with ``mma_sync`` (``int4_wgmma.py``): the same unpacked fragment (the trivial conversion
     to the A operand holds for mma.sync's layout too, else no compile), fed to HMMA.16816 (BLOCK_M / 8 per k16
     step: 8 x BLOCK_M / 8 per tile) with no wgmma and no warp-group wait in the main loop; the activation comes
     from shared memory by ``ldmatrix``, the weight words as they do for wgmma (registers, or the ring's LDS).
     No spills, at most 100 registers (62-99 with Triton 3.9), under 3.5 instructions per weight (3.1-3.4).
-    The pre-scaled variant compiles too, and the kernel compiles for sm_80."""
+    The pre-scaled variant compiles too, and the kernel compiles for sm_80. With ``late_dequant`` no 16-bit
+    arithmetic is left in the loop (the MMA takes the raw ``magic + q``), and at most 3 instructions per weight
+    (2.27-2.98 with Triton 3.6 and 3.9)."""
     pytest.importorskip("triton.experimental.gluon")
     code = (
         f"cfg = KernelConfig('wgmma', 64, 128, block_m={block_m}, prefetch={buffers}, num_stages={stages}, "
-        "mma_sync=True).fitted(128, 4096)\n"
+        f"mma_sync=True, late_dequant={late}).fitted(128, 4096)\n"
         f"r.compile_wgmma(cfg, '{dt}', 128, 90, k=1000, pre=True)\n"
         f"print(len(r.cuobjdump(r.compile_wgmma(cfg, '{dt}', 128, 80))[1]) > 0)\n"
         f"print(r.report(cfg, '{dt}', 128, 90, top=None))\n"
@@ -306,7 +309,7 @@ def test_mma_sync_variant_compiles_to_sm90_hmma_with_no_wait_for_the_mma(dt, blo
     sm80, row = _compiled_in_child(code, 2)
     assert sm80 == "True"
     cells = [c.strip() for c in row.split("|")]
-    assert cells[1].startswith("mma.sync"), row
+    assert cells[1].startswith("mma.sync late" if late else "mma.sync") and ("late" in cells[1]) == late, row
     regs, stack, per_weight, ops = int(cells[7]), int(cells[8]), float(cells[10]), cells[12]
     assert stack == 0 and regs <= 100, row
     assert per_weight < 3.5, row
@@ -314,6 +317,9 @@ def test_mma_sync_variant_compiles_to_sm90_hmma_with_no_wait_for_the_mma(dt, blo
     assert int(mix["HMMA"]) == 8 * (block_m // 8) * buffers, row
     assert not any(op.startswith(("HGMMA", "WARPGROUP")) for op in mix), row
     assert "STS" not in mix and int(mix.get("LDSM", 0)) >= 1, row  # B by ldmatrix (at BLOCK_M 8, maybe as LDS)
+    if late:
+        # (fp16 scales and zeros convert to fp32 by HADD2.F32: a few per row and tile, none per weight; 64+ without)
+        assert sum(int(mix.get(op, 0)) for op in ("HADD2", "HMUL2", "HFMA2")) <= 4 and per_weight <= 3.0, row
     if stages == 1:
         assert "LDGSTS" not in mix and "LDG" in mix, row
     else:
@@ -323,7 +329,8 @@ def test_mma_sync_variant_compiles_to_sm90_hmma_with_no_wait_for_the_mma(dt, blo
 def test_mma_sync_is_a_gluon_option_that_fitting_keeps_only_there(monkeypatch):
     """``mma_sync`` belongs to the Gluon (``wgmma`` kind) configs: fitting keeps it there, drops it for the other
     kinds and for the swapped-GEMM fallback (a group that is not a multiple of 32); the tuner tries it beside
-    wgmma on sm_90 (one and two register buffers and the ring, each at three splits), never elsewhere."""
+    wgmma on sm_90 (one and two register buffers and the ring, each at three splits, and the same with
+    ``late_dequant`` where the group allows it), never elsewhere."""
     assert KernelConfig("wgmma", 64, 128, block_m=16, mma_sync=True).fitted(128, 4096).mma_sync
     assert not KernelConfig("gemm", 64, 128, block_m=16, mma_sync=True).fitted(128, 4096).mma_sync
     assert not KernelConfig("gemv", 64, 256, mma_sync=True).fitted(128, 4096).mma_sync
@@ -338,11 +345,15 @@ def test_mma_sync_is_a_gluon_option_that_fitting_keeps_only_there(monkeypatch):
     for m in (1, 16, 64):
         gluon = [c for c in configs.candidate_configs(m, 8192, 8192, 128, CPU) if c.kind == "wgmma"]
         mma = [c for c in gluon if c.mma_sync]
+        late = [c for c in mma if c.late_dequant]
         if m < 64:  # (at 64 the staged activation raises the small splits to one value: fewer distinct configs)
-            assert len(mma) == 9 and len(gluon) == 24, (m, len(mma), len(gluon))
-        assert mma, m
-        assert {(c.prefetch, c.num_stages) for c in mma} == {(1, 1), (2, 1), (1, 4)}
+            # (the ring with late's column sums at M = 16 fits its smallest split up to the next: 8 of 9)
+            assert len(mma) - len(late) == 9 and len(late) in (8, 9) and len(gluon) == 24 + len(late), (m, len(late))
+        assert late, m
+        assert {(c.prefetch, c.num_stages) for c in late} == {(1, 1), (2, 1), (1, 4)}
         assert all(c.block_n == 64 and c.fused_reduce == (c.split_k > 1) for c in mma)
+    # with groups of 64 the late configs fit to plain mma.sync ones, which the candidates hold already
+    assert not any(c.late_dequant for c in configs.candidate_configs(16, 8192, 8192, 64, CPU))
     assert not any(c.kind == "wgmma" for c in configs.candidate_configs(128, 8192, 8192, 128, CPU))
 
 

@@ -145,6 +145,21 @@ def test_wgmma_pair_ptx_with_packed_operands(kind, pair):
     assert torch.equal(high, _expected(words, pair + 4, z, scale, dtype))
 
 
+@pytest.mark.parametrize("kind", ["bf16x2", "f16x2"])
+@pytest.mark.parametrize("pair", range(4))
+def test_raw_pair_ptx_gives_magic_plus_q(kind, pair):
+    """``int4_wgmma.RAW_PAIR_PTX`` (``late_dequant``: one LOP3 per pair): columns p and p + 4 as the 16-bit float
+    ``magic + q``, exactly, with the magic the kernel passes (its value ``MAGIC_VALUE``)."""
+    dtype = DTYPES[kind]
+    words, _, _, _ = _case(dtype, seed=30 + pair)
+    magic = 0x43004300 if dtype == torch.bfloat16 else 0x64006400
+    low, high = run_ptx(int4_wgmma.RAW_PAIR_PTX, {"$2": _signed_shift(words, 4 * pair),
+                                                   "$3": torch.full_like(words, magic)})
+    for half, column in ((low, pair), (high, pair + 4)):
+        q = (words >> (4 * column)) & 0xF
+        assert torch.equal(half, _float_to_halves(q.float() + int4_wgmma.MAGIC_VALUE[dtype], dtype))
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_wgmma_zero_term_by_integer_arithmetic(dtype):
     """The Gluon kernel makes ``-(magic + z)`` in both halves as ``NEG_MAGIC_PAIR + z * 0x10001`` (one integer
