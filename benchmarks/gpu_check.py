@@ -113,7 +113,9 @@ def check_fused_reduce(device, dtype, calls: int) -> list[tuple[str, bool]]:
         cases += [(1, KernelConfig("wgmma", 64, 128, block_m=8, split_k=8)),
                   (16, KernelConfig("wgmma", 64, 128, block_m=16, split_k=4)),
                   (1, KernelConfig("wgmma", 64, 128, block_m=8, split_k=8, mma_sync=True)),
-                  (16, KernelConfig("wgmma", 64, 128, block_m=16, split_k=4, prefetch=2, mma_sync=True))]
+                  (16, KernelConfig("wgmma", 64, 128, block_m=16, split_k=4, prefetch=2, mma_sync=True)),
+                  (16, KernelConfig("wgmma", 64, 128, block_m=16, split_k=4, prefetch=2, mma_sync=True,
+                                    late_dequant=True))]
     for m, base in cases:
         x, (qdata, s, z), _, _ = make_case(device, dtype, m, n, k, 128)
         fused = dataclasses.replace(base, fused_reduce=True)
@@ -121,7 +123,7 @@ def check_fused_reduce(device, dtype, calls: int) -> list[tuple[str, bool]]:
         same = all(torch.equal(int4_linear(x, qdata, s, z, 128, k, config=fused), want) for _ in range(calls))
         zero = int(tile_counters(device).abs().sum()) == 0  # each launch left its tile counters at 0
         results.append((f"fused split-K sum = reduce launch, {calls} calls, counters back at 0, M={m} {base.kind}"
-                        f"{' mma.sync' if base.mma_sync else ''} "
+                        f"{' mma.sync' if base.mma_sync else ''}{' late' if base.late_dequant else ''} "
                          f"split {base.split_k}", same and zero))
     return results
 
