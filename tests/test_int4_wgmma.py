@@ -1,6 +1,7 @@
 """The Gluon wgmma GEMM (``awq_ao/kernels/int4_wgmma.py``) without a GPU.
 
-Gluon kernels do not run under the interpreter, so the kernel itself is checked in three other ways:
+Gluon kernels do not run under the interpreter, so the kernel itself is checked in four other ways (the
+fourth, its source run on CPU tensors by ``tests/gluon_emulator.py``, is ``tests/test_gluon_emulated.py``):
 
 * its index algebra: the unpacked weight tile and the staged activation tile, built here with the
   same joins, permutations and reshapes in PyTorch (which share Gluon's value semantics), must hold

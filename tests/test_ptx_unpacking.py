@@ -10,70 +10,9 @@ the two columns it promises, ``(q - z) * s`` rounded once to the dtype, bit for 
 import pytest
 import torch
 
+from ptx_emulator import DTYPES, float_to_halves, run_ptx
+
 from awq_ao.kernels import int4_gemm, int4_wgmma
-
-DTYPES = {"bf16x2": torch.bfloat16, "f16x2": torch.float16}
-
-
-def _halves_to_float(bits: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """16-bit patterns (int64 tensor, 0 .. 65535) -> fp32 values of ``dtype``."""
-    return bits.to(torch.int32).to(torch.int16).view(dtype).float()
-
-
-def _float_to_halves(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """fp32 -> 16-bit patterns of x rounded once (to nearest even) to ``dtype``."""
-    return x.to(dtype).view(torch.int16).to(torch.int64) & 0xFFFF
-
-
-def _prmt(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """PTX ``prmt.b32`` (default mode): byte k of the result is byte (c >> 4k) & 7 of {b, a}, or that byte's sign
-    replicated when bit 3 of the selector nibble is set."""
-    source = (b << 32) | a
-    out = torch.zeros_like(a)
-    for k in range(4):
-        select = (c >> (4 * k)) & 0xF
-        byte = (source >> (8 * (select & 7))) & 0xFF
-        byte = torch.where((select & 8) != 0, torch.where((byte & 0x80) != 0, 0xFF, 0), byte)
-        out |= byte << (8 * k)
-    return out
-
-
-def run_ptx(ptx: str, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the unpacking asm on many lanes: ``inputs`` maps ``$2, $3, ...`` to int64 tensors (32-bit registers
-    as 0 .. 2**32 - 1, 16-bit ones as 0 .. 65535). Returns the 16-bit outputs ``$0, $1``."""
-    regs = dict(inputs)
-    outputs = {}
-    body = ptx.strip().strip("{}").strip()
-    for statement in filter(None, (s.strip() for s in body.split(";"))):
-        op, _, rest = statement.partition(" ")
-        if op == ".reg":
-            continue
-        args = [a.strip() for a in rest.replace("{", "").replace("}", "").split(",")]
-        if op == "mov.b32" and rest.strip().startswith("{"):  # unpack: {$0, $1}, t
-            pair = regs[args[2]]
-            outputs[args[0]], outputs[args[1]] = pair & 0xFFFF, pair >> 16
-        elif op == "mov.b32" and len(args) == 3:  # pack: d, {lo, hi}
-            regs[args[0]] = regs[args[1]] | (regs[args[2]] << 16)
-        elif op == "mov.b32":
-            regs[args[0]] = torch.full_like(next(iter(inputs.values())), int(args[1]))
-        elif op == "prmt.b32":
-            regs[args[0]] = _prmt(regs[args[1]], regs[args[2]], regs[args[3]])
-        elif op == "lop3.b32":
-            assert args[4] == "0xEA", "only (a & b) | c is emulated"
-            regs[args[0]] = (regs[args[1]] & int(args[2])) | regs[args[3]]
-        elif op.startswith("fma.rn."):
-            dtype = DTYPES[op.split(".")[2]]
-            a, b, c = (regs[x] for x in args[1:4])
-            halves = []
-            for shift in (0, 16):  # each half: a * b + c, exact in fp32 for these operands, rounded once
-                product = _halves_to_float((a >> shift) & 0xFFFF, dtype) * _halves_to_float((b >> shift) & 0xFFFF,
-                                                                                             dtype)
-                halves.append(_float_to_halves(product + _halves_to_float((c >> shift) & 0xFFFF, dtype), dtype))
-            regs[args[0]] = halves[0] | (halves[1] << 16)
-        else:
-            raise AssertionError(f"unexpected PTX: {statement}")
-    return outputs["$0"], outputs["$1"]
-
 
 def _case(dtype, lanes=4096, seed=0):
     gen = torch.Generator().manual_seed(seed)
@@ -81,13 +20,13 @@ def _case(dtype, lanes=4096, seed=0):
     z = torch.randint(0, 16, (lanes,), generator=gen)
     scale = (torch.rand(lanes, generator=gen) * 0.02 + 1e-4).to(dtype)
     magic = 128.0 if dtype == torch.bfloat16 else 1024.0
-    neg_zero_magic = _float_to_halves(-(z.float() + magic), dtype)
+    neg_zero_magic = float_to_halves(-(z.float() + magic), dtype)
     return words, z, scale, neg_zero_magic
 
 
 def _expected(words, column, z, scale, dtype):
     q = (words >> (4 * column)) & 0xF
-    return _float_to_halves((q - z).float() * scale.float(), dtype)
+    return float_to_halves((q - z).float() * scale.float(), dtype)
 
 
 def _signed_shift(words, bits):
@@ -157,7 +96,7 @@ def test_raw_pair_ptx_gives_magic_plus_q(kind, pair):
                                                    "$3": torch.full_like(words, magic)})
     for half, column in ((low, pair), (high, pair + 4)):
         q = (words >> (4 * column)) & 0xF
-        assert torch.equal(half, _float_to_halves(q.float() + int4_wgmma.MAGIC_VALUE[dtype], dtype))
+        assert torch.equal(half, float_to_halves(q.float() + int4_wgmma.MAGIC_VALUE[dtype], dtype))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -166,7 +105,7 @@ def test_wgmma_zero_term_by_integer_arithmetic(dtype):
     multiply-add): bit for bit the 16-bit float ``-(magic + z)`` in each half, for every zero point."""
     z = torch.arange(16)
     magic = 128.0 if dtype == torch.bfloat16 else 1024.0
-    halves = _float_to_halves(-(z.float() + magic), dtype)
+    halves = float_to_halves(-(z.float() + magic), dtype)
     packed = (z * 0x10001 + int4_wgmma.NEG_MAGIC_PAIR[dtype]) & 0xFFFFFFFF
     assert torch.equal(packed, halves | (halves << 16))
 

@@ -1,0 +1,103 @@
+"""The Gluon GEMM (``kernels/int4_wgmma.py``) run on CPU by ``tests/gluon_emulator.py``: every variant (wgmma,
+the two-buffer overlap, mma.sync, late_dequant) through ``int4_linear`` as a GPU would launch it, against a
+float64 reference, with tails in M, N and K, the pre-scale, splits with the reduce launch and with the
+in-kernel sum, one and two register buffers and the shared-memory ring. The emulator runs the kernel's own
+source (only ``gl`` and the MMAs are stand-ins), so these are tests of its logic; the hardware's side is the
+SASS tests' and the GPU check's."""
+
+import dataclasses
+
+import pytest
+import torch
+from gluon_emulator import wgmma_kernel
+
+from awq_ao import quant
+from awq_ao.kernels import KernelConfig, int4_linear, int4_wgmma
+
+TOL = {torch.bfloat16: 1e-2, torch.float16: 3e-3}
+VARIANTS = {"wgmma": {}, "overlap": {}, "mma": {"mma_sync": True}, "late": {"mma_sync": True, "late_dequant": True}}
+# (rows per program, split, fused sum, weight buffers, ring stages)
+SPECS = ((64, 1, False, 1, 1), (64, 2, True, 2, 1), (64, 2, False, 1, 3), (128, 3, True, 1, 1))
+
+
+@pytest.fixture
+def emulated(monkeypatch):
+    """Gluon configs launch the emulated kernel on CPU tensors."""
+    monkeypatch.setattr(int4_wgmma, "wgmma_available", lambda device: True)
+    monkeypatch.setattr(int4_wgmma, "_int4_wgmma_kernel", wgmma_kernel())
+
+
+def _case(dtype, m, n, k, group, with_pre, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    q, scale, zero = quant.quantize(torch.randn(n, k, generator=gen), 4, group, scale_dtype=dtype)
+    x = torch.randn(m, k, generator=gen).to(dtype)
+    pre = (torch.rand(k, generator=gen) + 0.5).to(dtype) if with_pre else None
+    xs = x.double() if pre is None else (x.float() * pre.float()).to(dtype).double()
+    expected = xs @ quant.dequantize(q, scale, zero, group, k, torch.float64).T
+    return x, quant.pack_int4(q), scale, zero, pre, expected
+
+
+def _run(variant, spec, dtype, m, n, k, group, with_pre, seed=0):
+    block_n, split, fused, buffers, stages = spec
+    cfg = KernelConfig("wgmma", block_n, 128, block_m=m, split_k=split, fused_reduce=fused, prefetch=buffers,
+                       num_stages=stages, **VARIANTS[variant])
+    x, qdata, scale, zero, pre, expected = _case(dtype, m, n, k, group, with_pre, seed)
+    saved, before = int4_wgmma.OVERLAP_PAIRS, int4_wgmma._int4_wgmma_kernel.programs
+    int4_wgmma.OVERLAP_PAIRS = variant == "overlap"
+    try:
+        y = int4_linear(x, qdata, scale, zero, group, k, act_pre_scale=pre, config=cfg)
+    finally:
+        int4_wgmma.OVERLAP_PAIRS = saved
+    assert int4_wgmma._int4_wgmma_kernel.programs > before  # the emulated Gluon kernel ran, not a fallback
+    return ((y.double() - expected).norm() / expected.norm()).item(), cfg.fitted(group, qdata.shape[1] * 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_every_variant_matches_the_reference(emulated, variant, dtype):
+    """5 rows (BLOCK_M 8), 100 weight rows (a tail in N), K = 300 (K_pad 384: three 128-column tiles, the last
+    one partly past K), group 128, each spec with and without the pre-scale; the fitted config keeps the
+    variant (late_dequant: a group of 128 allows it)."""
+    for spec in SPECS:
+        if variant == "overlap" and spec[3] != 2:
+            continue
+        for with_pre in (False, True):
+            err, fitted = _run(variant, spec, dtype, 5, 100, 300, 128, with_pre)
+            assert fitted.kind == "wgmma" and fitted.mma_sync == (variant in ("mma", "late"))
+            assert fitted.late_dequant == (variant == "late")
+            assert err < TOL[dtype], (variant, spec, with_pre, err)
+
+
+@pytest.mark.parametrize("variant", ["wgmma", "mma"])
+def test_small_groups_and_wide_activations(emulated, variant):
+    """Groups of 32 (a thread's 32 columns are one group; four groups per tile) and 64, and 40 activation rows
+    (BLOCK_M 64: n8 tiles across all of it)."""
+    for m, group in ((3, 32), (40, 64)):
+        err, fitted = _run(variant, (64, 2, True, 1, 1), torch.float16, m, 72, 256, group, True, seed=1)
+        assert fitted.kind == "wgmma" and err < TOL[torch.float16], (m, group, err)
+
+
+def test_the_emulated_kernel_catches_a_wrong_magic(emulated, monkeypatch):
+    """Not vacuous: late_dequant with the magic's value off by one (what the kernel subtracts per tile) is far
+    off, as is wgmma with the zero term's constant off by one."""
+    monkeypatch.setattr(int4_wgmma, "MAGIC_VALUE", {torch.bfloat16: 129.0, torch.float16: 1025.0})
+    err, _ = _run("late", SPECS[0], torch.float16, 5, 100, 300, 128, False)
+    assert err > 0.05, err
+    monkeypatch.setattr(int4_wgmma, "NEG_MAGIC_PAIR", {d: v + 0x10001 for d, v in int4_wgmma.NEG_MAGIC_PAIR.items()})
+    err, _ = _run("wgmma", SPECS[0], torch.float16, 5, 100, 300, 128, False)
+    assert err > 0.05, err
+
+
+def test_fused_sum_leaves_the_counters_at_zero(emulated):
+    """The in-kernel split sum's protocol as the emulator runs it (programs in order): the last program of each
+    tile adds the partials and sets its counter back to 0, for the next call."""
+    x, qdata, scale, zero, _, expected = _case(torch.bfloat16, 5, 100, 300, 128, False)
+    counters = torch.zeros(8, dtype=torch.int32)
+    cfg = dataclasses.replace(KernelConfig("wgmma", 64, 128, block_m=5, split_k=3, fused_reduce=True),
+                              mma_sync=True)
+    from awq_ao.kernels.int4_matmul import launch_int4_linear
+
+    for _ in range(2):
+        y = launch_int4_linear(x, qdata, scale, zero, None, None, 128, 300, config=cfg, counters=counters)
+        assert ((y.double() - expected).norm() / expected.norm()).item() < TOL[torch.bfloat16]
+        assert int(counters.abs().sum()) == 0
