@@ -68,11 +68,11 @@ def test_every_variant_matches_the_reference(emulated, variant, dtype):
             assert err < TOL[dtype], (variant, spec, with_pre, err)
 
 
-@pytest.mark.parametrize("variant", ["wgmma", "mma"])
+@pytest.mark.parametrize("variant", ["wgmma", "mma", "late"])
 def test_small_groups_and_wide_activations(emulated, variant):
-    """Groups of 32 (a thread's 32 columns are one group; four groups per tile) and 64, and 40 activation rows
-    (BLOCK_M 64: n8 tiles across all of it)."""
-    for m, group in ((3, 32), (40, 64)):
+    """Groups of 32 (a thread's 32 columns are one group; four groups per tile) and 64 (late_dequant falls back
+    to mma.sync there), 16 and 40 activation rows (BLOCK_M 16 and 64: two and eight n8 tiles)."""
+    for m, group in ((3, 32), (40, 64), (16, 128)):
         err, fitted = _run(variant, (64, 2, True, 1, 1), torch.float16, m, 72, 256, group, True, seed=1)
         assert fitted.kind == "wgmma" and err < TOL[torch.float16], (m, group, err)
 
