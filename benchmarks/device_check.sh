@@ -16,11 +16,12 @@
 #    buffers, split 8), and (NCU_GEMV_S, off by default: run 7 profiled it) the GEMV that step 1 picked at M = 1.
 #
 # Each step has its own time limit (seconds; override by environment), so a slow step cannot starve the
-# rest: WGMMA_S (default 150: the check, 252 cases against run 9's 216 in under 150 s), WGMMA_TIME_S (120: its
-# timing, 14 configs per row: 5 wgmma, 1 overlapped, 3 mma.sync, 5 late_dequant), CHECK_S (240), LAYOUT_S (0:
-# off, its results are in), MODEL_S (60), NCU_S (20, ~12 s, last), NCU_GEMV_S (0): 9 minutes 50 s of limits
-# in all, plus the install, inside one run's 10 (a run cut short there loses the profile only). A limit of 0
-# skips its step. CHECK_M (default "1 16", the goal's M values; the shipped table keeps its M = 2 picks)
+# rest: WGMMA_S (default 150: the check, 252 cases against run 9's 216 in under 150 s), WGMMA_TIME_S (60: its
+# timing, 14 configs per row: 5 wgmma, 1 overlapped, 3 mma.sync, 5 late_dequant; the first rows only, since
+# step 1's tuning times every candidate too and logs each), CHECK_S (300: 98 and 75 candidates per goal shape
+# at M = 1 and 16, 33 of them Gluon kernels that compile apart), LAYOUT_S (0: off, its results are in),
+# MODEL_S (60), NCU_S (20, ~12 s, last), NCU_GEMV_S (0): 9 minutes 50 s of limits in all, plus the install,
+# inside one run's 10 (a run cut short there loses the profile only). A limit of 0 skips its step. CHECK_M (default "1 16", the goal's M values; the shipped table keeps its M = 2 picks)
 # sets step 1's M values. The device machines have torch and Triton but no torchao and no network: the
 # torchao wheel travels in .whl/ (named in the run's carry; see kernel_notes.md for how to fetch it).
 set -u
@@ -38,14 +39,14 @@ status=${PIPESTATUS[0]}
 echo "wgmma_check exit: $status"
 if [ "$status" != 0 ]; then
   export AWQ_AO_DISABLE_WGMMA=1
-elif [ "${WGMMA_TIME_S:-120}" != 0 ]; then
-  timeout "${WGMMA_TIME_S:-120}" python3 benchmarks/wgmma_check.py --no-check --short --out "$OUT" 2>&1 \
+elif [ "${WGMMA_TIME_S:-60}" != 0 ]; then
+  timeout "${WGMMA_TIME_S:-60}" python3 benchmarks/wgmma_check.py --no-check --short --out "$OUT" 2>&1 \
     | tee -a "$OUT/wgmma_check.log"
 fi
 
-if [ "${CHECK_S:-240}" != 0 ]; then
+if [ "${CHECK_S:-300}" != 0 ]; then
   # shellcheck disable=SC2086  # CHECK_M is a list of M values
-  timeout "${CHECK_S:-240}" python3 benchmarks/gpu_check.py --out "$OUT" --shapes 3 --m ${CHECK_M:-1 16}
+  timeout "${CHECK_S:-300}" python3 benchmarks/gpu_check.py --out "$OUT" --shapes 3 --m ${CHECK_M:-1 16}
   echo "gpu_check exit: $?"
 fi
 

@@ -77,6 +77,13 @@ def test_small_groups_and_wide_activations(emulated, variant):
         assert fitted.kind == "wgmma" and err < TOL[torch.float16], (m, group, err)
 
 
+@pytest.mark.parametrize("variant", ["wgmma", "late"])
+def test_several_activation_blocks_with_the_fused_sum(emulated, variant):
+    """70 rows: two programs along M (BLOCK_M 64), each output tile with its own split counter."""
+    err, fitted = _run(variant, (64, 3, True, 2, 1), torch.bfloat16, 70, 72, 384, 128, True, seed=2)
+    assert fitted.block_m == 64 and fitted.fused_reduce and err < TOL[torch.bfloat16], err
+
+
 def test_the_emulated_kernel_catches_a_wrong_magic(emulated, monkeypatch):
     """Not vacuous: late_dequant with the magic's value off by one (what the kernel subtracts per tile) is far
     off, as is wgmma with the zero term's constant off by one."""
