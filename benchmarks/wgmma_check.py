@@ -27,7 +27,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from awq_ao.kernels import KernelConfig, int4_linear, int4_wgmma, select_config  # noqa: E402
+from awq_ao.kernels import KernelConfig, configs, int4_linear, int4_wgmma, select_config  # noqa: E402
 from gpu_check import make_case  # noqa: E402  (the same cases and float64 reference as every other path)
 
 TOL = {torch.bfloat16: 1e-2, torch.float16: 3e-3}
@@ -51,6 +51,8 @@ TIMED_SHORT = ((64, 4, True, 1, 1), (64, 4, True, 2, 1), (64, 8, True, 2, 1), (6
 # specs (216 of 216 correct on the H200 in run 9, both ways, wgmma_check_nvidia_h200.log) and the overlap run
 # with the pre-scale only, which changes only how the activation is staged: 252 checks, near run 9's 216
 MMA_CHECKED = ((64, 4, False, 2, 1), (64, 4, True, 1, 1), (64, 2, False, 1, 3))
+VARIANTS = ("wgmma", "overlap", "mma", "late")
+FAILED_FILE = "gluon_failed_variants.txt"  # written by the check: the variants with a failure, space-separated
 # timing: the overlap on the config fastest at M = 16 on two of three goal shapes in run 10
 # (wgmma_nvidia_h200_m16.md), plain mma.sync on three, late on every 64-row config timed
 OVERLAP_TIMED = ((64, 8, True, 2, 1),)
@@ -83,12 +85,13 @@ def checked_variants(with_pre: bool, group: int = 128) -> list:
 
 
 def timed_variants(timed) -> list:
-    """(spec, variant) pairs each timing row times."""
+    """(spec, variant) pairs each timing row times, but none of a variant the check turned off
+    (``configs.gluon_variants_off``)."""
     out = [(spec, "wgmma") for spec in timed]
     out += [(spec, "overlap") for spec in timed if spec in OVERLAP_TIMED]
     out += [(spec, "mma") for spec in timed if spec in MMA_TIMED or timed is not TIMED_SHORT]
     out += [(spec, "late") for spec in timed if spec[0] == 64]
-    return out
+    return [(spec, variant) for spec, variant in out if variant not in configs.gluon_variants_off()]
 
 
 @contextlib.contextmanager
@@ -102,8 +105,9 @@ def overlap_pairs(on: bool):
         int4_wgmma.OVERLAP_PAIRS = saved
 
 
-def correctness(device, cases=CASES, dtypes=(torch.bfloat16, torch.float16)) -> int:
-    failures = 0
+def correctness(device, cases=CASES, dtypes=(torch.bfloat16, torch.float16)) -> dict:
+    """Every case and variant against the float64 reference; returns the failures by variant."""
+    failures = dict.fromkeys(VARIANTS, 0)
     for dtype in dtypes:
         for m, n, k, group in cases:
             for with_pre in (False, True):
@@ -115,7 +119,7 @@ def correctness(device, cases=CASES, dtypes=(torch.bfloat16, torch.float16)) -> 
                         int4_linear(x, qdata, s, z, group, k, act_pre_scale=pre, out=out, config=cfg)
                     err = ((out.double() - ref).norm() / ref.norm()).item()
                     ok = bool(torch.isfinite(out).all()) and err < TOL[dtype]
-                    failures += not ok
+                    failures[variant] += not ok
                     fitted = cfg.fitted(group, qdata.shape[1] * 2)
                     print(f"{'ok  ' if ok else 'FAIL'} {str(dtype)[6:]} M={m} N={n} K={k} g={group} pre={with_pre} "
                           f"{label(fitted, overlap)}: rel err {err:.2e}", flush=True)
@@ -175,20 +179,23 @@ def timing(device, out_path, m_values=(1, 16), timed=TIMED) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=".", help="folder for wgmma_<gpu>.md")
+    parser.add_argument("--out", default=None, help="folder for wgmma_<gpu>.md (default: here) and, from the check, "
+                        f"{FAILED_FILE} (only with --out)")
     parser.add_argument("--no-bench", action="store_true", help="correctness only")
     parser.add_argument("--dry-run", action="store_true",
                         help="no GPU: small cases on CPU under TRITON_INTERPRET=1, where wgmma configs take the "
                              "swapped tl.dot GEMM (checks the script, not the kernel)")
     parser.add_argument("--no-check", action="store_true", help="timing only (after a run whose check passed)")
     parser.add_argument("--m", type=int, nargs="+", default=[1, 16], help="the timing table's M values")
-    parser.add_argument("--short", action="store_true", help="time TIMED_SHORT's 7 configs, not TIMED's 18")
+    parser.add_argument("--short", action="store_true", help="time TIMED_SHORT's configs, not TIMED's")
     args = parser.parse_args(argv)
     if args.dry_run:
         failures = correctness(torch.device("cpu"), cases=((1, 64, 256, 128), (5, 72, 160, 32)),
                                dtypes=(torch.float16,))  # the interpreter has no bf16
-        print(f"dry run: {failures} failed")
-        return 1 if failures else 0
+        if args.out:
+            write_failed(args.out, failures)
+        print(f"dry run: {sum(failures.values())} failed")
+        return 1 if any(failures.values()) else 0
     device = torch.device("cuda")
     if not torch.cuda.is_available() or not int4_wgmma.wgmma_available(device):
         print("error: needs an sm_90 GPU and a Triton with Gluon")
@@ -197,13 +204,24 @@ def main(argv=None) -> int:
 
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}")
     torch.manual_seed(0)
-    failures = 0 if args.no_check else correctness(device)
-    print(f"wgmma correctness: {'not checked' if args.no_check else f'{failures} failed'}", flush=True)
-    if failures == 0 and not args.no_bench:
-        os.makedirs(args.out, exist_ok=True)
+    failures = dict.fromkeys(VARIANTS, 0) if args.no_check else correctness(device)
+    if not args.no_check and args.out:
+        write_failed(args.out, failures)
+    print(f"wgmma correctness: {'not checked' if args.no_check else f'{sum(failures.values())} failed {failures}'}",
+          flush=True)
+    if not any(failures.values()) and not args.no_bench:
+        out = args.out or "."
+        os.makedirs(out, exist_ok=True)
         name = torch.cuda.get_device_name().replace(" ", "_").lower()
-        timing(device, os.path.join(args.out, f"wgmma_{name}.md"), args.m, TIMED_SHORT if args.short else TIMED)
-    return 1 if failures else 0
+        timing(device, os.path.join(out, f"wgmma_{name}.md"), args.m, TIMED_SHORT if args.short else TIMED)
+    return 1 if any(failures.values()) else 0
+
+
+def write_failed(out: str, failures: dict) -> None:
+    """``out``/FAILED_FILE: the variants with a failure, for device_check.sh to keep out of the later steps."""
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, FAILED_FILE), "w") as f:
+        f.write(" ".join(v for v, n in failures.items() if n) + "\n")
 
 
 if __name__ == "__main__":

@@ -159,6 +159,13 @@ FUSED_REDUCE_CANDIDATES = True
 DEQUANT_MIN_M = 128  # from this M bucket on, the default dequantizes once and calls a dense matmul
 
 
+def gluon_variants_off() -> set:
+    """The Gluon kernel's variants kept out of the tuning (``"mma"``: mma.sync, ``"late"``: late_dequant, ``"overlap"``)
+    by ``AWQ_AO_GLUON_OFF`` (comma-separated; ``benchmarks/device_check.sh`` sets it to those that failed their
+    check on the GPU at hand, ``AWQ_AO_DISABLE_WGMMA=1`` turning the whole kernel off when wgmma itself failed)."""
+    return {v.strip() for v in os.environ.get("AWQ_AO_GLUON_OFF", "").replace(" ", ",").split(",") if v.strip()}
+
+
 def m_bucket(m: int) -> int:
     """M rounded up to a power of two, at most MAX_BUCKET.
 
@@ -307,7 +314,10 @@ def candidate_configs(m: int, n: int, k_pad: int, group_size: int, device: torch
         # (72 registers) or two (96), or through a 4-stage shared-memory ring by cp.async; 128 rows on 8 warps
         # (half the staged activation per weight): one buffer or the ring. mma.sync (no warp-group wait after each
         # tile's MMAs): 64 rows with one or two buffers or the ring
+        off = gluon_variants_off()
         for block_n, buffers, stages, mma_sync, late in GLUON_TILES:
+            if ("late" if late else "mma" if mma_sync else "wgmma") in off:
+                continue
             split = _split_for(triton.cdiv(n, block_n) * triton.cdiv(m, block_m), k_tiles, device)
             out += [KernelConfig("wgmma", block_n, int4_wgmma.BLOCK_K, block_m=block_m, prefetch=buffers,
                                  num_stages=stages, split_k=min(split * f, k_tiles),

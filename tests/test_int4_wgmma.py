@@ -171,8 +171,9 @@ def test_wgmma_check_script_refuses_without_a_gpu(tmp_path, capsys):
     spec.loader.exec_module(module)
     assert module.main(["--out", str(tmp_path)]) == 2
     assert "sm_90" in capsys.readouterr().out
-    assert module.main(["--dry-run"]) == 0  # its correctness half, on the CPU fallback
+    assert module.main(["--dry-run", "--out", str(tmp_path)]) == 0  # its correctness half, on the CPU fallback
     out = capsys.readouterr().out
+    assert (tmp_path / module.FAILED_FILE).read_text() == "\n"  # no variant failed: device_check turns none off
     mma = len(module.MMA_CHECKED)
     runs = {(pre, group): len(module.checked_variants(pre, group)) for pre in (True, False) for group in (128, 32)}
     assert runs == {(True, 128): len(module.CHECKED) + 2 + 2 * mma, (False, 128): 2 * mma,
@@ -248,3 +249,31 @@ def test_late_dequant_is_fitted_only_where_a_tile_lies_in_one_group():
     assert not late.fitted(64, 8192).late_dequant and late.fitted(64, 8192).mma_sync
     assert not dataclasses.replace(late, mma_sync=False).fitted(128, 8192).late_dequant
     assert int4_wgmma.shared_bytes(16, 10, 0, 64, late=True) == int4_wgmma.shared_bytes(16, 10, 0, 64) + 10 * 16 * 4
+
+
+def test_variants_that_failed_their_check_stay_out_of_the_tuning(monkeypatch):
+    """``AWQ_AO_GLUON_OFF`` (device_check.sh sets it from wgmma_check's list of failed variants) keeps those
+    variants out of the tuner's candidates and of wgmma_check's timing; the others stay."""
+    from awq_ao.kernels import configs
+
+    monkeypatch.setattr(int4_wgmma, "wgmma_available", lambda device: True)
+
+    def gluon():
+        return [c for c in configs.candidate_configs(16, 8192, 8192, 128, torch.device("cpu")) if c.kind == "wgmma"]
+
+    everything = gluon()
+    assert any(c.late_dequant for c in everything) and any(c.mma_sync and not c.late_dequant for c in everything)
+    monkeypatch.setenv("AWQ_AO_GLUON_OFF", "late")
+    assert configs.gluon_variants_off() == {"late"}
+    kept = gluon()
+    assert not any(c.late_dequant for c in kept) and any(c.mma_sync for c in kept) and len(kept) < len(everything)
+    monkeypatch.setenv("AWQ_AO_GLUON_OFF", "mma,late")
+    assert all(not c.mma_sync for c in gluon()) and gluon()
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks", "wgmma_check.py")
+    spec = importlib.util.spec_from_file_location("wgmma_check", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert {v for _, v in module.timed_variants(module.TIMED_SHORT)} == {"wgmma", "overlap"}
