@@ -58,10 +58,12 @@ KERNELS = {"gemv": _int4_gemv_kernel, "gemm": _int4_gemm_kernel, "dequant": _int
 
 
 def compile_wgmma(cfg: KernelConfig, dt: str, group: int, arch: int, k: int = 4096, pre: bool = False,
-                  overlap: bool = None):
+                  overlap: bool = None, even: bool = None):
     """The compiled Gluon kernel of a ``wgmma`` config (``int4_wgmma.py``) for K = ``k``, output in the
     activation dtype (fp32 partials when the config splits K); ``overlap`` (default: the module's
-    ``OVERLAP_PAIRS``) for the two-buffer loop's experimental MMA / unpacking overlap."""
+    ``OVERLAP_PAIRS``) for the two-buffer loop's experimental MMA / unpacking overlap; ``even`` (default: as
+    the launcher sets it when N is a multiple of the tile, i.e. when the split divides the K tiles) for the
+    mask-free loads."""
     import torch
     from triton.experimental.gluon._runtime import GluonASTSource
 
@@ -80,6 +82,7 @@ def compile_wgmma(cfg: KernelConfig, dt: str, group: int, arch: int, k: int = 40
                   "OVERLAP": ((int4_wgmma.OVERLAP_PAIRS if overlap is None else overlap) and cfg.prefetch == 2
                               and not cfg.mma_sync),
                   "MMA_SYNC": cfg.mma_sync, "LATE": cfg.late_dequant,
+                  "EVEN": tiles == per_split * -(-tiles // per_split) if even is None else even,
                   "MAGIC": int4_wgmma.MAGIC_VALUE[torch.bfloat16 if dt == "bf16" else torch.float16],
                   "NEG_MAGIC": int4_wgmma.NEG_MAGIC_PAIR[torch.bfloat16 if dt == "bf16" else torch.float16],
                   "BLOCK_N": cfg.block_n, "WORDS": int4_wgmma.words_layout(cfg.block_n)}

@@ -195,31 +195,46 @@ if HAVE_GLUON:
 
     @gluon.jit
     def _weight_tile(q_ptr, s_ptr, z_ptr, rows, row_live, cs, qs, k, live, K_WORDS, stride_q, stride_s,
-                     GROUP_SIZE: gl.constexpr, rows_acc, rows_acc_live, LATE: gl.constexpr):
+                     GROUP_SIZE: gl.constexpr, rows_acc, rows_acc_live, LATE: gl.constexpr, k_last,
+                     EVEN: gl.constexpr):
         """The 128-column weight tile at column k: words int32 [64, 4 (c), 4 (q)] (thread c's 16 bytes of each of
         its rows), and uint8 zero / DTYPE scale [64, 4] (its 32 columns lie in one group), or with LATE
         (``late_dequant``: the tile lies in one group) [64] per row in ``rows_acc``'s layout (the accumulator's
-        rows); masked off past K, past N and where ``live`` is False (no memory traffic)."""
+        rows); masked off past K, past N and where ``live`` is False (no memory traffic). EVEN (every row and
+        every tile of the program's K range exists): no masks; a tile past the range (``live`` False, a load
+        ahead at the end) reads the program's last tile again, k_last, which the caches still hold."""
+        if EVEN:
+            k = gl.minimum(k, k_last)
         ptrs, mask = _word_addresses(q_ptr, rows, row_live, cs, qs, k, live, K_WORDS, stride_q)
-        words = gl.load(ptrs, mask=mask, other=0)
-        if LATE:
-            scale, zero = _row_scale(s_ptr, z_ptr, rows_acc, rows_acc_live, k, live, K_WORDS, stride_s, GROUP_SIZE)
+        if EVEN:
+            words = gl.load(ptrs)
         else:
-            scale, zero = _scale_tile(s_ptr, z_ptr, rows, row_live, cs, k, live, K_WORDS, stride_s, GROUP_SIZE)
+            words = gl.load(ptrs, mask=mask, other=0)
+        if LATE:
+            scale, zero = _row_scale(s_ptr, z_ptr, rows_acc, rows_acc_live, k, live, K_WORDS, stride_s, GROUP_SIZE,
+                                     EVEN)
+        else:
+            scale, zero = _scale_tile(s_ptr, z_ptr, rows, row_live, cs, k, live, K_WORDS, stride_s, GROUP_SIZE, EVEN)
         return words, scale, zero
 
     @gluon.jit
-    def _row_scale(s_ptr, z_ptr, rows, rows_live, k, live, K_WORDS, stride_s, GROUP_SIZE: gl.constexpr):
+    def _row_scale(s_ptr, z_ptr, rows, rows_live, k, live, K_WORDS, stride_s, GROUP_SIZE: gl.constexpr,
+                   EVEN: gl.constexpr = False):
         """Scale and zero [rows] of the group of column k (the whole 128-column tile's, with late_dequant)."""
-        group_live = rows_live & (k < K_WORDS * 8) & live
         ptrs = rows * stride_s + k // GROUP_SIZE
+        if EVEN:
+            return gl.load(s_ptr + ptrs), gl.load(z_ptr + ptrs)
+        group_live = rows_live & (k < K_WORDS * 8) & live
         return gl.load(s_ptr + ptrs, mask=group_live, other=0.0), gl.load(z_ptr + ptrs, mask=group_live, other=0)
 
     @gluon.jit
-    def _scale_tile(s_ptr, z_ptr, rows, row_live, cs, k, live, K_WORDS, stride_s, GROUP_SIZE: gl.constexpr):
+    def _scale_tile(s_ptr, z_ptr, rows, row_live, cs, k, live, K_WORDS, stride_s, GROUP_SIZE: gl.constexpr,
+                    EVEN: gl.constexpr = False):
         """``_weight_tile``'s scale and zero [64, 4] alone."""
         col = k + cs[None, :] * 32
         group = rows[:, None] * stride_s + col // GROUP_SIZE
+        if EVEN:
+            return gl.load(s_ptr + group), gl.load(z_ptr + group)
         group_live = row_live & (col < K_WORDS * 8) & live
         scale = gl.load(s_ptr + group, mask=group_live, other=0.0)
         zero = gl.load(z_ptr + group, mask=group_live, other=0)
@@ -324,7 +339,7 @@ if HAVE_GLUON:
         M, N, K, K_WORDS, stride_xm, stride_q, stride_s, stride_om, stride_osplit, magic_pair,
         GROUP_SIZE: gl.constexpr, HAS_PRE_SCALE: gl.constexpr, BLOCK_M: gl.constexpr, TILES: gl.constexpr,
         SPLIT_OUT: gl.constexpr, FUSED_SPLITS: gl.constexpr, TWO_BUFFERS: gl.constexpr, OVERLAP: gl.constexpr,
-        RING: gl.constexpr, MMA_SYNC: gl.constexpr, LATE: gl.constexpr, MAGIC: gl.constexpr,
+        RING: gl.constexpr, MMA_SYNC: gl.constexpr, LATE: gl.constexpr, MAGIC: gl.constexpr, EVEN: gl.constexpr,
         NEG_MAGIC: gl.constexpr, BLOCK_N: gl.constexpr, WORDS: gl.constexpr,
     ):
         """One program (BLOCK_N / 16 warps: one or two warp groups): rows [BLOCK_N pid_n, +BLOCK_N) of W, activation rows [BLOCK_M pid_m, +BLOCK_M), K tiles
@@ -359,6 +374,7 @@ if HAVE_GLUON:
         pid_k = gl.program_id(2)
         m0 = pid_m * BLOCK_M
         k0 = pid_k * (TILES * 128)
+        k_last = k0 + (TILES - 1) * 128  # (EVEN: where the loads ahead past the range go)
 
         # 0. the first weight tiles' loads, in flight while the activation is staged
         rows = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, gl.SliceLayout(1, ROW_C))
@@ -374,10 +390,10 @@ if HAVE_GLUON:
                 _copy_words(ring.index(i), q_ptr, rows, row_live, cs, qs, k0 + i * 128, i < TILES, K_WORDS, stride_q)
         else:
             w_a, s_a, z_a = _weight_tile(q_ptr, s_ptr, z_ptr, rows, row_live, cs, qs, k0, True, K_WORDS, stride_q,
-                                         stride_s, GROUP_SIZE, rows_acc, rows_acc_live, LATE)
+                                         stride_s, GROUP_SIZE, rows_acc, rows_acc_live, LATE, k_last, EVEN)
         if TWO_BUFFERS:
             w_b, s_b, z_b = _weight_tile(q_ptr, s_ptr, z_ptr, rows, row_live, cs, qs, k0 + 128, TILES > 1, K_WORDS,
-                                         stride_q, stride_s, GROUP_SIZE, rows_acc, rows_acc_live, LATE)
+                                         stride_q, stride_s, GROUP_SIZE, rows_acc, rows_acc_live, LATE, k_last, EVEN)
         acc = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, ACC)
 
         # 1. the activation of the whole K range, in MMA column order, into shared memory (once); with LATE also
@@ -461,13 +477,13 @@ if HAVE_GLUON:
                                     magic_pair, DTYPE, NEG_MAGIC, A_OP, B_OP, MMA_SYNC, LATE, MAGIC)
                 w_a, s_a, z_a = _weight_tile(q_ptr, s_ptr, z_ptr, rows, row_live, cs, qs, k0 + (t + 2) * 128,
                                              t + 2 < TILES, K_WORDS, stride_q, stride_s, GROUP_SIZE, rows_acc,
-                                             rows_acc_live, LATE)
+                                             rows_acc_live, LATE, k_last, EVEN)
                 if not OVERLAP:
                     acc = _mma_tile(acc, w_b, s_b, z_b, x_smem.index(t + 1), _x_sum(xsum_smem, t + 1, ACC_COL, LATE),
                                     magic_pair, DTYPE, NEG_MAGIC, A_OP, B_OP, MMA_SYNC, LATE, MAGIC)
                 w_b, s_b, z_b = _weight_tile(q_ptr, s_ptr, z_ptr, rows, row_live, cs, qs, k0 + (t + 3) * 128,
                                              t + 3 < TILES, K_WORDS, stride_q, stride_s, GROUP_SIZE, rows_acc,
-                                             rows_acc_live, LATE)
+                                             rows_acc_live, LATE, k_last, EVEN)
             if TILES % 2 == 1:
                 acc = _mma_tile(acc, w_a, s_a, z_a, x_smem.index(TILES - 1), _x_sum(xsum_smem, TILES - 1, ACC_COL, LATE),
                                 magic_pair, DTYPE, NEG_MAGIC, A_OP, B_OP, MMA_SYNC, LATE, MAGIC)
@@ -475,7 +491,7 @@ if HAVE_GLUON:
             for t in range(TILES):
                 w_n, s_n, z_n = _weight_tile(q_ptr, s_ptr, z_ptr, rows, row_live, cs, qs, k0 + (t + 1) * 128,
                                              t + 1 < TILES, K_WORDS, stride_q, stride_s, GROUP_SIZE, rows_acc,
-                                             rows_acc_live, LATE)
+                                             rows_acc_live, LATE, k_last, EVEN)
                 acc = _mma_tile(acc, w_a, s_a, z_a, x_smem.index(t), _x_sum(xsum_smem, t, ACC_COL, LATE), magic_pair,
                                 DTYPE, NEG_MAGIC, A_OP, B_OP, MMA_SYNC, LATE, MAGIC)
                 w_a, s_a, z_a = w_n, s_n, z_n
@@ -535,6 +551,7 @@ def wgmma_linear(x, words, scale, zero_point, pre, has_pre, y, group_size, in_fe
         TWO_BUFFERS=config.prefetch == 2, OVERLAP=OVERLAP_PAIRS and config.prefetch == 2 and not config.mma_sync,
         RING=config.num_stages if config.num_stages >= 3 else 0, MMA_SYNC=config.mma_sync,
         LATE=config.late_dequant, MAGIC=MAGIC_VALUE[x.dtype],
+        EVEN=n % config.block_n == 0 and k_words % 16 == 0 and tiles == split * tiles_per_split,
         BLOCK_N=config.block_n, WORDS=words_layout(config.block_n), num_warps=config.block_n // 16,
     )
     if split > 1 and not fused:

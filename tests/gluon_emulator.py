@@ -142,6 +142,7 @@ gl = types.SimpleNamespace(
     allocate_shared_memory=lambda dtype, shape, layout: SharedMemory(torch.zeros(shape, dtype=dtype)),
     atomic_add=_atomic_add, atomic_xchg=_atomic_xchg,
     static_range=range,
+    minimum=lambda a, b: _t(torch.minimum(torch.as_tensor(a), torch.as_tensor(b))),
     BlockedLayout=_layout, SliceLayout=_layout, NVMMADistributedLayout=_layout, DotOperandLayout=_layout,
     NVMMASharedLayout=_layout, SwizzledSharedLayout=_layout,
 )
@@ -177,10 +178,12 @@ class EmulatedKernel:
     def __init__(self, module, name: str):
         self.fn = _bind(module)[name]
         self.programs = 0  # programs run so far (a test can tell the kernel ran)
+        self.constexprs = []  # each launch's keyword arguments (the constexprs)
 
     def __getitem__(self, grid):
         def launch(*args, num_warps=None, **kwargs):
             args = [Pointer(_flat(a)) if isinstance(a, torch.Tensor) else a for a in args]
+            self.constexprs.append(kwargs)
             _Program.grid = tuple(grid) + (1,) * (3 - len(grid))
             for pid in itertools.product(*(range(g) for g in _Program.grid)):
                 _Program.pid = pid

@@ -77,6 +77,16 @@ def test_small_groups_and_wide_activations(emulated, variant):
         assert fitted.kind == "wgmma" and err < TOL[torch.float16], (m, group, err)
 
 
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_even_shapes_load_without_masks(emulated, variant):
+    """128 rows and K = 640 (5 tiles): split 5 and split 1 leave every program whole tiles (EVEN: no masks, the
+    loads ahead past a program's range read its last tile again), split 2 does not; all agree with the
+    reference. The EVEN flag of each launch shows both paths ran."""
+    for split, buffers, even in ((5, 2, True), (1, 1, True), (2, 2, False)):
+        err, _ = _run(variant, (64, split, True, buffers, 1), torch.bfloat16, 3, 128, 640, 128, True, seed=3)
+        assert err < TOL[torch.bfloat16] and int4_wgmma._int4_wgmma_kernel.constexprs[-1]["EVEN"] == even, split
+
+
 @pytest.mark.parametrize("variant", ["wgmma", "late"])
 def test_several_activation_blocks_with_the_fused_sum(emulated, variant):
     """70 rows: two programs along M (BLOCK_M 64), each output tile with its own split counter."""

@@ -264,7 +264,8 @@ def test_wgmma_kernel_compiles_to_sm90_without_a_shared_memory_round_trip(dt, bl
         ".fitted(128, 4096)\n"
         f"r.compile_wgmma(cfg, '{dt}', 128, 90, k=1000, pre=True)\n"
         f"print(len(r.wgmma_register_hazards(r.main_loop(r.cuobjdump(r.compile_wgmma(cfg, '{dt}', 128, 90))[1])))\n"
-        f"      + len(r.wgmma_register_hazards(r.main_loop(r.cuobjdump(r.compile_wgmma(cfg, '{dt}', 128, 90, overlap=True))[1]))))\n"
+        f"      + len(r.wgmma_register_hazards(r.main_loop(r.cuobjdump(r.compile_wgmma(cfg, '{dt}', 128, 90, overlap=True))[1])))\n"
+        f"      + len(r.wgmma_register_hazards(r.main_loop(r.cuobjdump(r.compile_wgmma(cfg, '{dt}', 128, 90, even=False))[1]))))\n"
         f"print(cfg.split_k); print(r.report(cfg, '{dt}', 128, 90, top=None))\n"
     )
     hazards, split, row = _compiled_in_child(code, 3)
