@@ -17,13 +17,14 @@
 #
 # Each step has its own time limit (seconds; override by environment), so a slow step cannot starve the
 # rest: WGMMA_S (default 150: the check, 252 cases against run 9's 216 in under 150 s), WGMMA_TIME_S (60: its
-# timing, 14 configs per row: 5 wgmma, 1 overlapped, 3 mma.sync, 5 late_dequant; the first rows only, since
-# step 1's tuning times every candidate too and logs each), CHECK_S (300: 98 and 75 candidates per goal shape
-# at M = 1 and 16, 33 of them Gluon kernels that compile apart), LAYOUT_S (0: off, its results are in),
-# MODEL_S (60), NCU_S (20, ~12 s, last), NCU_GEMV_S (0): 9 minutes 50 s of limits in all, plus the install,
-# inside one run's 10 (a run cut short there loses the profile only). A limit of 0 skips its step. CHECK_M (default "1 16", the goal's M values; the shipped table keeps its M = 2 picks)
-# sets step 1's M values. The device machines have torch and Triton but no torchao and no network: the
-# torchao wheel travels in .whl/ (named in the run's carry; see kernel_notes.md for how to fetch it).
+# timing, 15 configs per row: 5 wgmma, 1 overlapped, 3 mma.sync, 5 late_dequant, 1 of those masked; the first
+# rows only, since step 1's tuning times every candidate too and logs each), CHECK_S (300: 98 and 75
+# candidates per goal shape at M = 1 and 16, 33 of them Gluon kernels that compile apart), LAYOUT_S (0: off,
+# its results are in), MODEL_S (60), NCU_S (20, ~12 s, last), NCU_GEMV_S (0): 9 minutes 50 s of limits in
+# all, plus the install, inside one run's 10 (a run cut short there loses the profile only). A limit of 0
+# skips its step. CHECK_M (default "1 16", the goal's M values; the shipped table keeps its M = 2 picks) sets
+# step 1's M values. The device machines have torch and Triton but no torchao and no network: the torchao
+# wheel travels in .whl/ (named in the run's carry; see kernel_notes.md for how to fetch it).
 set -u
 : "${OUT:?set OUT to the folder whose files come back}"
 cd "$(dirname "$0")/.."

@@ -51,28 +51,33 @@ TIMED_SHORT = ((64, 4, True, 1, 1), (64, 4, True, 2, 1), (64, 8, True, 2, 1), (6
 # specs (216 of 216 correct on the H200 in run 9, both ways, wgmma_check_nvidia_h200.log) and the overlap run
 # with the pre-scale only, which changes only how the activation is staged: 252 checks, near run 9's 216
 MMA_CHECKED = ((64, 4, False, 2, 1), (64, 4, True, 1, 1), (64, 2, False, 1, 3))
-VARIANTS = ("wgmma", "overlap", "mma", "late")
+VARIANTS = ("wgmma", "overlap", "mma", "late", "late masked")
 FAILED_FILE = "gluon_failed_variants.txt"  # written by the check: the variants with a failure, space-separated
 # timing: the overlap on the config fastest at M = 16 on two of three goal shapes in run 10
 # (wgmma_nvidia_h200_m16.md), plain mma.sync on three, late on every 64-row config timed
 OVERLAP_TIMED = ((64, 8, True, 2, 1),)
 MMA_TIMED = ((64, 4, True, 1, 1), (64, 8, True, 2, 1), (64, 4, True, 1, 4))
+# late with its loads masked although the goal shapes need no masks (int4_wgmma.FORCE_MASKED): is EVEN faster?
+MASKED_TIMED = ((64, 8, True, 2, 1),)
 
 
-def label(cfg, overlap: bool = False) -> str:
+def label(cfg, variant: str = "wgmma") -> str:
     """A fitted config in short: N64 BM16 s4f b2 = 64 rows, BLOCK_M 16, split 4, fused sum, two weight buffers (wgmma);
     r4: a 4-stage shared-memory ring for the words; b2o: two buffers with the experimental MMA / unpacking
-    overlap (``int4_wgmma.OVERLAP_PAIRS``); a trailing " mma": mma.sync, " late": mma.sync with late_dequant."""
-    words = f"r{cfg.num_stages}" if cfg.num_stages >= 3 else f"b{cfg.prefetch}" + ("o" if overlap else "")
+    overlap (``int4_wgmma.OVERLAP_PAIRS``); a trailing " mma": mma.sync, " late": mma.sync with late_dequant,
+    " masked": loads with masks where the shape needs none (``int4_wgmma.FORCE_MASKED``)."""
+    words = f"r{cfg.num_stages}" if cfg.num_stages >= 3 else f"b{cfg.prefetch}" + ("o" if variant == "overlap" else "")
     mma = " late" if cfg.late_dequant else " mma" if cfg.mma_sync else ""
-    return f"N{cfg.block_n} BM{cfg.block_m} s{cfg.split_k}{'f' if cfg.fused_reduce else ''} {words}{mma}"
+    masked = " masked" if variant.endswith("masked") else ""
+    return f"N{cfg.block_n} BM{cfg.block_m} s{cfg.split_k}{'f' if cfg.fused_reduce else ''} {words}{mma}{masked}"
 
 
 def config(spec, variant: str, m: int) -> KernelConfig:
     """The (unfitted) config of a (block_n, split, fused, buffers, stages) spec in ``variant`` for M rows."""
     block_n, split, fused, buffers, stages = spec
     return KernelConfig("wgmma", block_n, 128, block_m=m, split_k=split, fused_reduce=fused, prefetch=buffers,
-                        num_stages=stages, mma_sync=variant in ("mma", "late"), late_dequant=variant == "late")
+                        num_stages=stages, mma_sync=variant in ("mma", "late", "late masked"),
+                        late_dequant=variant.startswith("late"))
 
 
 def checked_variants(with_pre: bool, group: int = 128) -> list:
@@ -91,18 +96,21 @@ def timed_variants(timed) -> list:
     out += [(spec, "overlap") for spec in timed if spec in OVERLAP_TIMED]
     out += [(spec, "mma") for spec in timed if spec in MMA_TIMED or timed is not TIMED_SHORT]
     out += [(spec, "late") for spec in timed if spec[0] == 64]
-    return [(spec, variant) for spec, variant in out if variant not in configs.gluon_variants_off()]
+    out += [(spec, "late masked") for spec in timed if spec in MASKED_TIMED]
+    off = configs.gluon_variants_off()
+    return [(spec, variant) for spec, variant in out if variant.split()[0] not in off]
 
 
 @contextlib.contextmanager
-def overlap_pairs(on: bool):
-    """``int4_wgmma.OVERLAP_PAIRS`` set to ``on`` inside the block (a kernel constexpr: each value compiles apart)."""
-    saved = int4_wgmma.OVERLAP_PAIRS
-    int4_wgmma.OVERLAP_PAIRS = on
+def variant_flags(variant: str):
+    """The module switches ``variant`` needs, inside the block: ``int4_wgmma.OVERLAP_PAIRS`` ("overlap") and
+    ``FORCE_MASKED`` ("late masked"); kernel constexprs, so each value compiles apart."""
+    saved = int4_wgmma.OVERLAP_PAIRS, int4_wgmma.FORCE_MASKED
+    int4_wgmma.OVERLAP_PAIRS, int4_wgmma.FORCE_MASKED = variant == "overlap", variant.endswith("masked")
     try:
         yield
     finally:
-        int4_wgmma.OVERLAP_PAIRS = saved
+        int4_wgmma.OVERLAP_PAIRS, int4_wgmma.FORCE_MASKED = saved
 
 
 def correctness(device, cases=CASES, dtypes=(torch.bfloat16, torch.float16)) -> dict:
@@ -113,16 +121,16 @@ def correctness(device, cases=CASES, dtypes=(torch.bfloat16, torch.float16)) -> 
             for with_pre in (False, True):
                 x, (qdata, s, z), pre, ref = make_case(device, dtype, m, n, k, group, with_pre=with_pre)
                 for spec, variant in checked_variants(with_pre, group):
-                    cfg, overlap = config(spec, variant, m), variant == "overlap"
+                    cfg = config(spec, variant, m)
                     out = torch.full((m, n), float("nan"), dtype=dtype, device=device)
-                    with overlap_pairs(overlap):
+                    with variant_flags(variant):
                         int4_linear(x, qdata, s, z, group, k, act_pre_scale=pre, out=out, config=cfg)
                     err = ((out.double() - ref).norm() / ref.norm()).item()
                     ok = bool(torch.isfinite(out).all()) and err < TOL[dtype]
                     failures[variant] += not ok
                     fitted = cfg.fitted(group, qdata.shape[1] * 2)
                     print(f"{'ok  ' if ok else 'FAIL'} {str(dtype)[6:]} M={m} N={n} K={k} g={group} pre={with_pre} "
-                          f"{label(fitted, overlap)}: rel err {err:.2e}", flush=True)
+                          f"{label(fitted, variant)}: rel err {err:.2e}", flush=True)
     return failures
 
 
@@ -152,8 +160,8 @@ def timing(device, out_path, m_values=(1, 16), timed=TIMED) -> None:
             bf16_us = 1e3 * graph_time_ms([lambda w=w, s=sets[0]: F.linear(s[0], w) for w in dense])
             del dense
 
-            def run(cfg, overlap=False):
-                with overlap_pairs(overlap):
+            def run(cfg, variant="wgmma"):
+                with variant_flags(variant):
                     return 1e3 * graph_time_ms([lambda s=s: launch_int4_linear(
                         s[0], s[1], s[2], s[3], None, s[4], group, k, config=cfg, counters=counters) for s in sets])
 
@@ -161,9 +169,9 @@ def timing(device, out_path, m_values=(1, 16), timed=TIMED) -> None:
             base_us = run(base_cfg)
             per_split = {}  # label (split, fused sum, buffers) -> us
             for spec, variant in timed_variants(timed):
-                cfg, overlap = config(spec, variant, m).fitted(group, k), variant == "overlap"
-                if label(cfg, overlap) not in per_split:
-                    per_split[label(cfg, overlap)] = run(cfg, overlap)
+                cfg = config(spec, variant, m).fitted(group, k)
+                if label(cfg, variant) not in per_split:
+                    per_split[label(cfg, variant)] = run(cfg, variant)
             best_split = min(per_split, key=per_split.get)
             best = per_split[best_split]
             short = {f.name: getattr(base_cfg, f.name) for f in dataclasses.fields(base_cfg)

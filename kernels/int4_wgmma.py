@@ -98,6 +98,10 @@ WGMMA_SMEM_BYTES = 64 * 1024  # most shared memory a program may take (the split
 # MMAs run while the second is unpacked (``_mma_two_tiles``); 0 register hazards in the SASS, 96-128
 # registers against 80-128, not yet run on a GPU (``benchmarks/wgmma_check.py`` checks and times both ways)
 OVERLAP_PAIRS = os.environ.get("AWQ_AO_WGMMA_OVERLAP") == "1"
+# The loads keep their masks even where the shape needs none (EVEN, ``wgmma_linear``) if AWQ_AO_GLUON_MASKED=1
+# (or set here): without them ptxas issues the one-buffer loads closer to their use, so wgmma_check.py times one
+# config both ways
+FORCE_MASKED = os.environ.get("AWQ_AO_GLUON_MASKED") == "1"
 
 # The MMA column order of a 128-column tile (see the module docstring). A stored column of the tile is
 # 32c + 8q + 4b + 2 p1 + p0: the activation tile is loaded as [m, c, q, b, p1, p0] and permuted by
@@ -551,7 +555,7 @@ def wgmma_linear(x, words, scale, zero_point, pre, has_pre, y, group_size, in_fe
         TWO_BUFFERS=config.prefetch == 2, OVERLAP=OVERLAP_PAIRS and config.prefetch == 2 and not config.mma_sync,
         RING=config.num_stages if config.num_stages >= 3 else 0, MMA_SYNC=config.mma_sync,
         LATE=config.late_dequant, MAGIC=MAGIC_VALUE[x.dtype],
-        EVEN=n % config.block_n == 0 and k_words % 16 == 0 and tiles == split * tiles_per_split,
+        EVEN=n % config.block_n == 0 and k_words % 16 == 0 and tiles == split * tiles_per_split and not FORCE_MASKED,
         BLOCK_N=config.block_n, WORDS=words_layout(config.block_n), num_warps=config.block_n // 16,
     )
     if split > 1 and not fused:

@@ -87,6 +87,14 @@ def test_even_shapes_load_without_masks(emulated, variant):
         assert err < TOL[torch.bfloat16] and int4_wgmma._int4_wgmma_kernel.constexprs[-1]["EVEN"] == even, split
 
 
+def test_masks_can_be_forced_for_timing(emulated, monkeypatch):
+    """``int4_wgmma.FORCE_MASKED`` (``AWQ_AO_GLUON_MASKED=1``; wgmma_check.py times one config both ways) keeps
+    the masked loads on a shape that needs none, with the same result."""
+    monkeypatch.setattr(int4_wgmma, "FORCE_MASKED", True)
+    err, _ = _run("late", (64, 5, True, 2, 1), torch.bfloat16, 3, 128, 640, 128, True, seed=3)
+    assert err < TOL[torch.bfloat16] and int4_wgmma._int4_wgmma_kernel.constexprs[-1]["EVEN"] is False
+
+
 @pytest.mark.parametrize("variant", ["wgmma", "late"])
 def test_several_activation_blocks_with_the_fused_sum(emulated, variant):
     """70 rows: two programs along M (BLOCK_M 64), each output tile with its own split counter."""
