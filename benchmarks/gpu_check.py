@@ -110,15 +110,13 @@ def check_fused_reduce(device, dtype, calls: int) -> list[tuple[str, bool]]:
              (2, KernelConfig("gemv", 64, 256, split_k=8, block_m=2, num_warps=2)),
              (16, KernelConfig("gemm", 64, 128, split_k=8, block_m=16, num_stages=3, prefetch=1, swap_ab=True))]
     if int4_wgmma.wgmma_available(device):  # the Gluon kernel's variants, but those wgmma_check turned off
-        off = configs.gluon_variants_off()
-        cases += [(1, KernelConfig("wgmma", 64, 128, block_m=8, split_k=8)),
-                  (16, KernelConfig("wgmma", 64, 128, block_m=16, split_k=4))]
-        cases += [] if "mma" in off else [
-            (1, KernelConfig("wgmma", 64, 128, block_m=8, split_k=8, mma_sync=True)),
-            (16, KernelConfig("wgmma", 64, 128, block_m=16, split_k=4, prefetch=2, mma_sync=True))]
-        cases += [] if "late" in off else [
-            (16, KernelConfig("wgmma", 64, 128, block_m=16, split_k=4, prefetch=2, mma_sync=True,
-                              late_dequant=True))]
+        gluon = [(1, KernelConfig("wgmma", 64, 128, block_m=8, split_k=8)),
+                 (16, KernelConfig("wgmma", 64, 128, block_m=16, split_k=4)),
+                 (1, KernelConfig("wgmma", 64, 128, block_m=8, split_k=8, mma_sync=True)),
+                 (16, KernelConfig("wgmma", 64, 128, block_m=16, split_k=4, prefetch=2, mma_sync=True)),
+                 (16, KernelConfig("wgmma", 64, 128, block_m=16, split_k=4, prefetch=2, mma_sync=True,
+                                   late_dequant=True))]
+        cases += [(m, c) for m, c in gluon if configs.gluon_variant(c) not in configs.gluon_variants_off()]
     for m, base in cases:
         x, (qdata, s, z), _, _ = make_case(device, dtype, m, n, k, 128)
         fused = dataclasses.replace(base, fused_reduce=True)

@@ -94,7 +94,7 @@ def timed_variants(timed) -> list:
     (``configs.gluon_variants_off``)."""
     out = [(spec, "wgmma") for spec in timed]
     out += [(spec, "overlap") for spec in timed if spec in OVERLAP_TIMED]
-    out += [(spec, "mma") for spec in timed if spec in MMA_TIMED or timed is not TIMED_SHORT]
+    out += [(spec, "mma") for spec in timed if spec in MMA_TIMED]
     out += [(spec, "late") for spec in timed if spec[0] == 64]
     out += [(spec, "late masked") for spec in timed if spec in MASKED_TIMED]
     off = configs.gluon_variants_off()

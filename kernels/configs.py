@@ -166,6 +166,11 @@ def gluon_variants_off() -> set:
     return {v.strip() for v in os.environ.get("AWQ_AO_GLUON_OFF", "").replace(" ", ",").split(",") if v.strip()}
 
 
+def gluon_variant(cfg: "KernelConfig") -> str:
+    """The name of a Gluon config's variant, as ``AWQ_AO_GLUON_OFF`` names it: "late", "mma" or "wgmma"."""
+    return "late" if cfg.late_dequant else "mma" if cfg.mma_sync else "wgmma"
+
+
 def m_bucket(m: int) -> int:
     """M rounded up to a power of two, at most MAX_BUCKET.
 
@@ -304,8 +309,8 @@ def candidate_configs(m: int, n: int, k_pad: int, group_size: int, device: torch
         out += [dataclasses.replace(c, natural_order=True) for c in out[1:]
                 if _swapped_async_tile(c) and c.block_n == 64 and c.split_k > 1]
     if m <= 64 and int4_wgmma.wgmma_available(device):  # the Gluon GEMM with the weight as the MMA's register
-        # operand (int4_wgmma.py; sm_90 SASS: 3.1-3.4 instructions per weight, no shared-memory round trip in the
-        # loop, 62-99 registers at BLOCK_M 8 and 16), split toward 2 programs per SM and 2 and 4 times that
+        # operand (int4_wgmma.py; sm_90 SASS: 2.0-3.3 instructions per weight, no shared-memory round trip in the
+        # loop, 49-80 registers at BLOCK_M 8 and 16), split toward 2 programs per SM and 2 and 4 times that
         # (fitted() raises a split whose staged activation would not fit), with the in-kernel sum where the tuning
         # may use it (no slower than the reduce launch for any wgmma config timed on the H200: wgmma_nvidia_h200_m1.md)
         block_m = next(b for b in int4_wgmma.WGMMA_BLOCK_M if b >= m)
@@ -314,15 +319,13 @@ def candidate_configs(m: int, n: int, k_pad: int, group_size: int, device: torch
         # (72 registers) or two (96), or through a 4-stage shared-memory ring by cp.async; 128 rows on 8 warps
         # (half the staged activation per weight): one buffer or the ring. mma.sync (no warp-group wait after each
         # tile's MMAs): 64 rows with one or two buffers or the ring
-        off = gluon_variants_off()
         for block_n, buffers, stages, mma_sync, late in GLUON_TILES:
-            if ("late" if late else "mma" if mma_sync else "wgmma") in off:
-                continue
             split = _split_for(triton.cdiv(n, block_n) * triton.cdiv(m, block_m), k_tiles, device)
             out += [KernelConfig("wgmma", block_n, int4_wgmma.BLOCK_K, block_m=block_m, prefetch=buffers,
                                  num_stages=stages, split_k=min(split * f, k_tiles),
                                  fused_reduce=FUSED_REDUCE_CANDIDATES, mma_sync=mma_sync, late_dequant=late)
                     for f in (1, 2, 4)]
+        out = [c for c in out if c.kind != "wgmma" or gluon_variant(c) not in gluon_variants_off()]
     if m > 64:  # (BLOCK_M, BLOCK_N, warps): the two that compile without spills and with the fewest instructions
         for block_m, block_n, warps in ((64, 128, 4), (64, 256, 8)):
             out.append(KernelConfig("gemm", block_n, 64, block_m=block_m, num_warps=warps, num_stages=3,

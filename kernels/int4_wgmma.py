@@ -53,8 +53,8 @@ memory into the B fragment (``ldmatrix``) per tile. What it changes: nothing wai
 warp runs on its own, and the register scoreboard makes only the instructions that read an MMA's result
 wait for it, so the next tile's loads and unpacking overlap the MMAs (the wgmma loop waits for its warp
 group's MMAs after each tile: 25-30 us at M = 16 on the H200's goal shapes, 20 us at M = 1 against the
-GEMV's 17, kernel_notes.md). In sm_90 SASS: 3.1-3.4 instructions per weight and 62-99 registers at
-BLOCK_M 8 and 16 (``benchmarks/compile_report.py --m 1 16``). It also compiles for sm_80 (no wgmma there),
+GEMV's 17, kernel_notes.md). In sm_90 SASS: 2.6-3.2 instructions per weight and 49-80 registers at
+BLOCK_M 8 and 16 (``benchmarks/compile_report.py --m 1 16``, Triton 3.6 and 3.9). It also compiles for sm_80 (no wgmma there),
 which is not enabled: never run on such a GPU.
 
 Split-K over grid axis 2 (the tiles of K are split in contiguous ranges of TILES): each split
@@ -214,12 +214,19 @@ if HAVE_GLUON:
             words = gl.load(ptrs)
         else:
             words = gl.load(ptrs, mask=mask, other=0)
-        if LATE:
-            scale, zero = _row_scale(s_ptr, z_ptr, rows_acc, rows_acc_live, k, live, K_WORDS, stride_s, GROUP_SIZE,
-                                     EVEN)
-        else:
-            scale, zero = _scale_tile(s_ptr, z_ptr, rows, row_live, cs, k, live, K_WORDS, stride_s, GROUP_SIZE, EVEN)
+        scale, zero = _tile_scales(s_ptr, z_ptr, rows, row_live, cs, rows_acc, rows_acc_live, k, live, K_WORDS,
+                                   stride_s, GROUP_SIZE, LATE, EVEN)
         return words, scale, zero
+
+    @gluon.jit
+    def _tile_scales(s_ptr, z_ptr, rows, row_live, cs, rows_acc, rows_acc_live, k, live, K_WORDS, stride_s,
+                     GROUP_SIZE: gl.constexpr, LATE: gl.constexpr, EVEN: gl.constexpr):
+        """The scale and zero of the tile at column k as ``_mma_tile`` takes them: [64, 4] per row and thread
+        column (``_scale_tile``), or with LATE [64] per row in the accumulator's layout (``_row_scale``)."""
+        if LATE:
+            return _row_scale(s_ptr, z_ptr, rows_acc, rows_acc_live, k, live, K_WORDS, stride_s, GROUP_SIZE, EVEN)
+        else:
+            return _scale_tile(s_ptr, z_ptr, rows, row_live, cs, k, live, K_WORDS, stride_s, GROUP_SIZE, EVEN)
 
     @gluon.jit
     def _row_scale(s_ptr, z_ptr, rows, rows_live, k, live, K_WORDS, stride_s, GROUP_SIZE: gl.constexpr,
@@ -435,20 +442,15 @@ if HAVE_GLUON:
             if LATE:  # one per row and tile
                 s_smem = gl.allocate_shared_memory(DTYPE, [TILES, BLOCK_N], S1)
                 z_smem = gl.allocate_shared_memory(gl.uint8, [TILES, BLOCK_N], S1)
-                for t in range(TILES):
-                    st, zt = _row_scale(s_ptr, z_ptr, rows_acc, rows_acc_live, k0 + t * 128, True, K_WORDS, stride_s,
-                                        GROUP_SIZE)
-                    s_smem.index(t).store(st)
-                    z_smem.index(t).store(zt)
-            else:
+            else:  # one per row, tile and thread column
                 SZ: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0])
                 s_smem = gl.allocate_shared_memory(DTYPE, [TILES, BLOCK_N, 4], SZ)
                 z_smem = gl.allocate_shared_memory(gl.uint8, [TILES, BLOCK_N, 4], SZ)
-                for t in range(TILES):
-                    st, zt = _scale_tile(s_ptr, z_ptr, rows, row_live, cs, k0 + t * 128, True, K_WORDS, stride_s,
-                                         GROUP_SIZE)
-                    s_smem.index(t).store(st)
-                    z_smem.index(t).store(zt)
+            for t in range(TILES):
+                st, zt = _tile_scales(s_ptr, z_ptr, rows, row_live, cs, rows_acc, rows_acc_live, k0 + t * 128, True,
+                                      K_WORDS, stride_s, GROUP_SIZE, LATE, False)
+                s_smem.index(t).store(st)
+                z_smem.index(t).store(zt)
         if not MMA_SYNC:  # (mma.sync reads registers loaded by ldmatrix: the CTA barrier below suffices)
             fence_async_shared()  # the generic-proxy stores before the MMAs' async-proxy reads
         _cta_barrier()
