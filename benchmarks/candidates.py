@@ -1,6 +1,7 @@
 """The tuner's candidate set: how many configs it tries, and how each family fared in a tuning log.
 
     python benchmarks/candidates.py                  # configs per M bucket at 8192 x 8192 on a 132-SM sm_90 GPU
+                                                     # (and how many are the Gluon kernel's, by variant)
     python benchmarks/candidates.py --log benchmarks/results/gpu_check_nvidia_h200_async.log
         # each family's time against the fastest candidate of its shape, on the three goal shapes
 
@@ -24,17 +25,22 @@ GOAL_SHAPES = ((8192, 8192), (14336, 4096), (4096, 14336))  # (N, K): 8192^2 and
 LINE = re.compile(r"\s+M=(\d+) N=(\d+) K=(\d+) g=(\d+) KernelConfig\((.*)\): ([\d.]+) us")
 
 
-def count(n: int, k: int, group: int, sms: int, m_values) -> dict[int, int]:
-    """{M bucket: number of candidate configs} for an N x K weight on a GPU with ``sms`` SMs."""
+def candidates(n: int, k: int, group: int, sms: int, m_values) -> dict[int, list]:
+    """{M bucket: the candidate configs} for an N x K weight on a GPU with ``sms`` SMs."""
     saved = configs.sm_count, int4_wgmma.capability_major, int4_wgmma.HAVE_GLUON
     configs.sm_count = lambda index: sms  # candidate splits follow the SM count; no GPU needed
     int4_wgmma.capability_major = lambda index: 9  # an sm_90 GPU (the H100 / H200), with Gluon
     int4_wgmma.HAVE_GLUON = True
     try:
         device = torch.device("cuda", 0)
-        return {m: len(configs.candidate_configs(m, n, k, group, device)) for m in m_values}
+        return {m: configs.candidate_configs(m, n, k, group, device) for m in m_values}
     finally:
         configs.sm_count, int4_wgmma.capability_major, int4_wgmma.HAVE_GLUON = saved
+
+
+def count(n: int, k: int, group: int, sms: int, m_values) -> dict[int, int]:
+    """{M bucket: number of candidate configs} for an N x K weight on a GPU with ``sms`` SMs."""
+    return {m: len(cfgs) for m, cfgs in candidates(n, k, group, sms, m_values).items()}
 
 
 def family_ranges(lines, shapes=GOAL_SHAPES) -> dict[int, list[tuple[float, float, str]]]:
@@ -70,8 +76,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.log is None:
         print(f"candidate configs for {args.n} x {args.k}, group {args.group}, {args.sms} SMs")
-        for m, total in count(args.n, args.k, args.group, args.sms, args.m).items():
-            print(f"M={m}: {total}")
+        for m, cfgs in candidates(args.n, args.k, args.group, args.sms, args.m).items():
+            gluon = collections.Counter(configs.gluon_variant(c) for c in cfgs if c.kind == "wgmma")
+            print(f"M={m}: {len(cfgs)}" + (" (Gluon kernel: " + ", ".join(f"{v} {gluon[v]}" for v in
+                                                                          ("wgmma", "mma", "late")) + ")"
+                                           if gluon else ""))
         return 0
     with open(args.log) as f:
         ranges = family_ranges(f)

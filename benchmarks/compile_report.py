@@ -9,6 +9,7 @@
     python benchmarks/compile_report.py --m 16 --loop         # and each main loop's instructions, in order
     python benchmarks/compile_report.py --m 1 16 --hazards    # wgmma rows: writes to in-flight A registers (0)
     python benchmarks/compile_report.py --m 8 16 64 --overlap --hazards   # the experimental two-tile overlap
+    AWQ_AO_GLUON_MASKED=1 python benchmarks/compile_report.py --m 1 16    # Gluon loads masked where EVEN drops them
 
 Triton's wheel carries ptxas and cuobjdump, so kernels compile to SASS here.
 For each launch config: registers, stack (spills), shared memory, and the
@@ -62,8 +63,8 @@ def compile_wgmma(cfg: KernelConfig, dt: str, group: int, arch: int, k: int = 40
     """The compiled Gluon kernel of a ``wgmma`` config (``int4_wgmma.py``) for K = ``k``, output in the
     activation dtype (fp32 partials when the config splits K); ``overlap`` (default: the module's
     ``OVERLAP_PAIRS``) for the two-buffer loop's experimental MMA / unpacking overlap; ``even`` (default: as
-    the launcher sets it when N is a multiple of the tile, i.e. when the split divides the K tiles) for the
-    mask-free loads."""
+    the launcher sets it when N is a multiple of the tile, i.e. when the split divides the K tiles, and
+    ``AWQ_AO_GLUON_MASKED=1`` does not keep the masks) for the mask-free loads."""
     import torch
     from triton.experimental.gluon._runtime import GluonASTSource
 
@@ -82,7 +83,8 @@ def compile_wgmma(cfg: KernelConfig, dt: str, group: int, arch: int, k: int = 40
                   "OVERLAP": ((int4_wgmma.OVERLAP_PAIRS if overlap is None else overlap) and cfg.prefetch == 2
                               and not cfg.mma_sync),
                   "MMA_SYNC": cfg.mma_sync, "LATE": cfg.late_dequant,
-                  "EVEN": tiles == per_split * -(-tiles // per_split) if even is None else even,
+                  "EVEN": (tiles == per_split * -(-tiles // per_split) and not int4_wgmma.FORCE_MASKED
+                           if even is None else even),
                   "MAGIC": int4_wgmma.MAGIC_VALUE[torch.bfloat16 if dt == "bf16" else torch.float16],
                   "NEG_MAGIC": int4_wgmma.NEG_MAGIC_PAIR[torch.bfloat16 if dt == "bf16" else torch.float16],
                   "BLOCK_N": cfg.block_n, "WORDS": int4_wgmma.words_layout(cfg.block_n)}
