@@ -9,6 +9,15 @@ activations, it times
 
 * ``awq_ao``: ``F.linear(x, w)`` on an ``AWQInt4Tensor`` (the whole op: dispatch,
   GEMV / GEMM, split-K reduce);
+* ``from L2``: the same call on one weight copy every time, so the weight stays in
+  the L2 cache where it fits ("n/a" where it does not): what the kernel costs
+  without HBM. Near ``awq_ao``, the kernel is bound by its own execution; far
+  below it, by memory;
+* ``int4 read``: a kernel that only reads the same int4 words (``bench_layout.py``'s
+  read kernel, row-major 128-column tiles, the faster of splits 8 and 16), over
+  rotated copies: the floor for any kernel that reads these bytes (scales and
+  zeros, 5% more bytes at group 128, not included); once per shape, where N and K
+  are multiples of 128;
 * ``bf16``: ``F.linear`` on the dense bf16 weight (cuBLAS);
 * ``tinygemm``: ``aten._weight_int4pack_mm`` (where K is a multiple of the group).
 
@@ -34,6 +43,7 @@ import argparse
 import datetime
 import os
 import sys
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +51,8 @@ import torch.nn.functional as F
 import awq_ao  # noqa: F401
 from awq_ao import AWQInt4Tensor
 from awq_ao.kernels.timing import copies_for, graph_time_ms
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench_layout's read kernel
 
 GROUP = 128
 SHAPES = [  # (label, N, K); the issue's goal shapes first, so a run cut short has those
@@ -80,10 +92,11 @@ def tinygemm_weight(qw: AWQInt4Tensor):
     return w_packed, scales_and_zeros
 
 
-def bench_shape(n: int, k: int, m: int, l2_bytes: int) -> dict:
-    """Times (ms) of awq_ao, bf16 and tinygemm for one shape; bytes each must move."""
+def bench_shape(n: int, k: int, m: int, l2_bytes: int, device: str = "cuda", timer=graph_time_ms) -> dict:
+    """Times (ms, by ``timer`` over a list of calls) of awq_ao from HBM and from L2, bf16 and tinygemm for one
+    shape; bytes each must move."""
     dtype = torch.bfloat16
-    w = torch.randn(n, k, dtype=dtype, device="cuda") * 0.02
+    w = torch.randn(n, k, dtype=dtype, device=device) * 0.02
     qw = AWQInt4Tensor.from_float(w, 4, GROUP)
     k_pad = qw.qdata.shape[1] * 2
     act_bytes = 2 * (m * k + m * n)
@@ -92,23 +105,25 @@ def bench_shape(n: int, k: int, m: int, l2_bytes: int) -> dict:
     out = {"bytes_int4": bytes_int4, "bytes_bf16": bytes_bf16}
 
     reps = copies_for(bytes_int4, l2_bytes)
-    xs = [torch.randn(m, k, dtype=dtype, device="cuda") for _ in range(reps)]
+    xs = [torch.randn(m, k, dtype=dtype, device=device) for _ in range(reps)]
     qws = [AWQInt4Tensor.from_parts(qw.qdata.clone(), qw.scale.clone(), qw.zero_point.clone(), 4, GROUP, k)
            for _ in range(reps)]
-    out["awq_ao"] = graph_time_ms([lambda x=x, q=q: F.linear(x, q) for x, q in zip(xs, qws)])
+    out["awq_ao"] = timer([lambda x=x, q=q: F.linear(x, q) for x, q in zip(xs, qws)])
+    if bytes_int4 < l2_bytes:  # one weight every call: it stays in L2
+        out["awq_ao_l2"] = timer([lambda x=x, q=qws[0]: F.linear(x, q) for x in xs])
     del qws
 
     reps_dense = copies_for(bytes_bf16, l2_bytes)
     ws = [w.clone() for _ in range(reps_dense)]
     xs_dense = [xs[i % len(xs)] for i in range(reps_dense)]
-    out["bf16"] = graph_time_ms([lambda x=x, w=w: F.linear(x, w) for x, w in zip(xs_dense, ws)])
+    out["bf16"] = timer([lambda x=x, w=w: F.linear(x, w) for x, w in zip(xs_dense, ws)])
     del ws
 
     if k % GROUP == 0 and hasattr(torch.ops.aten, "_weight_int4pack_mm"):
         try:
             packed, sz = tinygemm_weight(qw)
             tiny = [(packed.clone(), sz.clone()) for _ in range(reps)]
-            out["tinygemm"] = graph_time_ms(
+            out["tinygemm"] = timer(
                 [lambda x=x, p=p, s=s: torch.ops.aten._weight_int4pack_mm(x, p, GROUP, s)
                  for x, (p, s) in zip(xs, tiny)]
             )
@@ -138,11 +153,46 @@ def path_label(m: int, n: int, k: int, device: torch.device = torch.device("cuda
     return label + (" natural" if cfg.natural_order else "")
 
 
+READ_SPLITS = (8, 16)  # the read kernel's splits (bench_layout.py: the fastest at 8192 x 8192 and 14336 x 4096)
+
+
+def int4_read_ms(n: int, k: int, l2_bytes: int, device: str = "cuda", timer=graph_time_ms) -> Optional[float]:
+    """ms of ``bench_layout.py``'s read kernel over N x K int4 words (row-major, 128-column tiles, the faster
+    of READ_SPLITS) on rotated copies; None where N or K is not a multiple of 128."""
+    import bench_layout
+
+    if n % bench_layout.BLOCK_N or k % 128:
+        return None
+    words = torch.randint(-2**31, 2**31 - 1, (n, k // 8), dtype=torch.int32, device=device)
+    copies = [words.clone() for _ in range(copies_for(words.numel() * 4, l2_bytes))]
+    times = []
+    for split in READ_SPLITS:
+        outs = [bench_layout.read_sum(c, "row-major", 128, split) for c in copies]
+        times.append(timer([lambda c=c, o=o, split=split: bench_layout.read_sum(c, "row-major", 128, split, o)
+                            for c, o in zip(copies, outs)]))
+    return min(times)
+
+
 TABLE_HEAD = [
-    "| shape | N x K | M | awq_ao us | bf16 us | tinygemm us | vs bf16 | vs tinygemm | awq_ao GB/s | bf16 GB/s "
-    "| awq_ao / copy BW | awq_ao path |",
-    "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    "| shape | N x K | M | awq_ao us | from L2 us | int4 read us | bf16 us | tinygemm us | vs bf16 | vs tinygemm "
+    "| awq_ao GB/s | bf16 GB/s | awq_ao / copy BW | awq_ao path |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
 ]
+
+
+def _us(ms: Optional[float]) -> str:
+    return "n/a" if ms is None else f"{ms * 1e3:.1f}"
+
+
+def format_row(label: str, n: int, k: int, m: int, r: dict, read_ms: Optional[float], copy_gbs: float,
+               path: str) -> str:
+    """One markdown row of TABLE_HEAD from ``bench_shape``'s results ``r`` (ms) and the shape's read time."""
+    ours, dense, tiny = r["awq_ao"], r["bf16"], r.get("tinygemm")
+    gbs = r["bytes_int4"] / (ours * 1e-3) / 1e9
+    gbs_dense = r["bytes_bf16"] / (dense * 1e-3) / 1e9
+    return (f"| {label} | {n} x {k} | {m} | {_us(ours)} | {_us(r.get('awq_ao_l2'))} | {_us(read_ms)} | "
+            f"{_us(dense)} | {_us(tiny)} | {dense / ours:.2f}x | {'n/a' if tiny is None else f'{tiny / ours:.2f}x'} | "
+            f"{gbs:.0f} | {gbs_dense:.0f} | {gbs / copy_gbs:.0%} | {path} |")
 
 
 def run_table(shapes, m_values, copy_gbs: float, sink=None) -> list[str]:
@@ -150,18 +200,10 @@ def run_table(shapes, m_values, copy_gbs: float, sink=None) -> list[str]:
     l2_bytes = torch.cuda.get_device_properties(0).L2_cache_size
     rows = []
     for label, n, k in shapes:
+        read_ms = int4_read_ms(n, k, l2_bytes)
         for m in m_values:
-            r = bench_shape(n, k, m, l2_bytes)
-            ours, dense = r["awq_ao"], r["bf16"]
-            tiny = r.get("tinygemm")
-            gbs = r["bytes_int4"] / (ours * 1e-3) / 1e9
-            gbs_dense = r["bytes_bf16"] / (dense * 1e-3) / 1e9
-            rows.append(
-                f"| {label} | {n} x {k} | {m} | {ours * 1e3:.1f} | {dense * 1e3:.1f} | "
-                f"{'n/a' if tiny is None else f'{tiny * 1e3:.1f}'} | {dense / ours:.2f}x | "
-                f"{'n/a' if tiny is None else f'{tiny / ours:.2f}x'} | {gbs:.0f} | {gbs_dense:.0f} | "
-                f"{gbs / copy_gbs:.0%} | {path_label(m, n, k)} |"
-            )
+            rows.append(format_row(label, n, k, m, bench_shape(n, k, m, l2_bytes), read_ms, copy_gbs,
+                                   path_label(m, n, k)))
             print(rows[-1], flush=True)
             if sink is not None:
                 sink(rows[-1])

@@ -12,15 +12,16 @@
 # 2. bench_layout.py: read rates by layout, the split-K reduce launch and the GEMM's activation launch alone;
 # 3. model_check.py: the user's flow, whole models compiled (transformers' generate() with a static cache and
 #    CUDA graphs; the gpt-fast model's compiled decode), tokens against eager ($OUT/model_check.log);
-# 4. Nsight Compute's stall reasons for the Gluon kernel with mma.sync and late_dequant (M = 16, two weight
-#    buffers, split 8), and (NCU_GEMV_S, off by default: run 7 profiled it) the GEMV that step 1 picked at M = 1.
+# 4. Nsight Compute's stall reasons, in one profile each: the kernel step 1's tuning picked at M = 1 (the GEMV's
+#    stall reasons were never taken: run 7 profiled its occupancy only) and the Gluon kernel with mma.sync and
+#    late_dequant at M = 16 (two weight buffers, split 8).
 #
 # Each step has its own time limit (seconds; override by environment), so a slow step cannot starve the
-# rest: WGMMA_S (default 150: the check, 252 cases against run 9's 216 in under 150 s), WGMMA_TIME_S (60: its
+# rest: WGMMA_S (default 150: the check, 252 cases against run 9's 216 in under 150 s), WGMMA_TIME_S (50: its
 # timing, 15 configs per row: 5 wgmma, 1 overlapped, 3 mma.sync, 5 late_dequant, 1 of those masked; the first
 # rows only, since step 1's tuning times every candidate too and logs each), CHECK_S (300: 98 and 75
 # candidates per goal shape at M = 1 and 16, 33 of them Gluon kernels that compile apart), LAYOUT_S (0: off,
-# its results are in), MODEL_S (60), NCU_S (20, ~12 s, last), NCU_GEMV_S (0): 9 minutes 50 s of limits in
+# its results are in), MODEL_S (60), NCU_S (30: ~12 s per ncu call, two kernels, last): 9 minutes 50 s of limits in
 # all, plus the install, inside one run's 10 (a run cut short there loses the profile only). A limit of 0
 # skips its step. CHECK_M (default "1 16", the goal's M values; the shipped table keeps its M = 2 picks) sets
 # step 1's M values. The device machines have torch and Triton but no torchao and no network: the torchao
@@ -47,8 +48,8 @@ if [ "$status" != 0 ] && { [ ! -f "$OUT/gluon_failed_variants.txt" ] || echo "$f
 else
   export AWQ_AO_GLUON_OFF="${failed// /,}"
 fi
-if [ "${AWQ_AO_DISABLE_WGMMA:-0}" != 1 ] && [ "${WGMMA_TIME_S:-60}" != 0 ]; then
-  timeout "${WGMMA_TIME_S:-60}" python3 benchmarks/wgmma_check.py --no-check --short --out "$OUT" 2>&1 \
+if [ "${AWQ_AO_DISABLE_WGMMA:-0}" != 1 ] && [ "${WGMMA_TIME_S:-50}" != 0 ]; then
+  timeout "${WGMMA_TIME_S:-50}" python3 benchmarks/wgmma_check.py --no-check --short --out "$OUT" 2>&1 \
     | tee -a "$OUT/wgmma_check.log"
 fi
 
@@ -72,16 +73,10 @@ cp "$OUT"/tuned_*.json kernels/tuned/ 2>/dev/null  # the picks just tuned, for t
 NCU=/usr/local/cuda/bin/ncu
 SECTIONS=(--section WarpStateStats --section Occupancy --section SchedulerStats --section LaunchStats
           --metrics "regex:smsp__pcsamp_warps_issue_stalled_.*")
-if [ "${NCU_S:-20}" != 0 ]; then
-  timeout "${NCU_S:-20}" "$NCU" -k regex:int4_wgmma --launch-count 1 "${SECTIONS[@]}" python3 benchmarks/ncu_probe.py \
-    --m1 '{"kind": "gemv", "block_n": 64, "block_k": 256, "num_warps": 2, "split_k": 8}' \
-    --m16 '{"kind": "wgmma", "block_n": 64, "block_k": 128, "block_m": 16, "split_k": 8, "prefetch": 2,
-            "mma_sync": true, "late_dequant": true}' > "$OUT/ncu_int4_mma_late.txt" 2>&1
-  echo "ncu int4_wgmma (mma.sync, late_dequant) exit: $?"
-fi
-if [ "${NCU_GEMV_S:-0}" != 0 ]; then
-  timeout "${NCU_GEMV_S}" "$NCU" -k regex:int4_gemv --launch-count 1 "${SECTIONS[@]}" \
-    python3 benchmarks/ncu_probe.py > "$OUT/ncu_int4_gemv.txt" 2>&1
-  echo "ncu int4_gemv exit: $?"
+if [ "${NCU_S:-30}" != 0 ]; then  # M = 1: select_config's pick (the table just tuned); M = 16: the late kernel
+  timeout "${NCU_S:-30}" "$NCU" -k 'regex:_int4_(gemv|gemm|wgmma)_kernel' --launch-count 2 "${SECTIONS[@]}" \
+    python3 benchmarks/ncu_probe.py --once --m16 '{"kind": "wgmma", "block_n": 64, "block_k": 128, "block_m": 16,
+    "split_k": 8, "prefetch": 2, "mma_sync": true, "late_dequant": true}' > "$OUT/ncu_m1_pick_m16_late.txt" 2>&1
+  echo "ncu (the M = 1 pick; mma.sync late_dequant at M = 16) exit: $?"
 fi
 ls -l "$OUT"

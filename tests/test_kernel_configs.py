@@ -186,6 +186,34 @@ def test_bench_table_names_the_path_taken(monkeypatch):
     assert bench.path_label(16, 4096, 4096, CPU) == "gemm 64x128 m16 swap s4 fused pf natural"
 
 
+def test_bench_table_times_each_column_on_its_own_calls():
+    """benchmarks/bench_kernels.py: every column's calls run (this timer runs each list once and answers 1, 2,
+    3 ... us in turn), the L2 column only where the weight fits in L2, the read floor once per shape where N and
+    K are multiples of 128 (the faster of its splits), and each number lands in its column."""
+    bench = _benchmark_module("bench_kernels")
+    lists = []
+
+    def timer(calls):
+        for call in calls:
+            call()
+        lists.append(len(calls))
+        return 1e-3 * len(lists)
+
+    r = bench.bench_shape(256, 1024, 1, l2_bytes=1 << 20, device="cpu", timer=timer)
+    assert (r["awq_ao"], r["awq_ao_l2"], r["bf16"]) == (1e-3, 2e-3, 3e-3)
+    assert lists[0] == lists[1] >= 2  # the same activations, rotated weight copies against one copy
+    read = bench.int4_read_ms(256, 1024, 1 << 16, device="cpu", timer=timer)
+    assert read == 1e-3 * (len(lists) - len(bench.READ_SPLITS) + 1)  # the faster (here: the first) split
+    assert bench.int4_read_ms(576, 576, 1 << 16, device="cpu", timer=timer) is None
+    row = bench.format_row("t", 256, 1024, 1, r, read, 1000.0, "gemv 64x256")
+    assert row.startswith(f"| t | 256 x 1024 | 1 | 1.0 | 2.0 | {read * 1e3:.1f} | 3.0 | ")
+    assert "| 3.00x |" in row and row.endswith("| gemv 64x256 |")
+    lists.clear()
+    big = bench.bench_shape(256, 1024, 1, l2_bytes=1 << 10, device="cpu", timer=timer)  # the weight outgrows L2
+    assert "awq_ao_l2" not in big
+    assert bench.format_row("t", 256, 1024, 1, big, None, 1000.0, "p").startswith("| t | 256 x 1024 | 1 | 1.0 | n/a | n/a |")
+
+
 def test_compile_report_measures_load_to_use_around_the_loop():
     """benchmarks/compile_report.py's gap column: same-iteration use vs use after the back edge."""
     report = _benchmark_module("compile_report")
