@@ -8,6 +8,7 @@
     python benchmarks/compile_report.py --m 16 --all-ops      # every opcode of each main loop
     python benchmarks/compile_report.py --m 16 --loop         # and each main loop's instructions, in order
     python benchmarks/compile_report.py --m 1 16 --hazards    # wgmma rows: writes to in-flight A registers (0)
+    python benchmarks/compile_report.py --m 1 --loads         # each global load's distance to its first use
     python benchmarks/compile_report.py --m 8 16 64 --overlap --hazards   # the experimental two-tile overlap
     AWQ_AO_GLUON_MASKED=1 python benchmarks/compile_report.py --m 1 16    # Gluon loads masked where EVEN drops them
 
@@ -155,14 +156,10 @@ def loop_mix(body: list[str]) -> tuple[int, collections.Counter]:
     return len(body), collections.Counter(_opcode(ins).split(".")[0] for ins in body)
 
 
-def shortest_load_use(body: list[str]) -> int:
-    """Fewest instructions between a global load (LDG) in the loop and the first instruction reading its
-    register, counting around the loop's back edge; -1 when the loop has no LDG.
-
-    A short gap means the loop waits for memory within the iteration that issued the load; a load
-    prefetched for the next tile shows a gap near the loop's length.
-    """
-    best = -1
+def load_use_gaps(body: list[str]) -> list[tuple[str, str, int]]:
+    """(opcode, destination register, instructions until the first one reading it) for each global load (LDG)
+    of a loop body, counting around the loop's back edge."""
+    gaps = []
     for i, ins in enumerate(body):
         if not _opcode(ins).startswith("LDG."):
             continue
@@ -172,9 +169,19 @@ def shortest_load_use(body: list[str]) -> int:
             operands = _unpredicated(body[(i + gap) % len(body)]).split(None, 1)[1:]
             sources = operands[0].split(",", 1)[1:] if operands else []
             if sources and reads.search(sources[0]):
-                best = gap if best < 0 else min(best, gap)
+                gaps.append((_opcode(ins), dest, gap))
                 break
-    return best
+    return gaps
+
+
+def shortest_load_use(body: list[str]) -> int:
+    """Fewest instructions between a global load (LDG) in the loop and the first instruction reading its
+    register, counting around the loop's back edge; -1 when the loop has no LDG.
+
+    A short gap means the loop waits for memory within the iteration that issued the load; a load
+    prefetched for the next tile shows a gap near the loop's length.
+    """
+    return min((gap for _, _, gap in load_use_gaps(body)), default=-1)
 
 
 def _dest_registers(ins: str) -> set[int]:
@@ -232,10 +239,11 @@ def cuobjdump(kernel) -> tuple[str, str]:
 
 
 def report(cfg: KernelConfig, dt: str, group: int, arch: int, top: int = 6, loop: bool = False,
-           hazards: bool = False) -> str:
+           hazards: bool = False, loads: bool = False) -> str:
     """One table row for ``cfg``: resources, main-loop instructions per weight, the ``top`` commonest opcodes
     (all with None); with ``loop``, the loop's instructions follow the row, one per line; with ``hazards``, a
-    wgmma row is followed by the count of ``wgmma_register_hazards`` in its loop."""
+    wgmma row is followed by the count of ``wgmma_register_hazards`` in its loop; with ``loads``, each global
+    load's distance to its first use (``load_use_gaps``), one line per load."""
     kernel = compile_config(cfg, dt, group, arch)
     usage, sass = cuobjdump(kernel)
     regs = re.search(r"REG:(\d+)", usage).group(1)
@@ -258,7 +266,9 @@ def report(cfg: KernelConfig, dt: str, group: int, arch: int, top: int = 6, loop
             f"{regs} | {stack} | {kernel.metadata.shared} | {count / weights_per_thread:.2f} | "
             f"{shortest_load_use(body)} | {top} |" + ("".join(f"\n    {ins}" for ins in body) if loop else "")
             + (f"\n    A-register hazards: {len(wgmma_register_hazards(body))}" if hazards and cfg.kind == "wgmma"
-               else ""))
+               else "")
+            + "".join(f"\n    {op} {dest}: first read {gap} instructions later" for op, dest, gap in
+                      (load_use_gaps(body) if loads else [])))
 
 
 def main(argv=None) -> int:
@@ -271,6 +281,8 @@ def main(argv=None) -> int:
     parser.add_argument("--loop", action="store_true", help="each main loop's instructions after its row")
     parser.add_argument("--hazards", action="store_true",
                         help="after each wgmma row, its loop's writes to in-flight A registers (0 is correct)")
+    parser.add_argument("--loads", action="store_true",
+                        help="after each row, every global load's distance (instructions) to its first use")
     parser.add_argument("--overlap", action="store_true",
                         help="wgmma rows with the experimental two-tile overlap (int4_wgmma.OVERLAP_PAIRS)")
     args = parser.parse_args(argv)
@@ -301,7 +313,7 @@ def main(argv=None) -> int:
     for cfg in seen:
         try:
             print(report(cfg, TYPES[args.dtype], args.group, args.arch, top=None if args.all_ops else 6,
-                         loop=args.loop, hazards=args.hazards), flush=True)
+                         loop=args.loop, hazards=args.hazards, loads=args.loads), flush=True)
         except Exception as exc:
             print(f"| {cfg} | compile error: {type(exc).__name__}: {str(exc).splitlines()[0][:80]} |")
     return 0

@@ -223,6 +223,9 @@ def test_compile_report_measures_load_to_use_around_the_loop():
     assert report.shortest_load_use([load, other, other, use, other]) == 3  # waits in its own iteration
     assert report.shortest_load_use([use, other, other, load, other]) == 2  # used after the back edge
     assert report.shortest_load_use([other, use]) == -1  # no global load
+    load7, use7 = "LDG.E.128 R7, desc[UR4][R2.64+0x10] ;", "FADD R8, R7, R1 ;"
+    assert report.load_use_gaps([use7, load, other, use, load7]) == [  # each load's own gap, R7's after the edge
+        ("LDG.E.U8", "R5", 2), ("LDG.E.128", "R7", 1)]
 
 
 def _compiled_in_child(body: str, lines: int) -> list[str]:
