@@ -84,8 +84,8 @@ def compile_wgmma(cfg: KernelConfig, dt: str, group: int, arch: int, k: int = 40
                   "OVERLAP": ((int4_wgmma.OVERLAP_PAIRS if overlap is None else overlap) and cfg.prefetch == 2
                               and not cfg.mma_sync),
                   "MMA_SYNC": cfg.mma_sync, "LATE": cfg.late_dequant,
-                  "EVEN": (tiles == per_split * -(-tiles // per_split) and not int4_wgmma.FORCE_MASKED
-                           if even is None else even),
+                  "EVEN": (int4_wgmma.even_loads(cfg.block_n, cfg.block_n, tiles * 16, per_split) if even is None
+                           else even),
                   "MAGIC": int4_wgmma.MAGIC_VALUE[torch.bfloat16 if dt == "bf16" else torch.float16],
                   "NEG_MAGIC": int4_wgmma.NEG_MAGIC_PAIR[torch.bfloat16 if dt == "bf16" else torch.float16],
                   "BLOCK_N": cfg.block_n, "WORDS": int4_wgmma.words_layout(cfg.block_n)}

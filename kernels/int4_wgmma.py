@@ -527,6 +527,13 @@ if HAVE_GLUON:
             gl.store(ptrs, acc.to(DTYPE), mask=live)
 
 
+def even_loads(n: int, block_n: int, k_words: int, tiles_per_split: int) -> bool:
+    """The kernel's EVEN: every weight row and every K tile of every program exists (N a multiple of the tile,
+    K_pad of 128, the split's tile count dividing K's), so its loads take no masks; not with FORCE_MASKED."""
+    tiles = triton.cdiv(k_words * 8, BLOCK_K)
+    return n % block_n == 0 and k_words % 16 == 0 and tiles % tiles_per_split == 0 and not FORCE_MASKED
+
+
 def wgmma_linear(x, words, scale, zero_point, pre, has_pre, y, group_size, in_features, config,
                  counters=None) -> torch.Tensor:
     """Launch the kernel of ``config`` (kind ``"wgmma"``, fitted) for x [M, K] bf16 / fp16 on sm_90; y [M, N].
@@ -557,7 +564,7 @@ def wgmma_linear(x, words, scale, zero_point, pre, has_pre, y, group_size, in_fe
         TWO_BUFFERS=config.prefetch == 2, OVERLAP=OVERLAP_PAIRS and config.prefetch == 2 and not config.mma_sync,
         RING=config.num_stages if config.num_stages >= 3 else 0, MMA_SYNC=config.mma_sync,
         LATE=config.late_dequant, MAGIC=MAGIC_VALUE[x.dtype],
-        EVEN=n % config.block_n == 0 and k_words % 16 == 0 and tiles == split * tiles_per_split and not FORCE_MASKED,
+        EVEN=even_loads(n, config.block_n, k_words, tiles_per_split),
         BLOCK_N=config.block_n, WORDS=words_layout(config.block_n), num_warps=config.block_n // 16,
     )
     if split > 1 and not fused:

@@ -11,6 +11,17 @@ from awq_ao import AWQInt4Tensor
 HAS_CUDA = torch.cuda.is_available()
 
 
+def benchmark_module(name: str):
+    """Import benchmarks/<name>.py (the benchmarks are scripts, not a package)."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def shared_dir() -> str:
     """The read-only assets folder: $AWQ_AO_SHARED, else ../shared beside the repo."""
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -4,7 +4,7 @@ import warnings
 
 import pytest
 import torch
-from helpers import tiny, word_tokenizer
+from helpers import benchmark_module, tiny, word_tokenizer
 
 import awq_ao
 from awq_ao import generate as gen
@@ -180,13 +180,7 @@ def test_chat_prompt_uses_the_template_and_needs_one():
 def test_model_check_script_dry_run_and_its_teeth(monkeypatch, capsys):
     """benchmarks/model_check.py (the user's flow, compiled, on a GPU) stays runnable: its CPU dry run passes, and
     a compiled decode that returns wrong tokens fails it."""
-    import importlib.util
-    import os
-
-    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks", "model_check.py")
-    spec = importlib.util.spec_from_file_location("model_check", path)
-    check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(check)
+    check = benchmark_module("model_check")
     assert check.main(["--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert out.count("ok  ") == 3 and "0 failed" in out

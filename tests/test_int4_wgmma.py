@@ -18,6 +18,8 @@ import dataclasses
 import pytest
 import torch
 
+from helpers import benchmark_module
+
 from awq_ao import quant
 from awq_ao.kernels import KernelConfig, int4_linear, int4_wgmma
 
@@ -162,13 +164,7 @@ def test_availability_follows_the_gpu_and_the_switch(monkeypatch):
 
 def test_wgmma_check_script_refuses_without_a_gpu(tmp_path, capsys):
     """benchmarks/wgmma_check.py (the kernel's first GPU run) stays importable and says what it needs."""
-    import importlib.util
-    import os
-
-    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks", "wgmma_check.py")
-    spec = importlib.util.spec_from_file_location("wgmma_check", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = benchmark_module("wgmma_check")
     assert module.main(["--out", str(tmp_path)]) == 2
     assert "sm_90" in capsys.readouterr().out
     assert module.main(["--dry-run", "--out", str(tmp_path)]) == 0  # its correctness half, on the CPU fallback
@@ -270,11 +266,5 @@ def test_variants_that_failed_their_check_stay_out_of_the_tuning(monkeypatch):
     assert not any(c.late_dequant for c in kept) and any(c.mma_sync for c in kept) and len(kept) < len(everything)
     monkeypatch.setenv("AWQ_AO_GLUON_OFF", "mma,late")
     assert all(not c.mma_sync for c in gluon()) and gluon()
-    import importlib.util
-    import os
-
-    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks", "wgmma_check.py")
-    spec = importlib.util.spec_from_file_location("wgmma_check", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = benchmark_module("wgmma_check")
     assert {v for _, v in module.timed_variants(module.TIMED_SHORT)} == {"wgmma", "overlap"}

@@ -6,6 +6,8 @@ import json
 import pytest
 import torch
 
+from helpers import benchmark_module
+
 from awq_ao.kernels import KernelConfig, configs
 
 CPU = torch.device("cpu")
@@ -172,7 +174,7 @@ def test_tune_kernels_refuses_clearly_without_a_gpu_or_int4_weights():
 
 def test_bench_table_names_the_path_taken(monkeypatch):
     """benchmarks/bench_kernels.py labels each row with the kernel and tile select_config picked."""
-    bench = _benchmark_module("bench_kernels")
+    bench = benchmark_module("bench_kernels")
     assert bench.path_label(1, 4096, 4096, CPU).startswith("gemv 64x256")
     assert bench.path_label(2, 4096, 4096, CPU).startswith("gemv 64x256 r2")
     assert bench.path_label(16, 4096, 4096, CPU).startswith("gemm 64x128 m16 swap")
@@ -190,7 +192,7 @@ def test_bench_table_times_each_column_on_its_own_calls():
     """benchmarks/bench_kernels.py: every column's calls run (this timer runs each list once and answers 1, 2,
     3 ... us in turn), the L2 column only where the weight fits in L2, the read floor once per shape where N and
     K are multiples of 128 (the faster of its splits), and each number lands in its column."""
-    bench = _benchmark_module("bench_kernels")
+    bench = benchmark_module("bench_kernels")
     lists = []
 
     def timer(calls):
@@ -216,7 +218,7 @@ def test_bench_table_times_each_column_on_its_own_calls():
 
 def test_compile_report_measures_load_to_use_around_the_loop():
     """benchmarks/compile_report.py's gap column: same-iteration use vs use after the back edge."""
-    report = _benchmark_module("compile_report")
+    report = benchmark_module("compile_report")
     load = "LDG.E.U8 R5, desc[UR4][R2.64] ;"
     use = "LOP3.LUT R6, R5, 0xff, RZ, 0xc0, !PT ;"
     other = "IADD3 R1, R1, 0x1, RZ ;"
@@ -425,7 +427,7 @@ def test_wgmma_register_hazard_check_flags_a_rewritten_operand():
     group in flight does not clear it. Triton 3.6's SASS of the kernel with one group left in flight (commit
     0ebf190) had 100-193 such writes per loop (a scratch count), and the H200 check's wrong products
     (benchmarks/results/wgmma_check_nvidia_h200_race.log)."""
-    r = _benchmark_module("compile_report")
+    r = benchmark_module("compile_report")
     issue = ["WARPGROUP.ARRIVE ;", "HGMMA.64x16x16.F32.BF16 R24, R32, gdesc[UR12], R24, gsb0 ;"]
     write = "LOP3.LUT R34, R8, 0xf000f, R2, 0xea, !PT ;"
     assert r.wgmma_register_hazards(issue + ["WARPGROUP.DEPBAR.LE gsb0, 0x1 ;", write]) == [write]
@@ -460,7 +462,7 @@ def test_wgmma_fused_split_sum_follows_the_counter_protocol():
 def test_bench_layout_reads_every_word_once_in_each_layout():
     """benchmarks/bench_layout.py (the next layout experiment): the tiled copy holds each tile as one
     contiguous block, and its read kernel sums every word exactly once in every layout (interpreter)."""
-    bench = _benchmark_module("bench_layout")
+    bench = benchmark_module("bench_layout")
     words = torch.randint(-2**31, 2**31 - 1, (256, 64), dtype=torch.int32)
     tiled = bench.to_tiled(words)
     assert tiled.shape == (2, 4, 128, 16) and tiled.is_contiguous()
@@ -481,18 +483,6 @@ def test_bench_layout_reads_every_word_once_in_each_layout():
         tiled_n = bench.to_tiled(words, cfg.block_n)
         assert torch.equal(bench.linear(x, tiled_n, scale, zero, 128, cfg, tiled=True), expected_y), cfg.kind
         assert torch.equal(bench.linear(x, words, scale, zero, 128, cfg, tiled=False), expected_y), cfg.kind
-
-
-def _benchmark_module(name: str):
-    """Import benchmarks/<name>.py (the benchmarks are scripts, not a package)."""
-    import importlib.util
-    import os
-
-    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks", f"{name}.py")
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_fused_reduce_candidates_and_their_switch(monkeypatch):
@@ -586,7 +576,7 @@ def test_candidates_script_counts_and_ranks_families():
     """benchmarks/candidates.py: the candidate count per M bucket (no GPU, the SM count given; the module's own
     SM lookup is left as it was) and each family's range against the fastest candidate of each goal shape in a
     tuning log, over its splits."""
-    script = _benchmark_module("candidates")
+    script = benchmark_module("candidates")
     lookup = configs.sm_count
     counts = script.count(8192, 8192, 128, 132, (1, 16, 128))
     assert configs.sm_count is lookup

@@ -11,7 +11,7 @@ import random
 
 import pytest
 import torch
-from helpers import HAS_CUDA, rel_err
+from helpers import HAS_CUDA, benchmark_module, rel_err
 
 from awq_ao import AWQInt4Tensor, quant
 from awq_ao.kernels import KernelConfig, int4_linear
@@ -290,13 +290,9 @@ def test_cuda_linear_compiled(dtype, mode):
 @pytest.mark.skipif(HAS_CUDA, reason="the CUDA run is the real check; this is its dry run")
 def test_gpu_check_script_dry_run(monkeypatch):
     """benchmarks/gpu_check.py stays runnable: its correctness half, interpreted on CPU."""
-    import importlib.util
     import sys
 
-    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks", "gpu_check.py")
-    spec = importlib.util.spec_from_file_location("gpu_check", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = benchmark_module("gpu_check")
     monkeypatch.setattr(sys, "argv", ["gpu_check.py", "--device", "cpu", "--quick"])
     assert module.main() == 0
 
