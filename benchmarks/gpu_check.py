@@ -194,20 +194,34 @@ def _kept_counters_not_cloned(lin, dtype, forced) -> tuple[str, float, bool]:
             not cloned)
 
 
-def _dynamic_graph_calls_the_opaque_op(lin, dtype) -> tuple[str, float, bool]:
-    """Inductor's code for the graph traced for every M (compiled at M = 3, then at 5, the second size) calls
-    ``awq_ao::int4_linear_opaque``, which picks the kernels by each call's M; a 200-row call through it is right."""
-    from torch._inductor.utils import run_and_get_code
+def compiled_code_per_graph(fn, inputs) -> list[str]:
+    """Inductor's output code of each graph ``fn`` compiles while called on ``inputs`` in turn, in order.
 
+    Not ``torch._inductor.utils.run_and_get_code``: it resets Dynamo before its one call, so a graph traced for
+    every M (the second size's recompile) never forms there; the M = 5 graph it showed was a static one."""
+    from unittest import mock
+
+    from torch._inductor.graph import GraphLowering
+
+    codes: list[str] = []
+    with mock.patch.object(GraphLowering, "save_output_code", codes.append), torch.no_grad():
+        for x in inputs:
+            fn(x)
+    return codes
+
+
+def _dynamic_graph_calls_the_opaque_op(lin, dtype) -> tuple[str, float, bool]:
+    """Inductor's code for the graph traced for every M (compiled at M = 3, then at 5, the second size, which
+    Dynamo recompiles with a symbolic M) calls ``awq_ao::int4_linear_opaque``, which picks the kernels by each
+    call's M; a 200-row call through it is right."""
     device = lin.weight.device
     torch._dynamo.reset()
     fn = torch.compile(lin, fullgraph=True)
+    codes = compiled_code_per_graph(fn, [torch.randn(m, 1024, dtype=dtype, device=device) for m in (3, 5)])
     with torch.no_grad():
-        fn(torch.randn(3, 1024, dtype=dtype, device=device))
-        _, code = run_and_get_code(fn, torch.randn(5, 1024, dtype=dtype, device=device))
         x = torch.randn(200, 1024, dtype=dtype, device=device)
         err = rel_err(fn(x), F.linear(x.double(), lin.weight.dequantize(torch.float64), lin.bias.double()))
-    opaque = "int4_linear_opaque" in "\n".join(code)
+    opaque = len(codes) == 2 and "int4_linear_opaque" in codes[-1]
     return (f"{_module_label(dtype, 'compile')}: the graph for every M calls the opaque op ({opaque}), M=200", err,
             opaque and err < TOL[dtype])
 

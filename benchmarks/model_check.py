@@ -8,11 +8,17 @@ gpu_check.py compiles one Linear; this compiles whole models, the way the README
 1. transformers: ``calibrate_and_quantize`` (AWQ on random token ids, fp32, then int4 group 64 in bf16) of a
    2-block Llama, greedy
    ``generate()`` eager, then with a static cache and the decode step compiled (fullgraph; CUDA graphs on
-   CUDA). The prompt's logits match the dequantized model's, and the compiled new tokens agree with the eager
-   ones: at least half of them (a random model has near-ties, which Inductor's bf16 rounding order may
-   flip, and a flip changes what follows; a broken kernel agrees on almost none of 512 ids);
+   CUDA). The prompt's logits match the dequantized model's, and the compiled new tokens follow the eager
+   ones (below);
 2. awq_ao's gpt-fast model from the same weights: ``prepare_for_decode``, ``compile_decode``, generate;
-   a second generate with recompiles forbidden; tokens against the eager decode.
+   a second generate with recompiles forbidden; tokens against the eager decode (below).
+
+Compiled against eager: a random model's logits are nearly flat, so a different bf16 rounding order (Inductor's
+fusions, another kernel) can flip a near-tie, and every token after a flip differs (the H200 run of 2026-11-28
+agreed on 38% and 25% of new tokens). Up to and including the first new token where the two differ, both ran on
+the same tokens: there the compiled pick must be a near-tie under the eager model's logits for that sequence
+(teacher-forced, one forward pass), within ``TIE_TOL`` of the logits' root mean square of its best. A broken
+kernel picks tokens about two root mean squares below the best (``divergence_margin``).
 
 One ok / FAIL line per check; exits non-zero on any failure (or exception).
 """
@@ -34,6 +40,10 @@ from awq_ao.models import from_hf_model
 from awq_ao.models.decode_prep import prepare_for_decode
 
 PROMPT, NEW_TOKENS = 12, 16
+# Largest logit gap (in root mean squares of that position's logits) between the eager pick and the compiled pick
+# at their first difference: bf16 logits of two kernel paths differ by ~0.4% of their norm (the prompt-logits
+# line), ~1.5% at the largest of 512 entries, ~3% between two of them.
+TIE_TOL = 0.05
 
 
 def tiny_llama(device: torch.device) -> torch.nn.Module:
@@ -73,6 +83,28 @@ def new_token_agreement(out: torch.Tensor, ref: torch.Tensor) -> float:
     return (out[:, PROMPT:] == ref[:, PROMPT:]).float().mean().item()
 
 
+def divergence_margin(out: torch.Tensor, ref: torch.Tensor, ref_logits: torch.Tensor) -> tuple[int, float]:
+    """Where ``out`` first leaves ``ref`` (token ids [1, PROMPT + n]) and by how much: (new-token index, the gap
+    between the logits of ref's and out's tokens there in root mean squares of that position's logits), or
+    (n, 0.0) if they agree. ``ref_logits`` [1, PROMPT + n, vocab]: a forward pass over ``ref``."""
+    differ = (out[0, PROMPT:] != ref[0, PROMPT:]).nonzero()
+    if differ.numel() == 0:
+        return out.shape[1] - PROMPT, 0.0
+    step = int(differ[0])
+    row = ref_logits[0, PROMPT + step - 1].float()  # the logits that predict new token ``step``
+    gap = row[ref[0, PROMPT + step]] - row[out[0, PROMPT + step]]
+    return step, (gap / row.square().mean().sqrt()).item()
+
+
+def follows_eager(flow: str, out: torch.Tensor, ref: torch.Tensor, ref_logits: torch.Tensor) -> tuple[str, bool]:
+    """The check line of a compiled ``out`` against the eager ``ref`` (``divergence_margin``, ``TIE_TOL``)."""
+    step, gap = divergence_margin(out, ref, ref_logits)
+    where = ("on every new token" if step == out.shape[1] - PROMPT else
+             f"up to new token {step}, a near-tie there (gap {gap:.3f} rms of the logits, at most {TIE_TOL})")
+    return (f"{flow} agrees with eager {where}; {new_token_agreement(out, ref):.0%} of new tokens agree",
+            gap <= TIE_TOL)
+
+
 def check_transformers(model, x) -> list[tuple[str, bool]]:
     from transformers import GenerationConfig
     from transformers.generation import CompileConfig
@@ -88,11 +120,11 @@ def check_transformers(model, x) -> list[tuple[str, bool]]:
                                   compile_config=compile_config)
         torch._dynamo.utils.counters.clear()
         compiled = model.generate(x, attention_mask=torch.ones_like(x), generation_config=config)
+        eager_logits = model(eager).logits
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-    agree = new_token_agreement(compiled, eager)
+    label, ok = follows_eager(f"transformers: compiled generate() ({graphs} graphs)", compiled, eager, eager_logits)
     return [(f"transformers: prompt logits vs the dequantized model, rel err {err:.2e}", err < 2e-2),
-            (f"transformers: compiled generate() ({graphs} graphs) agrees with eager on {agree:.0%} of new tokens",
-             graphs >= 1 and agree >= 0.5)]
+            (label, graphs >= 1 and ok)]
 
 
 def check_gpt_fast(hf_model, x) -> list[tuple[str, bool]]:
@@ -103,9 +135,11 @@ def check_gpt_fast(hf_model, x) -> list[tuple[str, bool]]:
     gen.generate(model, x, NEW_TOKENS, decode_fn=step)  # compiles (and captures, on CUDA)
     with torch.compiler.set_stance("fail_on_recompile"):
         compiled, stats = gen.generate(model, x, NEW_TOKENS, decode_fn=step)
-    agree = new_token_agreement(compiled, eager)
-    return [(f"gpt-fast: compiled decode, no recompile on the second generate, agrees with eager on "
-             f"{agree:.0%} of new tokens ({stats.decode_tokens_per_s:.0f} tok/s)", agree >= 0.5)]
+    with torch.no_grad():
+        eager_logits = model(eager)
+    label, ok = follows_eager("gpt-fast: compiled decode, no recompile on the second generate,", compiled, eager,
+                              eager_logits)
+    return [(f"{label} ({stats.decode_tokens_per_s:.0f} tok/s)", ok)]
 
 
 def main(argv=None) -> int:

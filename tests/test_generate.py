@@ -187,3 +187,25 @@ def test_model_check_script_dry_run_and_its_teeth(monkeypatch, capsys):
     monkeypatch.setattr(gen, "compile_decode", lambda device_type: lambda model, token, *args: (token + 1) % 512)
     assert check.main(["--device", "cpu"]) == 1
     assert "FAIL gpt-fast" in capsys.readouterr().out
+
+
+def test_model_check_tells_a_near_tie_from_a_wrong_token():
+    """model_check's compiled-vs-eager rule: the first token where the compiled run leaves the eager one must be
+    a near-tie under the eager logits (gap in root mean squares of that position's logits)."""
+    check = benchmark_module("model_check")
+    p = check.PROMPT
+    ref = torch.arange(p + 4).unsqueeze(0) % 7
+    logits = torch.zeros(1, p + 4, 7)
+    logits[0, p + 1, :] = torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    logits[0, p + 1, ref[0, p + 2]] = 6.01  # ref's pick for new token 2, just above the runner-up (6)
+    assert check.divergence_margin(ref.clone(), ref, logits) == (4, 0.0)
+    near, far = ref.clone(), ref.clone()
+    near[0, p + 2] = 6
+    far[0, p + 2:] = 1  # the lowest logit but ref's own, then anything after it
+    rms = logits[0, p + 1].square().mean().sqrt().item()
+    step, gap = check.divergence_margin(near, ref, logits)
+    assert step == 2 and abs(gap - 0.01 / rms) < 1e-6
+    assert check.follows_eager("x", near, ref, logits)[1]
+    step, gap = check.divergence_margin(far, ref, logits)
+    assert step == 2 and abs(gap - 5.01 / rms) < 1e-5
+    assert not check.follows_eager("x", far, ref, logits)[1]

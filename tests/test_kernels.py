@@ -8,6 +8,7 @@ configs forced small so that every path (GEMV, GEMM, split-K, prefetch) runs.
 import dataclasses
 import os
 import random
+import re
 
 import pytest
 import torch
@@ -295,6 +296,21 @@ def test_gpu_check_script_dry_run(monkeypatch):
     module = benchmark_module("gpu_check")
     monkeypatch.setattr(sys, "argv", ["gpu_check.py", "--device", "cpu", "--quick"])
     assert module.main() == 0
+
+
+def test_gpu_check_sees_the_graph_traced_for_every_m():
+    """gpu_check's capture of Inductor's code keeps Dynamo's state between calls: the second size recompiles
+    with a symbolic M (the graph whose opaque op the GPU check looks for), not a static graph of that size."""
+    module = benchmark_module("gpu_check")
+    lin = torch.nn.Linear(256, 96)
+    lin.weight = torch.nn.Parameter(AWQInt4Tensor.from_float(lin.weight.detach(), 4, 64), requires_grad=False)
+    torch._dynamo.reset()
+    fn = torch.compile(lin, fullgraph=True)
+    codes = module.compiled_code_per_graph(fn, [torch.randn(m, 256) for m in (3, 5, 7)])
+    assert len(codes) == 2  # M = 7 reuses the graph traced for every M
+    input_rows = [re.findall(r"assert_size_stride\(arg\d+_1, \((\w+), 256\)", code) for code in codes]
+    assert input_rows[0] == ["3"] and len(input_rows[1]) == 1 and input_rows[1][0].startswith("s")
+    assert "int4_linear_dequant" in codes[1]
 
 
 def test_gemm_activation_launch_zeroes_the_tile_counters():
