@@ -176,24 +176,6 @@ def _forced_configs(device, forced):
         configs._TUNED.update(saved)
 
 
-def _kept_counters_not_cloned(lin, dtype, forced) -> tuple[str, float, bool]:
-    """Inductor's code for the M=1 fused GEMV updates the kept tile counters in place: no buffer of their size is
-    allocated (a per-call clone of them would cost what the reduce launch did)."""
-    from torch._inductor.utils import run_and_get_code
-
-    from awq_ao.kernels.splitk import COUNTER_SLOTS
-
-    with _forced_configs(lin.weight.device, forced):
-        torch._dynamo.reset()
-        fn = torch.compile(lin, fullgraph=True)
-        with torch.no_grad():
-            _, code = run_and_get_code(fn, torch.randn(1, 1024, dtype=dtype, device=lin.weight.device))
-    text = "\n".join(code)
-    cloned = f"empty_strided_cuda(({COUNTER_SLOTS}, )" in text  # how Inductor allocates a copy of them
-    return (f"module {str(dtype)[6:]} compile fused: kept tile counters updated in place (no clone)", 0.0,
-            not cloned)
-
-
 def compiled_code_per_graph(fn, inputs) -> list[str]:
     """Inductor's output code of each graph ``fn`` compiles while called on ``inputs`` in turn, in order.
 
@@ -208,6 +190,21 @@ def compiled_code_per_graph(fn, inputs) -> list[str]:
         for x in inputs:
             fn(x)
     return codes
+
+
+def _kept_counters_not_cloned(lin, dtype, forced) -> tuple[str, float, bool]:
+    """Inductor's code for the M=1 fused GEMV updates the kept tile counters in place: no buffer of their size is
+    allocated (a per-call clone of them would cost what the reduce launch did)."""
+    from awq_ao.kernels.splitk import COUNTER_SLOTS
+
+    with _forced_configs(lin.weight.device, forced):
+        torch._dynamo.reset()
+        fn = torch.compile(lin, fullgraph=True)
+        code = compiled_code_per_graph(fn, [torch.randn(1, 1024, dtype=dtype, device=lin.weight.device)])
+    text = "\n".join(code)
+    cloned = f"empty_strided_cuda(({COUNTER_SLOTS}, )" in text  # how Inductor allocates a copy of them
+    return (f"module {str(dtype)[6:]} compile fused: kept tile counters updated in place (no clone)", 0.0,
+            not cloned)
 
 
 def _dynamic_graph_calls_the_opaque_op(lin, dtype) -> tuple[str, float, bool]:
