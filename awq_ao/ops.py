@@ -8,7 +8,8 @@
   above, dequantize-then-``torch.mm`` for large M;
   the launch configuration comes from ``awq_ao.kernels.select_config`` (tuned
   table keyed by GPU, M bucket, N, K and group, else a heuristic). Where that
-  config is the Gluon wgmma kernel (sm_90, bf16 / fp16; a tuned table's pick),
+  config is a Gluon kernel (sm_90; a tuned table's pick: the wgmma GEMM, bf16 /
+  fp16, or the staged M = 1 GEMV),
   or a split-K sum in the kernel while the body is traced (``torch.compile``:
   the sum needs the kept tile counters, a real tensor, which may not enter a
   graph built on fake ones), or M is symbolic (a graph traced for every M), the
@@ -110,9 +111,9 @@ def int4_linear_opaque(
     in_features: int,
 ) -> Tensor:
     """The kernels of ``int4_linear_triton``, launched where the compiler does not look; x [M, K] -> [M, N]
-    in x.dtype. Called from that op's body when the config it selects is the Gluon wgmma kernel
-    (``awq_ao/kernels/int4_wgmma.py``: Inductor re-emits a ``triton_op``'s kernels as ``@triton.jit``
-    source, which a Gluon kernel is not), or adds its splits in the kernel and the body was traced without
+    in x.dtype. Called from that op's body when the config it selects is a Gluon kernel
+    (``awq_ao/kernels/int4_wgmma.py``, ``int4_gemv_staged.py``: Inductor re-emits a ``triton_op``'s kernels
+    as ``@triton.jit`` source, which a Gluon kernel is not), or adds its splits in the kernel and the body was traced without
     the kept tile counters (under ``torch.compile``: here they are read at run time, a fixed buffer that
     CUDA graphs replay), or M is symbolic (a graph traced for every M: the config is chosen here, by the M
     of the call). The choice stays out of Dynamo-traced code."""

@@ -134,8 +134,8 @@ def bench_shape(n: int, k: int, m: int, l2_bytes: int, device: str = "cuda", tim
 
 def path_label(m: int, n: int, k: int, device: torch.device = torch.device("cuda")) -> str:
     """The kernel and tile awq_ao runs for this shape, short: e.g. ``gemv 128x128 r2 s8 pf``, ``gemv 64x128 w1 ring3
-    s8 fused`` (warps where not 4 for a ring, ring depth, split-K summed in the kernel), ``... natural`` (the GEMM in
-    column order)."""
+    s8 fused`` (warps where not 4 for a ring, ring depth, split-K summed in the kernel), ``staged 64x256 w2 s8`` (the
+    staged GEMV and its warps), ``wgmma 64x128 mma.sync late ...``, ``... natural`` (the GEMM in column order)."""
     from awq_ao.kernels import select_config
 
     k_pad = -(-k // GROUP) * GROUP
@@ -147,6 +147,9 @@ def path_label(m: int, n: int, k: int, device: torch.device = torch.device("cuda
         label += f" r{cfg.block_m}"
     if cfg.kind == "gemv" and cfg.num_stages >= 3:
         label += f" w{cfg.num_warps} ring{cfg.num_stages}"
+    if cfg.kind == "staged":
+        label += f" w{cfg.num_warps}"
+    label += (" mma.sync" if cfg.mma_sync else "") + (" late" if cfg.late_dequant else "")
     if cfg.split_k > 1:
         label += f" s{cfg.split_k}" + (" fused" if cfg.fused_reduce else "")
     label += "" if not cfg.prefetch else " pf" if cfg.prefetch == 1 else f" pf{cfg.prefetch}"

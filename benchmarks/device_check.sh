@@ -17,10 +17,11 @@
 #    late_dequant at M = 16 (two weight buffers, split 8).
 #
 # Each step has its own time limit (seconds; override by environment), so a slow step cannot starve the
-# rest: WGMMA_S (default 150: the check, 252 cases against run 9's 216 in under 150 s), WGMMA_TIME_S (50: its
+# rest: WGMMA_S (default 150: the check, 252 cases against run 9's 216 in under 150 s), WGMMA_TIME_S (40: its
 # timing, 15 configs per row: 5 wgmma, 1 overlapped, 3 mma.sync, 5 late_dequant, 1 of those masked; the first
-# rows only, since step 1's tuning times every candidate too and logs each), CHECK_S (300: 98 and 75
-# candidates per goal shape at M = 1 and 16, 33 of them Gluon kernels that compile apart), LAYOUT_S (0: off,
+# rows only, since step 1's tuning times every candidate too and logs each), CHECK_S (310: 95-109 and 71-76
+# candidates per goal shape at M = 1 and 16, 41 of them Gluon kernels that compile apart; 263 s in the
+# run of 2026-11-28 with 98 at M = 1), LAYOUT_S (0: off,
 # its results are in), MODEL_S (60), NCU_S (30: ~12 s per ncu call, two kernels, last): 9 minutes 50 s of limits in
 # all, plus the install, inside one run's 10 (a run cut short there loses the profile only). A limit of 0
 # skips its step. CHECK_M (default "1 16", the goal's M values; the shipped table keeps its M = 2 picks) sets
@@ -49,14 +50,14 @@ else
   export AWQ_AO_GLUON_OFF="${failed// /,}"
 fi
 rm -f "$OUT/gluon_failed_variants.txt"  # (said in the line above) at most 8 files come back from $OUT: 7 are left
-if [ "${AWQ_AO_DISABLE_WGMMA:-0}" != 1 ] && [ "${WGMMA_TIME_S:-50}" != 0 ]; then
-  timeout "${WGMMA_TIME_S:-50}" python3 benchmarks/wgmma_check.py --no-check --short --out "$OUT" 2>&1 \
+if [ "${AWQ_AO_DISABLE_WGMMA:-0}" != 1 ] && [ "${WGMMA_TIME_S:-40}" != 0 ]; then
+  timeout "${WGMMA_TIME_S:-40}" python3 benchmarks/wgmma_check.py --no-check --short --out "$OUT" 2>&1 \
     | tee -a "$OUT/wgmma_check.log"
 fi
 
-if [ "${CHECK_S:-300}" != 0 ]; then
+if [ "${CHECK_S:-310}" != 0 ]; then
   # shellcheck disable=SC2086  # CHECK_M is a list of M values
-  timeout "${CHECK_S:-300}" python3 benchmarks/gpu_check.py --out "$OUT" --shapes 3 --m ${CHECK_M:-1 16}
+  timeout "${CHECK_S:-310}" python3 benchmarks/gpu_check.py --out "$OUT" --shapes 3 --m ${CHECK_M:-1 16}
   echo "gpu_check exit: $?"
 fi
 
@@ -75,7 +76,7 @@ NCU=/usr/local/cuda/bin/ncu
 SECTIONS=(--section WarpStateStats --section Occupancy --section SchedulerStats --section LaunchStats
           --metrics "regex:smsp__pcsamp_warps_issue_stalled_.*")
 if [ "${NCU_S:-30}" != 0 ]; then  # M = 1: select_config's pick (the table just tuned); M = 16: the late kernel
-  timeout "${NCU_S:-30}" "$NCU" -k 'regex:_int4_(gemv|gemm|wgmma)_kernel' --launch-count 2 "${SECTIONS[@]}" \
+  timeout "${NCU_S:-30}" "$NCU" -k 'regex:_int4_(gemv|gemm|wgmma|gemv_staged)_kernel' --launch-count 2 "${SECTIONS[@]}" \
     python3 benchmarks/ncu_probe.py --once --m16 '{"kind": "wgmma", "block_n": 64, "block_k": 128, "block_m": 16,
     "split_k": 8, "prefetch": 2, "mma_sync": true, "late_dequant": true}' > "$OUT/ncu_m1_pick_m16_late.txt" 2>&1
   echo "ncu (the M = 1 pick; mma.sync late_dequant at M = 16) exit: $?"

@@ -51,7 +51,8 @@ from awq_ao.kernels.splitk import tile_counters  # noqa: E402
 
 TOL = {torch.float32: 2e-3, torch.float16: 3e-3, torch.bfloat16: 1.5e-2}
 # The module checks' forced picks, {(M bucket, config)} for their 768 x 1024 g64 Linear (compile_replay.py
-# replays the same): split-K with the in-kernel sum (at 16 in column order: one launch), or the wgmma kernel
+# replays the same): split-K with the in-kernel sum (at 16 in column order: one launch), or the Gluon kernels (the
+# staged GEMV at M = 1, the wgmma kernel at 4 and 16)
 FORCED_FUSED = {
     (1, KernelConfig("gemv", 64, 256, split_k=4, num_warps=2, fused_reduce=True)),
     (4, KernelConfig("gemm", 64, 64, split_k=4, block_m=16, num_stages=3, prefetch=1, swap_ab=True,
@@ -60,7 +61,7 @@ FORCED_FUSED = {
                       fused_reduce=True, natural_order=True)),
 }
 FORCED_WGMMA = {
-    (1, KernelConfig("wgmma", 64, 128, block_m=8, split_k=4)),
+    (1, KernelConfig("staged", 64, 256, split_k=2, num_warps=2)),
     (4, KernelConfig("wgmma", 64, 128, block_m=8, split_k=1)),
     (16, KernelConfig("wgmma", 64, 128, block_m=16, split_k=2)),
 }
@@ -135,8 +136,9 @@ def check_module(device, dtype, mode, fused=False, wgmma=False) -> list[tuple[st
     The M values cover the GEMV (1 row and several), the GEMM and dequantize + mm. ``fused``: the M
     buckets 1, 4 and 16 take split-K configs with the in-kernel sum (recorded as tuned for this GPU
     while the check runs), so the counters' launches go through torch.compile and CUDA graphs; at 16 in
-    column order (``natural_order``), one launch in all. ``wgmma``: those buckets take the Gluon wgmma
-    kernel (``awq_ao::int4_linear_opaque``, an opaque op) instead, split and unsplit.
+    column order (``natural_order``), one launch in all. ``wgmma``: those buckets take the Gluon kernels
+    instead, through ``awq_ao::int4_linear_opaque`` (an opaque op): the staged GEMV at 1, the wgmma kernel
+    split and unsplit at 4 and 16.
     """
     torch.manual_seed(0)
     torch._dynamo.reset()  # Linear.forward is one code object for every module: keep the caches apart
@@ -252,7 +254,7 @@ def correctness(device, quick: bool, m_values=None) -> int:
         for m in m_values or (1, 2, 4, 16, 64, 128, 512):
             for cfg in configs.candidate_configs(m, 4096, 4096, 128, device):
                 # column order: 1 or 2 launches; wgmma: the pre-scale is applied as the activation is staged
-                for with_pre in (False, True) if cfg.natural_order or cfg.kind == "wgmma" else (False,):
+                for with_pre in (False, True) if cfg.natural_order or cfg.kind in ("wgmma", "staged") else (False,):
                     try:
                         err, ok = check_kernel(device, torch.bfloat16, m, 4096, 4096, 128, with_pre=with_pre,
                                                config=cfg)
@@ -262,6 +264,8 @@ def correctness(device, quick: bool, m_values=None) -> int:
                     failures += report(f"candidate M={m}{' pre' if with_pre else ''} {cfg}", err, ok)
                     if cfg.fused_reduce:
                         configs.FUSED_REDUCE_CANDIDATES &= ok
+                    if cfg.kind == "staged":  # a wrong staged GEMV stays out of the tuning
+                        configs.STAGED_CANDIDATES &= ok
     # 2. default dispatch over M, tails, groups, bits, pre-scale
     shapes = [(1, 48, 80, 16, 4), (3, 40, 96, 32, 4), (5, 64, 130, 32, 4), (1, 40, 200, 64, 3),
               (130, 24, 72, 32, 4)] if quick else [

@@ -10,7 +10,7 @@ select_config picks, or the ones given), for Nsight Compute on a GPU machine (th
     ncu -k regex:int4_gemv ... python benchmarks/ncu_probe.py --m1 '{"kind": "gemv", "block_n": 64, "block_k": 128,
         "num_warps": 1, "num_stages": 3, "split_k": 8}'
     # one profile of each: the M=1 pick and the M=16 one, whichever kernels they are (device_check.sh's way)
-    ncu -k 'regex:_int4_(gemv|gemm|wgmma)_kernel' --launch-count 2 ... python benchmarks/ncu_probe.py --once
+    ncu -k 'regex:_int4_(gemv|gemm|wgmma|gemv_staged)_kernel' --launch-count 2 ... python benchmarks/ncu_probe.py --once
 
 What it said on the H200 is in ``benchmarks/results/kernel_notes.md`` (occupancy and issue rate).
 """

@@ -28,7 +28,7 @@ from typing import Iterable, Optional
 import torch
 import triton
 
-from awq_ao.kernels import int4_wgmma
+from awq_ao.kernels import int4_gemv_staged, int4_wgmma
 
 TUNED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tuned")
 MAX_BUCKET = 512
@@ -37,7 +37,9 @@ MAX_BUCKET = 512
 @dataclasses.dataclass(frozen=True)
 class KernelConfig:
     kind: str  # "gemv", "gemm", "wgmma" (int4_wgmma.py, Gluon: sm_90, bf16 / fp16, BLOCK_N 64 or 128, BLOCK_K 128;
-    # the weight as the MMA's register operand, by wgmma or with ``mma_sync`` by mma.sync) or "dequant"
+    # the weight as the MMA's register operand, by wgmma or with ``mma_sync`` by mma.sync), "staged" (the M = 1
+    # GEMV with its activation staged in shared memory, int4_gemv_staged.py, Gluon: sm_90, BLOCK_K 256; prefetch
+    # 0 or 1) or "dequant"
     block_n: int
     block_k: int
     split_k: int = 1
@@ -65,6 +67,8 @@ class KernelConfig:
                                        natural_order=False, mma_sync=False, late_dequant=False)
         if self.kind == "wgmma":
             return self._fitted_wgmma(group_size, k_pad)
+        if self.kind == "staged":
+            return self._fitted_staged(group_size, k_pad)
         kind, block_m = self.kind, self.block_m
         if kind == "gemm" and min(self.block_k, group_size) < 16:  # tl.dot needs K >= 16: the GEMV takes it
             kind, block_m = "gemv", min(block_m, 4)
@@ -89,6 +93,26 @@ class KernelConfig:
         return KernelConfig("gemm", 64, 128, split_k=self.split_k, block_m=max(16, self.block_m), num_warps=4,
                             num_stages=3, swap_ab=True, prefetch=1).fitted(group_size, k_pad)
 
+    def as_gemv(self, group_size: int, k_pad: int) -> "KernelConfig":
+        """The Triton GEMV with this ``staged`` config's tile, split, warps and prefetch: what it runs where the
+        staged kernel cannot (no Gluon or sm_90, N not a multiple of the tile, K not of 256, K < K_pad)."""
+        return KernelConfig("gemv", self.block_n, int4_gemv_staged.BLOCK_K, split_k=self.split_k,
+                            num_warps=self.num_warps, prefetch=self.prefetch).fitted(group_size, k_pad)
+
+    def _fitted_staged(self, group_size: int, k_pad: int) -> "KernelConfig":
+        """The staged GEMV's config: one activation row, 256-column tiles split evenly (the largest split up to
+        the asked one that divides the tiles), BLOCK_N a multiple of 4 rows per warp; the Triton GEMV's
+        (``as_gemv``) where K_pad is not a multiple of 256 or the group not of 32."""
+        if k_pad % int4_gemv_staged.BLOCK_K or group_size % 32:
+            return self.as_gemv(group_size, k_pad)
+        tiles = k_pad // int4_gemv_staged.BLOCK_K
+        split = max(1, min(self.split_k, tiles))
+        while tiles % split:
+            split -= 1
+        block_n = max(self.block_n, 4 * self.num_warps) // (4 * self.num_warps) * (4 * self.num_warps)
+        return KernelConfig("staged", block_n, int4_gemv_staged.BLOCK_K, split_k=split, block_m=1,
+                            num_warps=self.num_warps, num_stages=1, prefetch=min(int(self.prefetch), 1))
+
     def _fitted_wgmma(self, group_size: int, k_pad: int) -> "KernelConfig":
         """The wgmma kernel's tile (64 or 128 rows on 4 or 8 warps, 128 columns), BLOCK_M one of its MMA widths, weight tiles in
         one or two register buffers (``prefetch``) or a shared-memory ring (``num_stages`` >= 3 stages), and
@@ -112,7 +136,7 @@ class KernelConfig:
                             late_dequant=late)
 
 
-KINDS = ("gemv", "gemm", "wgmma", "dequant")
+KINDS = ("gemv", "gemm", "wgmma", "staged", "dequant")
 GEMV_ROWS = (1, 2, 4)  # rows per GEMV program: a power of two (tl.arange); at 8 the GEMV issues more than the GEMM
 # (BLOCK_N, warps, BLOCK_K, prefetch) the tuner tries at M = 1; none spills on sm_90 with Triton 3.6
 # (benchmarks/results/sass_sm90_triton36.md). A BLOCK_K above the group spans whole groups: 128 with
@@ -153,9 +177,16 @@ GLUON_TILES = ((64, 1, 1, False, False), (64, 2, 1, False, False), (64, 1, 4, Fa
                (128, 1, 1, False, False), (128, 1, 4, False, False),
                (64, 1, 1, True, False), (64, 2, 1, True, False), (64, 1, 4, True, False),
                (64, 1, 1, True, True), (64, 2, 1, True, True), (64, 1, 4, True, True))
+# (BLOCK_N, warps, prefetch) of the staged GEMV (int4_gemv_staged.py) the tuner tries at M = 1 on sm_90: 8 rows per
+# thread on 2 warps (125 registers, as the Triton GEMV's 128) or 4 rows on 4 warps (72 registers: more warps per
+# SM), 2.83-2.84 instructions per weight against the Triton GEMV's 3.34 (sm_90 SASS, Triton 3.6,
+# `python benchmarks/compile_report.py --m 1`); not yet timed on a GPU
+STAGED_TILES = ((64, 2, 0), (64, 2, 1), (64, 4, 0), (128, 4, 0))
 # whether the tuner tries the in-kernel split-K sum (``fused_reduce``); benchmarks/gpu_check.py turns it off for
 # its tuning run when that path fails a correctness check on the GPU at hand
 FUSED_REDUCE_CANDIDATES = True
+# whether the tuner tries the staged GEMV; gpu_check.py turns it off when one of its candidates fails a check
+STAGED_CANDIDATES = True
 DEQUANT_MIN_M = 128  # from this M bucket on, the default dequantizes once and calls a dense matmul
 
 
@@ -270,6 +301,12 @@ def candidate_configs(m: int, n: int, k_pad: int, group_size: int, device: torch
             out += [dataclasses.replace(cfg, split_k=s) for s in (1, 2, cfg.split_k)]
         # (the GEMM at M = 1, one row of its 16 used, is no longer tried: 49-95% slower than the GEMV on every goal
         # shape in run 7, gpu_check_nvidia_h200_async.log)
+        if STAGED_CANDIDATES and int4_wgmma.wgmma_available(device):  # sm_90 with Gluon, as the Gluon GEMM
+            tiles = k_pad // int4_gemv_staged.BLOCK_K
+            for block_n, warps, prefetch in STAGED_TILES:  # split toward 6 two-warp programs per SM, as the GEMV
+                split = _split_for(triton.cdiv(n, block_n), tiles, device, per_sm=12 // warps)
+                out += [KernelConfig("staged", block_n, int4_gemv_staged.BLOCK_K, split_k=s, num_warps=warps,
+                                     prefetch=prefetch) for s in (split, 2 * split)]
     if 2 <= m <= GEMV_ROWS[-1]:  # several rows per GEMV program, each row's sums 2-d
         tiles = [(128 // m, 4, 128), (256 // m, 4, 128)] + (list(GEMV_ROWS_TILES) if m == 2 else [])
         for block_n, warps, block_k in tiles:

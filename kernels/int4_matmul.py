@@ -27,7 +27,7 @@ from typing import Optional
 import torch
 import triton
 
-from awq_ao.kernels import int4_wgmma
+from awq_ao.kernels import int4_gemv_staged, int4_wgmma
 from awq_ao.kernels.configs import KernelConfig, select_config
 from awq_ao.kernels.int4_dequant import _int4_dequant_kernel
 from awq_ao.kernels.int4_gemm import _gemm_x_kernel, _int4_gemm_kernel
@@ -92,13 +92,20 @@ def launch_int4_linear(
     words = qdata.view(torch.int32)
     has_pre = act_pre_scale is not None
     pre = act_pre_scale if has_pre else scale
-    gluon = config.kind == "wgmma" and x.dtype != torch.float32 and int4_wgmma.wgmma_available(x.device)
+    if config.kind == "staged" and not (int4_wgmma.wgmma_available(x.device) and x.shape[1] == k_pad
+                                        and int4_gemv_staged.fits(n, k_pad, group_size, config.block_n,
+                                                                  config.split_k)):
+        config = config.as_gemv(group_size, k_pad)  # the Triton GEMV with its tile
+    gluon = config.kind == "staged" or (
+        config.kind == "wgmma" and x.dtype != torch.float32 and int4_wgmma.wgmma_available(x.device))
     if launcher is not None and (gluon or (config.fused_reduce and config.split_k > 1 and counters is None)):
         # inside the triton_op, with a Gluon kernel (which Inductor cannot re-emit) or a split-K sum in the
         # kernel but no kept counters (a traced call): the kernels run in an opaque op, which comes back
         # here with no launcher and the kept counters
         return torch.ops.awq_ao.int4_linear_opaque(x, qdata, scale, zero_point, act_pre_scale, group_size,
                                                    in_features)
+    if config.kind == "staged":
+        return int4_gemv_staged.staged_gemv_linear(x, words, scale, zero_point, pre, has_pre, y, group_size, config)
     if config.kind == "wgmma":
         if gluon:
             return int4_wgmma.wgmma_linear(x, words, scale, zero_point, pre, has_pre, y, group_size, in_features,

@@ -1,4 +1,5 @@
-"""Run the Gluon kernel of ``kernels/int4_wgmma.py`` on CPU tensors, for its logic (no GPU, no compiler).
+"""Run the Gluon kernels of ``kernels/int4_wgmma.py`` and ``kernels/int4_gemv_staged.py`` on CPU tensors, for
+their logic (no GPU, no compiler).
 
 Gluon has no interpreter, so the kernel's Python source is executed here as plain Python, one program after
 another, with ``gl`` and the few other names it uses bound to PyTorch stand-ins: tensors are torch tensors
@@ -17,7 +18,7 @@ import types
 import torch
 from ptx_emulator import run_ptx
 
-from awq_ao.kernels import int4_wgmma
+from awq_ao.kernels import int4_gemv_staged, int4_wgmma
 
 
 class Tensor(torch.Tensor):
@@ -134,6 +135,7 @@ gl = types.SimpleNamespace(
     load=lambda ptr, mask=None, other=None, **kwargs: _gather(ptr, mask, other),
     store=_store,
     sum=lambda x, axis: _t(x.sum(dim=axis)),
+    expand_dims=lambda x, axis: _t(x.unsqueeze(axis)),
     join=lambda a, b: _t(torch.stack((a, b), dim=-1)),
     permute=lambda x, dims: _t(x.permute(*dims)),
     reshape=lambda x, shape: _t(x.reshape(shape)),
@@ -195,3 +197,8 @@ class EmulatedKernel:
 def wgmma_kernel() -> EmulatedKernel:
     """``int4_wgmma._int4_wgmma_kernel``, emulated."""
     return EmulatedKernel(int4_wgmma, "_int4_wgmma_kernel")
+
+
+def staged_gemv_kernel() -> EmulatedKernel:
+    """``int4_gemv_staged._int4_gemv_staged_kernel``, emulated."""
+    return EmulatedKernel(int4_gemv_staged, "_int4_gemv_staged_kernel")

@@ -400,7 +400,7 @@ def test_compiled_linear_on_fake_cuda_tensors_traces_as_on_the_gpu():
     split-K counters present; in a child process, since Triton's interpreter, which this one runs, would
     execute the kernels instead of tracing them). The static M = 1 graph has the GEMV and its reduce launch as
     kernel calls for Inductor (plain config), or one call of the opaque ``int4_linear_opaque`` (the in-kernel
-    sum, which reads the kept counters when it runs; the Gluon wgmma kernel); the graph traced for every M
+    sum, which reads the kept counters when it runs; the Gluon kernels: the staged GEMV at M = 1); the graph traced for every M
     (dynamic shapes, from the second size) is one opaque call, which picks the kernels by each call's M. The
     H200's two compile failures reproduce here with the code they ran, under torch 2.13 and under the
     device's torch 2.11: commit 8d50725 (the real counters passed into the op, "Please convert all Tensors to

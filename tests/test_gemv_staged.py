@@ -1,0 +1,122 @@
+"""The staged M = 1 GEMV (``kernels/int4_gemv_staged.py``, Gluon): its logic on CPU through
+``tests/gluon_emulator.py`` and ``int4_linear`` as a GPU would launch it, against a float64 reference (every
+group it takes, the pre-scale, splits, prefetch, its tiles, several activation rows); the shapes it does not
+take run the Triton GEMV with the same tile; its configs; and its sm_90 SASS (registers, instructions per
+weight against the Triton GEMV's)."""
+
+import pytest
+import torch
+from gluon_emulator import staged_gemv_kernel
+from test_kernel_configs import _compiled_in_child
+
+from awq_ao import quant
+from awq_ao.kernels import KernelConfig, configs, int4_gemv_staged, int4_linear, int4_wgmma
+
+TOL = {torch.bfloat16: 1e-2, torch.float16: 3e-3, torch.float32: 1e-4}
+
+
+@pytest.fixture
+def emulated(monkeypatch):
+    """Staged configs launch the emulated kernel on CPU tensors (as on an sm_90 GPU with Gluon)."""
+    monkeypatch.setattr(int4_wgmma, "wgmma_available", lambda device: True)
+    monkeypatch.setattr(int4_gemv_staged, "_int4_gemv_staged_kernel", staged_gemv_kernel())
+
+
+def _relative_error(cfg, dtype, m, n, k, group, with_pre, seed=0):
+    """``int4_linear`` with ``cfg`` on a random case against the float64 reference; (error, fitted config)."""
+    gen = torch.Generator().manual_seed(seed)
+    q, scale, zero = quant.quantize(torch.randn(n, k, generator=gen), 4, group, scale_dtype=dtype)
+    x = torch.randn(m, k, generator=gen).to(dtype)
+    pre = (torch.rand(k, generator=gen) + 0.5).to(dtype) if with_pre else None
+    xs = x.double() if pre is None else (x.float() * pre.float()).to(dtype).double()
+    expected = xs @ quant.dequantize(q, scale, zero, group, k, torch.float64).T
+    qdata = quant.pack_int4(q)
+    y = int4_linear(x, qdata, scale, zero, group, k, act_pre_scale=pre, config=cfg)
+    return ((y.double() - expected).norm() / expected.norm()).item(), cfg.fitted(group, qdata.shape[1] * 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_staged_gemv_matches_the_reference(emulated, dtype):
+    """Groups 32, 64, 128 and 256 (a chunk of 32 columns in one group; 1 to 8 groups per 256-column tile), with
+    and without the pre-scale, splits 1 to 3 (each a divisor of the tiles), with and without the weight
+    prefetch, 2 and 4 warps; the emulated kernel ran each time."""
+    kernel = int4_gemv_staged._int4_gemv_staged_kernel
+    cases = ((64, 512, 32, 1, 64, 2, 0), (128, 1024, 64, 2, 64, 2, 1), (128, 768, 128, 3, 128, 4, 0),
+             (64, 512, 256, 2, 64, 4, 1))
+    for n, k, group, split, block_n, warps, prefetch in cases:
+        cfg = KernelConfig("staged", block_n, 256, split_k=split, num_warps=warps, prefetch=prefetch)
+        for with_pre in (False, True):
+            before = kernel.programs
+            err, fitted = _relative_error(cfg, dtype, 1, n, k, group, with_pre)
+            assert fitted.kind == "staged" and fitted.split_k == split
+            assert kernel.programs - before == n // block_n * split  # the grid: row blocks x splits
+            assert err < TOL[dtype], (n, k, group, split, with_pre, err)
+
+
+def test_several_activation_rows_take_a_program_row_each(emulated):
+    """Three rows: the grid's third axis, one activation row per program, each right."""
+    kernel = int4_gemv_staged._int4_gemv_staged_kernel
+    before = kernel.programs
+    err, _ = _relative_error(KernelConfig("staged", 64, 256, split_k=2, num_warps=2), torch.bfloat16, 3, 128, 512,
+                             128, True, seed=1)
+    assert err < TOL[torch.bfloat16] and kernel.programs - before == 2 * 2 * 3
+
+
+def test_shapes_it_does_not_take_run_the_triton_gemv(emulated):
+    """N not a multiple of the tile (100 rows), K_pad not a multiple of 256 (K = 300: 384), groups of 16, and
+    K < K_pad (K = 500, group 256: K_pad 512): the Triton GEMV with the same tile runs instead (the emulated
+    kernel does not), and is right."""
+    kernel = int4_gemv_staged._int4_gemv_staged_kernel
+    cfg = KernelConfig("staged", 64, 256, split_k=2, num_warps=2)
+    for n, k, group in ((100, 512, 128), (64, 300, 128), (64, 512, 16), (64, 500, 256)):
+        before = kernel.programs
+        err, _ = _relative_error(cfg, torch.float16, 1, n, k, group, True, seed=2)
+        assert kernel.programs == before and err < TOL[torch.float16], (n, k, group, err)
+
+
+def test_staged_configs_fit_the_shape():
+    """fitted(): the split comes down to a divisor of the 256-column tiles (14336 columns: 56 tiles, split 16 ->
+    14), BLOCK_N to a multiple of 4 rows per warp, prefetch to 0 or 1; groups of 16 and K_pad not a multiple of
+    256 give the Triton GEMV with the same tile (as_gemv)."""
+    cfg = KernelConfig("staged", 64, 256, split_k=16, num_warps=4, prefetch=2).fitted(128, 14336)
+    assert (cfg.kind, cfg.split_k, cfg.block_n, cfg.prefetch, cfg.block_m) == ("staged", 14, 64, 1, 1)
+    assert KernelConfig("staged", 40, 256, num_warps=4).fitted(128, 4096).block_n == 32
+    assert KernelConfig("staged", 64, 256, split_k=4, num_warps=2).fitted(16, 4096).kind == "gemv"
+    fallback = KernelConfig("staged", 64, 256, split_k=4, num_warps=2).fitted(128, 384)
+    assert fallback.kind == "gemv" and fallback.block_n == 64 and fallback.num_warps == 2
+
+
+def test_staged_candidates_only_where_the_gluon_kernels_run(monkeypatch):
+    """At M = 1 on an sm_90 GPU with Gluon (wgmma_available) the tuner tries the staged tiles, each fitted (its
+    split divides the tiles); not at M = 2, not without Gluon / sm_90, not once gpu_check turned them off."""
+    cpu = torch.device("cpu")
+    assert not any(c.kind == "staged" for c in configs.candidate_configs(1, 4096, 4096, 128, cpu))
+    monkeypatch.setattr(int4_wgmma, "wgmma_available", lambda device: True)
+    staged = [c for c in configs.candidate_configs(1, 4096, 14336, 128, cpu) if c.kind == "staged"]
+    assert {(c.block_n, c.num_warps, c.prefetch) for c in staged} == set(configs.STAGED_TILES)
+    assert all((14336 // 256) % c.split_k == 0 and c == c.fitted(128, 14336) for c in staged)
+    assert not any(c.kind == "staged" for c in configs.candidate_configs(2, 4096, 4096, 128, cpu))
+    monkeypatch.setattr(configs, "STAGED_CANDIDATES", False)
+    assert not any(c.kind == "staged" for c in configs.candidate_configs(1, 4096, 4096, 128, cpu))
+
+
+@pytest.mark.parametrize("dt", ["bf16", "fp16"])
+def test_staged_gemv_compiles_to_sm90_with_fewer_instructions_than_the_triton_gemv(dt):
+    """The staged GEMV (64 x 256 on 2 warps, 4 tiles per program) compiles for sm_90 with the Gluon in this
+    Triton, with no spills, at most 128 registers (as many programs per SM as the Triton GEMV's 64 x 256
+    tile) and under 3 instructions per weight in its main loop, fewer than that Triton GEMV's (2.83 against
+    3.34 with Triton 3.6: the activation read from shared memory, 8 values per 16-byte load, and one scale
+    step per 4 words). Compiled in a child process: this one runs kernels under TRITON_INTERPRET."""
+    pytest.importorskip("triton.experimental.gluon")
+    code = (
+        "staged = KernelConfig('staged', 64, 256, split_k=4, num_warps=2).fitted(128, 4096)\n"
+        "gemv = KernelConfig('gemv', 64, 256, split_k=4, num_warps=2).fitted(128, 4096)\n"
+        f"print(r.report(staged, '{dt}', 128, 90, top=None))\n"
+        f"print(r.report(gemv, '{dt}', 128, 90, top=None))\n"
+    )
+    staged_row, gemv_row = _compiled_in_child(code, 2)
+    staged, gemv = ([c.strip() for c in row.split("|")] for row in (staged_row, gemv_row))
+    assert staged[1] == "staged" and int(staged[8]) == 0 and int(staged[7]) <= 128, staged_row
+    assert float(staged[10]) < 3.0 and float(staged[10]) < float(gemv[10]) - 0.3, (staged_row, gemv_row)
+    assert "LDS" in staged[12] and "FFMA" in staged[12], staged_row
+
