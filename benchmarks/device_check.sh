@@ -19,8 +19,8 @@
 # Each step has its own time limit (seconds; override by environment), so a slow step cannot starve the
 # rest: WGMMA_S (default 150: the check, 252 cases against run 9's 216 in under 150 s), WGMMA_TIME_S (40: its
 # timing, 15 configs per row: 5 wgmma, 1 overlapped, 3 mma.sync, 5 late_dequant, 1 of those masked; the first
-# rows only, since step 1's tuning times every candidate too and logs each), CHECK_S (310: 95-109 and 71-76
-# candidates per goal shape at M = 1 and 16, 41 of them Gluon kernels that compile apart; 263 s in the
+# rows only, since step 1's tuning times every candidate too and logs each), CHECK_S (310: 97-111 and 71-76
+# candidates per goal shape at M = 1 and 16, 43 of them Gluon kernels that compile apart; 263 s in the
 # run of 2026-11-28 with 98 at M = 1), LAYOUT_S (0: off,
 # its results are in), MODEL_S (60), NCU_S (30: ~12 s per ncu call, two kernels, last): 9 minutes 50 s of limits in
 # all, plus the install, inside one run's 10 (a run cut short there loses the profile only). A limit of 0

@@ -179,9 +179,10 @@ GLUON_TILES = ((64, 1, 1, False, False), (64, 2, 1, False, False), (64, 1, 4, Fa
                (64, 1, 1, True, True), (64, 2, 1, True, True), (64, 1, 4, True, True))
 # (BLOCK_N, warps, prefetch) of the staged GEMV (int4_gemv_staged.py) the tuner tries at M = 1 on sm_90: 8 rows per
 # thread on 2 warps (125 registers, as the Triton GEMV's 128) or 4 rows on 4 warps (72 registers: more warps per
-# SM), 2.83-2.84 instructions per weight against the Triton GEMV's 3.34 (sm_90 SASS, Triton 3.6,
-# `python benchmarks/compile_report.py --m 1`); not yet timed on a GPU
-STAGED_TILES = ((64, 2, 0), (64, 2, 1), (64, 4, 0), (128, 4, 0))
+# SM), 2.83-2.84 instructions per weight against the Triton GEMV's 3.34; with the next tile's words loaded ahead
+# (prefetch) 154 and 96 registers, 2.84 and 2.98 (sm_90 SASS, Triton 3.6, `python benchmarks/compile_report.py
+# --m 1`); not yet timed on a GPU
+STAGED_TILES = ((64, 2, 0), (64, 2, 1), (64, 4, 0), (64, 4, 1), (128, 4, 0))
 # whether the tuner tries the in-kernel split-K sum (``fused_reduce``); benchmarks/gpu_check.py turns it off for
 # its tuning run when that path fails a correctness check on the GPU at hand
 FUSED_REDUCE_CANDIDATES = True

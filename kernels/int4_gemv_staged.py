@@ -49,11 +49,6 @@ def fits(n: int, k_pad: int, group_size: int, block_n: int, split: int) -> bool:
             and group_size % 32 == 0)
 
 
-def available(device: torch.device) -> bool:
-    """Gluon is installed and ``device`` is a CUDA GPU of compute capability 8.0 or newer."""
-    return HAVE_GLUON and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
-
-
 if HAVE_GLUON:
     _cta_barrier = getattr(gl, "thread_barrier", None) or gl.barrier  # renamed in Triton 3.9
 
