@@ -101,14 +101,16 @@ class KernelConfig:
 
     def _fitted_staged(self, group_size: int, k_pad: int) -> "KernelConfig":
         """The staged GEMV's config: one activation row, 256-column tiles split evenly (the largest split up to
-        the asked one that divides the tiles), BLOCK_N a multiple of 4 rows per warp; the Triton GEMV's
-        (``as_gemv``) where K_pad is not a multiple of 256 or the group not of 32."""
+        the asked one that divides the tiles, or the smallest whose staged activation fits ``SMEM_BYTES``),
+        BLOCK_N a multiple of 4 rows per warp; the Triton GEMV's (``as_gemv``) where K_pad is not a multiple of
+        256 or the group not of 32."""
         if k_pad % int4_gemv_staged.BLOCK_K or group_size % 32:
             return self.as_gemv(group_size, k_pad)
         tiles = k_pad // int4_gemv_staged.BLOCK_K
-        split = max(1, min(self.split_k, tiles))
-        while tiles % split:
-            split -= 1
+        divisors = [d for d in range(1, tiles + 1) if tiles % d == 0]
+        split = max(d for d in divisors if d <= max(1, self.split_k))
+        fits = [d for d in divisors if int4_gemv_staged.shared_bytes(tiles // d) <= int4_gemv_staged.SMEM_BYTES]
+        split = max(split, fits[0])  # a larger split where the staged activation would not fit
         block_n = max(self.block_n, 4 * self.num_warps) // (4 * self.num_warps) * (4 * self.num_warps)
         return KernelConfig("staged", block_n, int4_gemv_staged.BLOCK_K, split_k=split, block_m=1,
                             num_warps=self.num_warps, num_stages=1, prefetch=min(int(self.prefetch), 1))

@@ -38,7 +38,12 @@ except ImportError:  # pragma: no cover - depends on the installed Triton
     HAVE_GLUON = False
 
 BLOCK_K = 256  # columns per K tile: 8 chunks of 4 words
-CHUNKS, CHUNK_WORDS = 8, 4
+SMEM_BYTES = 64 * 1024  # most shared memory a program may take (the split grows to fit)
+
+
+def shared_bytes(tiles: int) -> int:
+    """Shared memory of a program staging ``tiles`` K tiles: per tile 8 planes of 32 fp32 values and 8 chunk sums."""
+    return tiles * (8 * 32 + 8) * 4
 
 
 def fits(n: int, k_pad: int, group_size: int, block_n: int, split: int) -> bool:

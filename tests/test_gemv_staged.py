@@ -76,12 +76,16 @@ def test_shapes_it_does_not_take_run_the_triton_gemv(emulated):
 
 def test_staged_configs_fit_the_shape():
     """fitted(): the split comes down to a divisor of the 256-column tiles (14336 columns: 56 tiles, split 16 ->
-    14), BLOCK_N to a multiple of 4 rows per warp, prefetch to 0 or 1; groups of 16 and K_pad not a multiple of
-    256 give the Triton GEMV with the same tile (as_gemv)."""
+    14), or up to the smallest whose staged activation fits in SMEM_BYTES (65536 columns), BLOCK_N to a
+    multiple of 4 rows per warp, prefetch to 0 or 1; groups of 16 and K_pad not a multiple of 256 give the
+    Triton GEMV with the same tile (as_gemv)."""
     cfg = KernelConfig("staged", 64, 256, split_k=16, num_warps=4, prefetch=2).fitted(128, 14336)
     assert (cfg.kind, cfg.split_k, cfg.block_n, cfg.prefetch, cfg.block_m) == ("staged", 14, 64, 1, 1)
     assert KernelConfig("staged", 40, 256, num_warps=4).fitted(128, 4096).block_n == 32
     assert KernelConfig("staged", 64, 256, split_k=4, num_warps=2).fitted(16, 4096).kind == "gemv"
+    big = KernelConfig("staged", 64, 256, split_k=1, num_warps=2).fitted(128, 65536)  # 256 tiles: 264 KB at split 1
+    assert big.split_k == 8 and int4_gemv_staged.shared_bytes(256 // 8) <= int4_gemv_staged.SMEM_BYTES
+    assert int4_gemv_staged.shared_bytes(256 // 4) > int4_gemv_staged.SMEM_BYTES
     fallback = KernelConfig("staged", 64, 256, split_k=4, num_warps=2).fitted(128, 384)
     assert fallback.kind == "gemv" and fallback.block_n == 64 and fallback.num_warps == 2
 
@@ -117,6 +121,7 @@ def test_staged_gemv_compiles_to_sm90_with_fewer_instructions_than_the_triton_ge
     staged_row, gemv_row = _compiled_in_child(code, 2)
     staged, gemv = ([c.strip() for c in row.split("|")] for row in (staged_row, gemv_row))
     assert staged[1] == "staged" and int(staged[8]) == 0 and int(staged[7]) <= 128, staged_row
+    assert int(staged[9]) == int4_gemv_staged.shared_bytes(4), staged_row  # the split's fitting rule counts right
     assert float(staged[10]) < 3.0 and float(staged[10]) < float(gemv[10]) - 0.3, (staged_row, gemv_row)
     assert "LDS" in staged[12] and "FFMA" in staged[12], staged_row
 
