@@ -34,6 +34,20 @@ def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
     return ((y - ref).norm() / ref.norm().clamp(min=1e-30)).item()
 
 
+def quantized_case(dtype, m, n, k, group, with_pre, seed=0):
+    """A random int4 linear and its float64 product: (x [m, k], packed qdata, scale, zero, pre or None, expected
+    [m, n] = (x * pre, rounded to ``dtype`` as the kernels round it) @ dequantize(W).T)."""
+    from awq_ao import quant
+
+    gen = torch.Generator().manual_seed(seed)
+    q, scale, zero = quant.quantize(torch.randn(n, k, generator=gen), 4, group, scale_dtype=dtype)
+    x = torch.randn(m, k, generator=gen).to(dtype)
+    pre = (torch.rand(k, generator=gen) + 0.5).to(dtype) if with_pre else None
+    xs = x.double() if pre is None else (x.float() * pre.float()).to(dtype).double()
+    expected = xs @ quant.dequantize(q, scale, zero, group, k, torch.float64).T
+    return x, quant.pack_int4(q), scale, zero, pre, expected
+
+
 def tiny_llama(dtype=torch.float32, tie=True, hidden=96, inter=160):
     """A 2-layer random LlamaForCausalLM (GQA 6 heads / 2 KV heads)."""
     from transformers import LlamaConfig, LlamaForCausalLM

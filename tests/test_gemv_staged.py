@@ -7,9 +7,9 @@ weight against the Triton GEMV's)."""
 import pytest
 import torch
 from gluon_emulator import staged_gemv_kernel
+from helpers import quantized_case
 from test_kernel_configs import _compiled_in_child
 
-from awq_ao import quant
 from awq_ao.kernels import KernelConfig, configs, int4_gemv_staged, int4_linear, int4_wgmma
 
 TOL = {torch.bfloat16: 1e-2, torch.float16: 3e-3, torch.float32: 1e-4}
@@ -24,13 +24,7 @@ def emulated(monkeypatch):
 
 def _relative_error(cfg, dtype, m, n, k, group, with_pre, seed=0):
     """``int4_linear`` with ``cfg`` on a random case against the float64 reference; (error, fitted config)."""
-    gen = torch.Generator().manual_seed(seed)
-    q, scale, zero = quant.quantize(torch.randn(n, k, generator=gen), 4, group, scale_dtype=dtype)
-    x = torch.randn(m, k, generator=gen).to(dtype)
-    pre = (torch.rand(k, generator=gen) + 0.5).to(dtype) if with_pre else None
-    xs = x.double() if pre is None else (x.float() * pre.float()).to(dtype).double()
-    expected = xs @ quant.dequantize(q, scale, zero, group, k, torch.float64).T
-    qdata = quant.pack_int4(q)
+    x, qdata, scale, zero, pre, expected = quantized_case(dtype, m, n, k, group, with_pre, seed)
     y = int4_linear(x, qdata, scale, zero, group, k, act_pre_scale=pre, config=cfg)
     return ((y.double() - expected).norm() / expected.norm()).item(), cfg.fitted(group, qdata.shape[1] * 2)
 

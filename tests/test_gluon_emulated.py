@@ -10,8 +10,8 @@ import dataclasses
 import pytest
 import torch
 from gluon_emulator import wgmma_kernel
+from helpers import quantized_case
 
-from awq_ao import quant
 from awq_ao.kernels import KernelConfig, int4_linear, int4_wgmma
 
 TOL = {torch.bfloat16: 1e-2, torch.float16: 3e-3}
@@ -27,21 +27,11 @@ def emulated(monkeypatch):
     monkeypatch.setattr(int4_wgmma, "_int4_wgmma_kernel", wgmma_kernel())
 
 
-def _case(dtype, m, n, k, group, with_pre, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    q, scale, zero = quant.quantize(torch.randn(n, k, generator=gen), 4, group, scale_dtype=dtype)
-    x = torch.randn(m, k, generator=gen).to(dtype)
-    pre = (torch.rand(k, generator=gen) + 0.5).to(dtype) if with_pre else None
-    xs = x.double() if pre is None else (x.float() * pre.float()).to(dtype).double()
-    expected = xs @ quant.dequantize(q, scale, zero, group, k, torch.float64).T
-    return x, quant.pack_int4(q), scale, zero, pre, expected
-
-
 def _run(variant, spec, dtype, m, n, k, group, with_pre, seed=0):
     block_n, split, fused, buffers, stages = spec
     cfg = KernelConfig("wgmma", block_n, 128, block_m=m, split_k=split, fused_reduce=fused, prefetch=buffers,
                        num_stages=stages, **VARIANTS[variant])
-    x, qdata, scale, zero, pre, expected = _case(dtype, m, n, k, group, with_pre, seed)
+    x, qdata, scale, zero, pre, expected = quantized_case(dtype, m, n, k, group, with_pre, seed)
     saved, before = int4_wgmma.OVERLAP_PAIRS, int4_wgmma._int4_wgmma_kernel.programs
     int4_wgmma.OVERLAP_PAIRS = variant == "overlap"
     try:
@@ -116,7 +106,7 @@ def test_the_emulated_kernel_catches_a_wrong_magic(emulated, monkeypatch):
 def test_fused_sum_leaves_the_counters_at_zero(emulated):
     """The in-kernel split sum's protocol as the emulator runs it (programs in order): the last program of each
     tile adds the partials and sets its counter back to 0, for the next call."""
-    x, qdata, scale, zero, _, expected = _case(torch.bfloat16, 5, 100, 300, 128, False)
+    x, qdata, scale, zero, _, expected = quantized_case(torch.bfloat16, 5, 100, 300, 128, False)
     counters = torch.zeros(8, dtype=torch.int32)
     cfg = dataclasses.replace(KernelConfig("wgmma", 64, 128, block_m=5, split_k=3, fused_reduce=True),
                               mma_sync=True)
