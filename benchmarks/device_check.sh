@@ -3,26 +3,28 @@
 #
 #   bash benchmarks/device_check.sh          # in the repo root on the device machine, with $OUT set
 #
-# 0. wgmma_check.py: the Gluon kernel's correctness (wgmma and mma.sync), then (apart) its timing table on the
-#    goal shapes at M = 1 and 16 ($OUT/wgmma_check.log, wgmma_<gpu>.md); if the check fails,
-#    AWQ_AO_DISABLE_WGMMA=1 keeps the kernel out of the steps after it;
-# 1. gpu_check.py on the three goal shapes at M = 1 and 16: every candidate checked against a float64
+# 0. wgmma_check.py: the Gluon GEMM's correctness (wgmma and mma.sync; $OUT/wgmma_check.log), and (apart, off
+#    unless WGMMA_TIME_S is set: the tuning below times every candidate) its timing table on the goal shapes at
+#    M = 1 and 16 (wgmma_<gpu>.md); if the check fails, AWQ_AO_DISABLE_WGMMA=1 keeps the Gluon kernels (the
+#    staged GEMV too) out of the steps after it;
+# 1. gpu_check.py on the three goal shapes at M = 1 and 16: every candidate (the staged GEMV's among them at
+#    M = 1, first timed here) checked against a float64
 #    reference, the fused split-K stress test, the compiled and CUDA-graph module checks, then tuning and the
 #    timing table ($OUT: gpu_check.log, tuned_<gpu>.json, kernels_<gpu>.md, each written as the run goes);
 # 2. bench_layout.py: read rates by layout, the split-K reduce launch and the GEMM's activation launch alone;
 # 3. model_check.py: the user's flow, whole models compiled (transformers' generate() with a static cache and
 #    CUDA graphs; the gpt-fast model's compiled decode), tokens against eager ($OUT/model_check.log);
-# 4. Nsight Compute's stall reasons, in one profile each: the kernel step 1's tuning picked at M = 1 (the GEMV's
-#    stall reasons were never taken: run 7 profiled its occupancy only) and the Gluon kernel with mma.sync and
-#    late_dequant at M = 16 (two weight buffers, split 8).
+# 4. Nsight Compute's stall reasons, in one profile each: the kernel step 1's tuning picked at M = 1, the staged
+#    GEMV at M = 1 (64 x 256 on 2 warps, split 8: what its instruction count bought, picked or not) and the
+#    kernel the tuning picked at M = 16 (the GEMM's stall reasons were never taken).
 #
 # Each step has its own time limit (seconds; override by environment), so a slow step cannot starve the
-# rest: WGMMA_S (default 150: the check, 252 cases against run 9's 216 in under 150 s), WGMMA_TIME_S (40: its
+# rest: WGMMA_S (default 150: the check, 252 cases, within it on 2026-11-28), WGMMA_TIME_S (0, off; 40 for its
 # timing, 15 configs per row: 5 wgmma, 1 overlapped, 3 mma.sync, 5 late_dequant, 1 of those masked; the first
-# rows only, since step 1's tuning times every candidate too and logs each), CHECK_S (310: 97-111 and 71-76
+# rows only, since step 1's tuning times every candidate too and logs each), CHECK_S (330: 97-111 and 71-76
 # candidates per goal shape at M = 1 and 16, 43 of them Gluon kernels that compile apart; 263 s in the
 # run of 2026-11-28 with 98 at M = 1), LAYOUT_S (0: off,
-# its results are in), MODEL_S (60), NCU_S (30: ~12 s per ncu call, two kernels, last): 9 minutes 50 s of limits in
+# its results are in), MODEL_S (60: 38-46 s on 2026-11-28), NCU_S (45: three kernels, last): 9 minutes 45 s of limits in
 # all, plus the install, inside one run's 10 (a run cut short there loses the profile only). A limit of 0
 # skips its step. CHECK_M (default "1 16", the goal's M values; the shipped table keeps its M = 2 picks) sets
 # step 1's M values. The device machines have torch and Triton but no torchao and no network: the torchao
@@ -50,14 +52,14 @@ else
   export AWQ_AO_GLUON_OFF="${failed// /,}"
 fi
 rm -f "$OUT/gluon_failed_variants.txt"  # (said in the line above) at most 8 files come back from $OUT: 7 are left
-if [ "${AWQ_AO_DISABLE_WGMMA:-0}" != 1 ] && [ "${WGMMA_TIME_S:-40}" != 0 ]; then
-  timeout "${WGMMA_TIME_S:-40}" python3 benchmarks/wgmma_check.py --no-check --short --out "$OUT" 2>&1 \
+if [ "${AWQ_AO_DISABLE_WGMMA:-0}" != 1 ] && [ "${WGMMA_TIME_S:-0}" != 0 ]; then
+  timeout "${WGMMA_TIME_S:-0}" python3 benchmarks/wgmma_check.py --no-check --short --out "$OUT" 2>&1 \
     | tee -a "$OUT/wgmma_check.log"
 fi
 
-if [ "${CHECK_S:-310}" != 0 ]; then
+if [ "${CHECK_S:-330}" != 0 ]; then
   # shellcheck disable=SC2086  # CHECK_M is a list of M values
-  timeout "${CHECK_S:-310}" python3 benchmarks/gpu_check.py --out "$OUT" --shapes 3 --m ${CHECK_M:-1 16}
+  timeout "${CHECK_S:-330}" python3 benchmarks/gpu_check.py --out "$OUT" --shapes 3 --m ${CHECK_M:-1 16}
   echo "gpu_check exit: $?"
 fi
 
@@ -75,10 +77,10 @@ cp "$OUT"/tuned_*.json kernels/tuned/ 2>/dev/null  # the picks just tuned, for t
 NCU=/usr/local/cuda/bin/ncu
 SECTIONS=(--section WarpStateStats --section Occupancy --section SchedulerStats --section LaunchStats
           --metrics "regex:smsp__pcsamp_warps_issue_stalled_.*")
-if [ "${NCU_S:-30}" != 0 ]; then  # M = 1: select_config's pick (the table just tuned); M = 16: the late kernel
-  timeout "${NCU_S:-30}" "$NCU" -k 'regex:_int4_(gemv|gemm|wgmma|gemv_staged)_kernel' --launch-count 2 "${SECTIONS[@]}" \
-    python3 benchmarks/ncu_probe.py --once --m16 '{"kind": "wgmma", "block_n": 64, "block_k": 128, "block_m": 16,
-    "split_k": 8, "prefetch": 2, "mma_sync": true, "late_dequant": true}' > "$OUT/ncu_m1_pick_m16_late.txt" 2>&1
-  echo "ncu (the M = 1 pick; mma.sync late_dequant at M = 16) exit: $?"
+if [ "${NCU_S:-45}" != 0 ]; then  # select_config's picks (the table just tuned) at M = 1 and 16, the staged GEMV between
+  timeout "${NCU_S:-45}" "$NCU" -k 'regex:_int4_(gemv|gemm|wgmma|gemv_staged)_kernel' --launch-count 3 "${SECTIONS[@]}" \
+    python3 benchmarks/ncu_probe.py --once --also-m1 '{"kind": "staged", "block_n": 64, "block_k": 256,
+    "num_warps": 2, "split_k": 8}' > "$OUT/ncu_m1_pick_staged_m16_pick.txt" 2>&1
+  echo "ncu (the M = 1 pick, the staged GEMV, the M = 16 pick) exit: $?"
 fi
 ls -l "$OUT"
