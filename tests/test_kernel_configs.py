@@ -574,6 +574,21 @@ def test_device_check_script_parses_and_needs_out():
     assert run.returncode != 0 and "OUT" in run.stderr and "pip" not in run.stdout + run.stderr
 
 
+def test_device_check_limits_fit_one_run():
+    """device_check.sh's default step limits (each ``${NAME:-seconds}``, one value per name) add up to at most
+    590 s, so the whole run, install included, ends inside the device tool's 600 s per command."""
+    import os
+    import re
+
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks", "device_check.sh")
+    text = open(path).read()
+    limits = {}
+    for name, value in re.findall(r"\$\{(\w+_S):-(\d+)\}", text):
+        assert limits.setdefault(name, int(value)) == int(value), name  # one default per limit
+    assert {"WGMMA_S", "CHECK_S", "MODEL_S", "NCU_S"} <= set(limits)
+    assert sum(limits.values()) <= 590, limits
+
+
 def test_candidates_script_counts_and_ranks_families():
     """benchmarks/candidates.py: the candidate count per M bucket (no GPU, the SM count given; the module's own
     SM lookup is left as it was) and each family's range against the fastest candidate of each goal shape in a
