@@ -103,7 +103,7 @@ def test_staged_gemv_compiles_to_sm90_with_fewer_instructions_than_the_triton_ge
     """The staged GEMV (64 x 256 on 2 warps, 4 tiles per program) compiles for sm_90 with the Gluon in this
     Triton, with no spills, at most 128 registers (as many programs per SM as the Triton GEMV's 64 x 256
     tile) and under 3 instructions per weight in its main loop, fewer than that Triton GEMV's (2.83 against
-    3.34 with Triton 3.6: the activation read from shared memory, 8 values per 16-byte load, and one scale
+    3.34 with Triton 3.6: the activation read from shared memory, a plane's 4 values per 16-byte load, and one scale
     step per 4 words). Compiled in a child process: this one runs kernels under TRITON_INTERPRET."""
     pytest.importorskip("triton.experimental.gluon")
     code = (
