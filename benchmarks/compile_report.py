@@ -113,11 +113,11 @@ def compile_staged(cfg: KernelConfig, dt: str, group: int, arch: int, k: int = 4
 
     split_out = cfg.split_k > 1
     sig = {"x_ptr": f"*{dt}", "q_ptr": "*i32", "s_ptr": f"*{dt}", "z_ptr": "*u8", "pre_ptr": f"*{dt}",
-           "out_ptr": "*fp32" if split_out else f"*{dt}"}
+           "out_ptr": "*fp32" if split_out else f"*{dt}", "M": "i32"}
     sig.update({name: "i32" for name in ("stride_xm", "stride_q", "stride_s", "stride_om", "stride_osplit")})
     constexprs = {"GROUP_SIZE": group, "HAS_PRE_SCALE": pre,
                   "TILES": k // int4_gemv_staged.BLOCK_K // cfg.split_k, "PREFETCH": cfg.prefetch >= 1,
-                  "SPLIT_OUT": split_out, "BLOCK_N": cfg.block_n, "WARPS": cfg.num_warps}
+                  "SPLIT_OUT": split_out, "ROWS": cfg.block_m, "BLOCK_N": cfg.block_n, "WARPS": cfg.num_warps}
     return _compile(GluonASTSource, int4_gemv_staged._int4_gemv_staged_kernel, sig, constexprs,
                     ("stride_xm", "stride_q", "stride_om", "stride_osplit"), arch, {"num_warps": cfg.num_warps})
 
@@ -312,7 +312,7 @@ def main(argv=None) -> int:
 
     int4_wgmma.OVERLAP_PAIRS = int4_wgmma.OVERLAP_PAIRS or args.overlap  # compile_wgmma's default
 
-    from awq_ao.kernels.configs import GLUON_TILES, STAGED_TILES, candidate_configs
+    from awq_ao.kernels.configs import GLUON_TILES, STAGED_ROWS2_TILES, STAGED_TILES, candidate_configs
 
     seen = []
     for m in args.m:
@@ -320,9 +320,11 @@ def main(argv=None) -> int:
             cfg = dataclasses.replace(cfg, split_k=8 if cfg.fused_reduce else 1)  # fused: its epilogue for 8 splits
             if cfg not in seen:
                 seen.append(cfg)
-        if m == 1:  # the staged GEMV (a candidate on sm_90 GPUs only), split 4: 4 tiles per program at K = 4096
-            seen += [KernelConfig("staged", block_n, 256, split_k=4, num_warps=warps, prefetch=prefetch).fitted(
-                args.group, 4096) for block_n, warps, prefetch in STAGED_TILES]
+        # the staged GEMV (a candidate on sm_90 GPUs only), split 4: 4 tiles per program at K = 4096
+        staged = ([(b, w, p, 1) for b, w, p in STAGED_TILES] if m == 1 else
+                  [(b, w, 0, 2) for b, w in STAGED_ROWS2_TILES] if m == 2 else [])
+        seen += [KernelConfig("staged", block_n, 256, split_k=4, block_m=rows, num_warps=warps,
+                              prefetch=prefetch).fitted(args.group, 4096) for block_n, warps, prefetch, rows in staged]
         if m <= 64 and args.dtype != "fp32":  # the Gluon kernel, wgmma and mma.sync (candidates on sm_90 GPUs only)
             for block_n, buffers, stages, mma_sync, late in GLUON_TILES:
                 cfg = KernelConfig("wgmma", block_n, 128, block_m=m, prefetch=buffers, num_stages=stages,

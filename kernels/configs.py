@@ -100,7 +100,7 @@ class KernelConfig:
                             num_warps=self.num_warps, prefetch=self.prefetch).fitted(group_size, k_pad)
 
     def _fitted_staged(self, group_size: int, k_pad: int) -> "KernelConfig":
-        """The staged GEMV's config: one activation row, 256-column tiles split evenly (the largest split up to
+        """The staged GEMV's config: one or two activation rows per program, 256-column tiles split evenly (the largest split up to
         the asked one that divides the tiles, or the smallest whose staged activation fits ``SMEM_BYTES``),
         BLOCK_N a multiple of 4 rows per warp; the Triton GEMV's (``as_gemv``) where K_pad is not a multiple of
         256 or the group not of 32."""
@@ -109,10 +109,12 @@ class KernelConfig:
         tiles = k_pad // int4_gemv_staged.BLOCK_K
         divisors = [d for d in range(1, tiles + 1) if tiles % d == 0]
         split = max(d for d in divisors if d <= max(1, self.split_k))
-        fits = [d for d in divisors if int4_gemv_staged.shared_bytes(tiles // d) <= int4_gemv_staged.SMEM_BYTES]
+        rows = 1 if self.block_m <= 1 else 2
+        fits = [d for d in divisors
+                if int4_gemv_staged.shared_bytes(tiles // d, rows) <= int4_gemv_staged.SMEM_BYTES]
         split = max(split, fits[0])  # a larger split where the staged activation would not fit
         block_n = max(self.block_n, 4 * self.num_warps) // (4 * self.num_warps) * (4 * self.num_warps)
-        return KernelConfig("staged", block_n, int4_gemv_staged.BLOCK_K, split_k=split, block_m=1,
+        return KernelConfig("staged", block_n, int4_gemv_staged.BLOCK_K, split_k=split, block_m=rows,
                             num_warps=self.num_warps, num_stages=1, prefetch=min(int(self.prefetch), 1))
 
     def _fitted_wgmma(self, group_size: int, k_pad: int) -> "KernelConfig":
@@ -185,6 +187,9 @@ GLUON_TILES = ((64, 1, 1, False, False), (64, 2, 1, False, False), (64, 1, 4, Fa
 # (prefetch) 154 and 96 registers, 2.84 and 2.98 (sm_90 SASS, Triton 3.6, `python benchmarks/compile_report.py
 # --m 1`); not yet timed on a GPU
 STAGED_TILES = ((64, 2, 0), (64, 2, 1), (64, 4, 0), (64, 4, 1), (128, 4, 0))
+# (BLOCK_N, warps) of the staged GEMV with two activation rows per program, tried at M = 2: 4.04-4.07 instructions
+# per weight against the 2-row Triton GEMV's 5.12, at 96 (4 warps) and 166 registers against its 248 (Triton 3.6)
+STAGED_ROWS2_TILES = ((64, 4), (64, 2))
 # whether the tuner tries the in-kernel split-K sum (``fused_reduce``); benchmarks/gpu_check.py turns it off for
 # its tuning run when that path fails a correctness check on the GPU at hand
 FUSED_REDUCE_CANDIDATES = True
@@ -285,6 +290,20 @@ def _swapped_async_tile(cfg: KernelConfig) -> bool:
             and cfg.num_warps == 4 and cfg.num_stages == 3)
 
 
+def _staged_candidates(n: int, k_pad: int, device: torch.device, tiles: list) -> list[KernelConfig]:
+    """The staged GEMV's configs for these (BLOCK_N, warps, prefetch, rows), split toward 6 two-warp programs per
+    SM as the GEMV and twice that; none unless on sm_90 with Gluon (as the Gluon GEMM) and not turned off."""
+    if not (STAGED_CANDIDATES and int4_wgmma.wgmma_available(device)):
+        return []
+    k_tiles = k_pad // int4_gemv_staged.BLOCK_K
+    out = []
+    for block_n, warps, prefetch, rows in tiles:
+        split = _split_for(triton.cdiv(n, block_n), k_tiles, device, per_sm=12 // warps)
+        out += [KernelConfig("staged", block_n, int4_gemv_staged.BLOCK_K, split_k=s, block_m=rows, num_warps=warps,
+                             prefetch=prefetch) for s in (split, 2 * split)]
+    return out
+
+
 def candidate_configs(m: int, n: int, k_pad: int, group_size: int, device: torch.device) -> list[KernelConfig]:
     """The small set ``tune`` times for one (M bucket, N, K, group)."""
     base = default_config(m, n, k_pad, group_size, device)
@@ -304,12 +323,9 @@ def candidate_configs(m: int, n: int, k_pad: int, group_size: int, device: torch
             out += [dataclasses.replace(cfg, split_k=s) for s in (1, 2, cfg.split_k)]
         # (the GEMM at M = 1, one row of its 16 used, is no longer tried: 49-95% slower than the GEMV on every goal
         # shape in run 7, gpu_check_nvidia_h200_async.log)
-        if STAGED_CANDIDATES and int4_wgmma.wgmma_available(device):  # sm_90 with Gluon, as the Gluon GEMM
-            tiles = k_pad // int4_gemv_staged.BLOCK_K
-            for block_n, warps, prefetch in STAGED_TILES:  # split toward 6 two-warp programs per SM, as the GEMV
-                split = _split_for(triton.cdiv(n, block_n), tiles, device, per_sm=12 // warps)
-                out += [KernelConfig("staged", block_n, int4_gemv_staged.BLOCK_K, split_k=s, num_warps=warps,
-                                     prefetch=prefetch) for s in (split, 2 * split)]
+        out += _staged_candidates(n, k_pad, device, [(b, w, p, 1) for b, w, p in STAGED_TILES])
+    if m == 2:
+        out += _staged_candidates(n, k_pad, device, [(b, w, 0, 2) for b, w in STAGED_ROWS2_TILES])
     if 2 <= m <= GEMV_ROWS[-1]:  # several rows per GEMV program, each row's sums 2-d
         tiles = [(128 // m, 4, 128), (256 // m, 4, 128)] + (list(GEMV_ROWS_TILES) if m == 2 else [])
         for block_n, warps, block_k in tiles:

@@ -18,7 +18,8 @@ load, and a tile's 8 planes and its chunk sums with 9; the per-word scale step b
 Layout (explicit, ``L3``): a K tile of 256 columns is [BLOCK_N rows, 8 chunks, 4 words]; a thread holds 4
 consecutive words (one 16-byte load) of BLOCK_N / (4 * num_warps) rows, a warp 4 rows x 8 chunks.
 
-Scope: one activation row per program (grid (N / BLOCK_N, SPLIT, M)), K_pad a multiple of 256 split
+Scope: one or two activation rows per program (``KernelConfig.block_m``; grid (N / BLOCK_N, SPLIT,
+cdiv(M, ROWS)); with two, each unpacked weight serves both rows' FFMAs), K_pad a multiple of 256 split
 evenly, N a multiple of BLOCK_N, groups a multiple of 32 (a chunk lies in one group); ``fits`` says
 whether a shape qualifies. Splits go to fp32 partials and the split-K reduce launch (the in-kernel sum
 was slower inside a CUDA graph on the H200, kernel_notes.md).
@@ -27,6 +28,7 @@ was slower inside a CUDA graph on the H200, kernel_notes.md).
 from __future__ import annotations
 
 import torch
+import triton
 
 from awq_ao.kernels.splitk import add_splits
 
@@ -41,9 +43,10 @@ BLOCK_K = 256  # columns per K tile: 8 chunks of 4 words
 SMEM_BYTES = 64 * 1024  # most shared memory a program may take (the split grows to fit)
 
 
-def shared_bytes(tiles: int) -> int:
-    """Shared memory of a program staging ``tiles`` K tiles: per tile 8 planes of 32 fp32 values and 8 chunk sums."""
-    return tiles * (8 * 32 + 8) * 4
+def shared_bytes(tiles: int, rows: int = 1) -> int:
+    """Shared memory of a program staging ``tiles`` K tiles of ``rows`` activation rows: per tile and row 8 planes
+    of 32 fp32 values and 8 chunk sums."""
+    return rows * tiles * (8 * 32 + 8) * 4
 
 
 def fits(n: int, k_pad: int, group_size: int, block_n: int, split: int) -> bool:
@@ -58,11 +61,11 @@ if HAVE_GLUON:
     _cta_barrier = getattr(gl, "thread_barrier", None) or gl.barrier  # renamed in Triton 3.9
 
     @gluon.jit
-    def _stage_tile(x_smem, xsum_smem, x_row, pre_ptr, col0, t, HAS_PRE_SCALE: gl.constexpr,
+    def _stage_tile(x_smem, xsum_smem, slot, x_row, pre_ptr, col0, t, HAS_PRE_SCALE: gl.constexpr,
                     XL: gl.constexpr):
-        """Tile t of the program's activation (columns col0 + 256 t ...) into shared memory: x_smem[8 t + i]
-        [8 chunks, 4 words] fp32 ``x * pre * 2**(64 - 4p)`` of plane i, and xsum_smem[t] [8 chunks] the
-        chunks' plain sums. Column 8w + i of the tile (word w = 4c + e) is plane i of word w; planes 6 and 7
+        """Tile t of an activation row (columns col0 + 256 t ...) into shared memory at ``slot``:
+        x_smem[8 slot + i] [8 chunks, 4 words] fp32 ``x * pre * 2**(64 - 4p)`` of plane i, and xsum_smem[slot]
+        [8 chunks] the chunks' plain sums. Column 8w + i of the tile (word w = 4c + e) is plane i of word w; planes 6 and 7
         are read from the word shifted right by 8, so their factors are those of places 4 and 5."""
         c = gl.arange(0, 8, layout=gl.SliceLayout(1, XL))
         e = gl.arange(0, 4, layout=gl.SliceLayout(0, XL))
@@ -74,17 +77,38 @@ if HAVE_GLUON:
                 xv = xv * gl.load(pre_ptr + word_col + i).to(gl.float32)
             x_sum = x_sum + xv
             if i < 6:
-                x_smem.index(t * 8 + i).store(xv * (18446744073709551616.0 / (1 << (4 * i))))  # 2**(64 - 4p)
+                x_smem.index(slot * 8 + i).store(xv * (18446744073709551616.0 / (1 << (4 * i))))  # 2**(64 - 4p)
             else:
-                x_smem.index(t * 8 + i).store(xv * (18446744073709551616.0 / (1 << (4 * (i - 2)))))
-        xsum_smem.index(t).store(gl.sum(x_sum, axis=1))
+                x_smem.index(slot * 8 + i).store(xv * (18446744073709551616.0 / (1 << (4 * (i - 2)))))
+        xsum_smem.index(slot).store(gl.sum(x_sum, axis=1))
+
+    @gluon.jit
+    def _plane_dot(dot, words, high, x_smem, slot, L3: gl.constexpr):
+        """``dot`` [BLOCK_N, 8, 4] plus each weight's masked nibble times its staged activation value: the 8
+        planes of one tile (``slot`` its staged activation) for one activation row."""
+        for i in gl.static_range(8):
+            if i < 6:
+                q_tiny = (words & (0xF << (4 * i))).to(gl.float32, bitcast=True)
+            else:
+                q_tiny = (high & (0xF << (4 * (i - 2)))).to(gl.float32, bitcast=True)
+            plane = x_smem.index(slot * 8 + i).load(gl.SliceLayout(0, L3))  # [8, 4]: this thread's 4 values
+            dot = dot + gl.expand_dims(plane, 0) * q_tiny
+        return dot
+
+    @gluon.jit
+    def _scale_step(acc, dot, s_big, s_zero, xsum_smem, slot, L2: gl.constexpr):
+        """``acc`` [BLOCK_N, 8] plus one tile's row sums: sum_k x (q - z) s = (s 2**85) sum_k (x 2**(64-4p))
+        (q 2**(4p) 2**-149) - (s z) sum_k x, per row and chunk (the chunk's 4 words added first)."""
+        x_sum = xsum_smem.index(slot).load(gl.SliceLayout(0, L2))
+        acc = acc + s_big * gl.sum(dot, axis=2)
+        return acc - s_zero * gl.expand_dims(x_sum, 0)
 
     @gluon.jit
     def _int4_gemv_staged_kernel(
-        x_ptr, q_ptr, s_ptr, z_ptr, pre_ptr, out_ptr,
+        x_ptr, q_ptr, s_ptr, z_ptr, pre_ptr, out_ptr, M,
         stride_xm, stride_q, stride_s, stride_om, stride_osplit,
         GROUP_SIZE: gl.constexpr, HAS_PRE_SCALE: gl.constexpr, TILES: gl.constexpr, PREFETCH: gl.constexpr,
-        SPLIT_OUT: gl.constexpr, BLOCK_N: gl.constexpr, WARPS: gl.constexpr,
+        SPLIT_OUT: gl.constexpr, ROWS: gl.constexpr, BLOCK_N: gl.constexpr, WARPS: gl.constexpr,
     ):
         pid_n = gl.program_id(0)
         pid_split = gl.program_id(1)
@@ -95,25 +119,28 @@ if HAVE_GLUON:
         XS: gl.constexpr = gl.SwizzledSharedLayout(vec=4, per_phase=1, max_phase=1, order=[1, 0])  # a plane
         S2: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[0])
         col0 = pid_split * TILES * 256  # the split's first column
+        row0 = pid_m * ROWS  # this program's first activation row (ROWS 1 or 2; a second past M reads row M - 1)
 
-        # 1. the split's activation, staged once
-        x_smem = gl.allocate_shared_memory(gl.float32, [TILES * 8, 8, 4], XS)  # [tile, plane] -> [8, 4]
-        xsum_smem = gl.allocate_shared_memory(gl.float32, [TILES, 8], S2)
-        x_row = x_ptr + pid_m * stride_xm
-        for t in range(TILES):
-            _stage_tile(x_smem, xsum_smem, x_row, pre_ptr, col0, t, HAS_PRE_SCALE, XL)
+        # 1. the split's activation, staged once: row r's tile t at slot r * TILES + t
+        x_smem = gl.allocate_shared_memory(gl.float32, [ROWS * TILES * 8, 8, 4], XS)  # [row, tile, plane]
+        xsum_smem = gl.allocate_shared_memory(gl.float32, [ROWS * TILES, 8], S2)
+        for r in gl.static_range(ROWS):
+            x_row = x_ptr + gl.minimum(row0 + r, M - 1) * stride_xm
+            for t in range(TILES):
+                _stage_tile(x_smem, xsum_smem, r * TILES + t, x_row, pre_ptr, col0, t, HAS_PRE_SCALE, XL)
         _cta_barrier()
 
         # 2. the weight tiles: words [BLOCK_N, 8, 4], scales and zeros [BLOCK_N, 8] (each chunk's group)
-        r = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, L2))
+        n = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, L2))
         c = gl.arange(0, 8, layout=gl.SliceLayout(0, L2))
         e = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, L3)))
-        rows2 = gl.expand_dims(pid_n * BLOCK_N + r, 1)
+        rows2 = gl.expand_dims(pid_n * BLOCK_N + n, 1)
         c2 = gl.expand_dims(c, 0)
         q_ptrs = (q_ptr + gl.expand_dims(rows2, 2) * stride_q + col0 // 8 + gl.expand_dims(c2, 2) * 4
                   + gl.expand_dims(gl.expand_dims(e, 0), 1))
         sz_ptrs = rows2 * stride_s + (col0 + c2 * 32) // GROUP_SIZE  # tile 0's; tile t adds 256 t / G
-        acc = gl.zeros([BLOCK_N, 8], gl.float32, L2)
+        acc0 = gl.zeros([BLOCK_N, 8], gl.float32, L2)
+        acc1 = acc0  # (ROWS 2)
         if PREFETCH:
             next_words = gl.load(q_ptrs)
         for t in range(TILES):
@@ -125,28 +152,28 @@ if HAVE_GLUON:
                 words = gl.load(q_ptrs + t * 32)
             group = sz_ptrs + (t * 256) // GROUP_SIZE
             s = gl.load(s_ptr + group).to(gl.float32)
-            z = gl.load(z_ptr + group).to(gl.float32)
+            s_zero = s * gl.load(z_ptr + group).to(gl.float32)
+            s_big = s * 38685626227668133590597632.0  # s * 2**85
             high = words >> 8  # nibbles 6 and 7 in bits 16..23, below 2**24
-            dot = gl.zeros([BLOCK_N, 8, 4], gl.float32, L3)
-            for i in gl.static_range(8):
-                if i < 6:
-                    q_tiny = (words & (0xF << (4 * i))).to(gl.float32, bitcast=True)
-                else:
-                    q_tiny = (high & (0xF << (4 * (i - 2)))).to(gl.float32, bitcast=True)
-                plane = x_smem.index(t * 8 + i).load(gl.SliceLayout(0, L3))  # [8, 4]: this thread's 4 values
-                dot = dot + gl.expand_dims(plane, 0) * q_tiny
-            x_sum = xsum_smem.index(t).load(gl.SliceLayout(0, L2))
-            # sum_k x (q - z) s = (s 2**85) sum_k (x 2**(64-4p)) (q 2**(4p) 2**-149) - (s z) sum_k x
-            acc = acc + (s * 38685626227668133590597632.0) * gl.sum(dot, axis=2)
-            acc = acc - (s * z) * gl.expand_dims(x_sum, 0)
+            dot = _plane_dot(gl.zeros([BLOCK_N, 8, 4], gl.float32, L3), words, high, x_smem, t, L3)
+            acc0 = _scale_step(acc0, dot, s_big, s_zero, xsum_smem, t, L2)
+            if ROWS == 2:
+                dot = _plane_dot(gl.zeros([BLOCK_N, 8, 4], gl.float32, L3), words, high, x_smem, TILES + t, L3)
+                acc1 = _scale_step(acc1, dot, s_big, s_zero, xsum_smem, TILES + t, L2)
 
-        # 3. the row's sums -> y (or the split's fp32 partial)
-        total = gl.sum(acc, axis=1)
-        ptrs = out_ptr + pid_split * stride_osplit + pid_m * stride_om + pid_n * BLOCK_N + r
+        # 3. each row's sums -> y (or the split's fp32 partials)
+        ptrs = out_ptr + pid_split * stride_osplit + row0 * stride_om + pid_n * BLOCK_N + n
+        _store_row(ptrs, gl.sum(acc0, axis=1), n >= 0, SPLIT_OUT)
+        if ROWS == 2:
+            _store_row(ptrs + stride_om, gl.sum(acc1, axis=1), (n * 0 + row0 + 1) < M, SPLIT_OUT)
+
+    @gluon.jit
+    def _store_row(ptrs, total, live, SPLIT_OUT: gl.constexpr):
+        """One output row [BLOCK_N]: fp32 partials (SPLIT_OUT) or y in its dtype, where ``live``."""
         if SPLIT_OUT:
-            gl.store(ptrs, total)
+            gl.store(ptrs, total, mask=live)
         else:
-            gl.store(ptrs, total.to(out_ptr.dtype.element_ty))
+            gl.store(ptrs, total.to(ptrs.dtype.element_ty), mask=live)
 
 
 def staged_gemv_linear(x, words, scale, zero_point, pre, has_pre, y, group_size, config) -> torch.Tensor:
@@ -162,12 +189,13 @@ def staged_gemv_linear(x, words, scale, zero_point, pre, has_pre, y, group_size,
     tiles = words.shape[1] * 8 // BLOCK_K
     split = config.split_k
     out = y if split == 1 else torch.empty((split, m, n), dtype=torch.float32, device=x.device)
-    grid = (n // config.block_n, split, m)
+    grid = (n // config.block_n, split, triton.cdiv(m, config.block_m))
     _int4_gemv_staged_kernel[grid](
-        x, words, scale, zero_point, pre, out,
+        x, words, scale, zero_point, pre, out, m,
         x.stride(0), words.stride(0), scale.stride(0), out.stride(-2), out.stride(0) if split > 1 else 0,
         GROUP_SIZE=group_size, HAS_PRE_SCALE=has_pre, TILES=tiles // split, PREFETCH=config.prefetch >= 1,
-        SPLIT_OUT=split > 1, BLOCK_N=config.block_n, WARPS=config.num_warps, num_warps=config.num_warps,
+        SPLIT_OUT=split > 1, ROWS=config.block_m, BLOCK_N=config.block_n, WARPS=config.num_warps,
+        num_warps=config.num_warps,
     )
     if split > 1:
         add_splits(out, y)
