@@ -100,10 +100,10 @@ class KernelConfig:
                             num_warps=self.num_warps, prefetch=self.prefetch).fitted(group_size, k_pad)
 
     def _fitted_staged(self, group_size: int, k_pad: int) -> "KernelConfig":
-        """The staged GEMV's config: one or two activation rows per program, 256-column tiles split evenly (the largest split up to
-        the asked one that divides the tiles, or the smallest whose staged activation fits ``SMEM_BYTES``),
-        BLOCK_N a multiple of 4 rows per warp; the Triton GEMV's (``as_gemv``) where K_pad is not a multiple of
-        256 or the group not of 32."""
+        """The staged GEMV's config: one or two activation rows per program, 256-column tiles split evenly
+        (the largest split up to the asked one that divides the tiles, or the smallest whose staged activation
+        fits ``SMEM_BYTES``), BLOCK_N a multiple of 4 rows per warp; the Triton GEMV's (``as_gemv``) where K_pad
+        is not a multiple of 256 or the group not of 32."""
         if k_pad % int4_gemv_staged.BLOCK_K or group_size % 32:
             return self.as_gemv(group_size, k_pad)
         tiles = k_pad // int4_gemv_staged.BLOCK_K

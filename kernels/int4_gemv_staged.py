@@ -1,4 +1,5 @@
-"""The M = 1 int4 GEMV with its activation staged once per program, in Gluon (sm_80+, bf16 / fp16 / fp32).
+"""The int4 GEMV for M = 1 and 2 with its activation staged once per program, in Gluon (bf16 / fp16 / fp32;
+offered on sm_90, where the Gluon GEMM runs).
 
 Why (``benchmarks/results/kernel_notes.md``, "Eleventh session"): the Triton GEMV (``int4_gemv.py``) is
 bound by its own instructions (15.1 us from L2 against 17.6 from HBM at 8192 x 8192 on the H200; 0.60
@@ -65,8 +66,8 @@ if HAVE_GLUON:
                     XL: gl.constexpr):
         """Tile t of an activation row (columns col0 + 256 t ...) into shared memory at ``slot``:
         x_smem[8 slot + i] [8 chunks, 4 words] fp32 ``x * pre * 2**(64 - 4p)`` of plane i, and xsum_smem[slot]
-        [8 chunks] the chunks' plain sums. Column 8w + i of the tile (word w = 4c + e) is plane i of word w; planes 6 and 7
-        are read from the word shifted right by 8, so their factors are those of places 4 and 5."""
+        [8 chunks] the chunks' plain sums. Column 8w + i of the tile (word w = 4c + e) is plane i of word w;
+        planes 6 and 7 are read from the word shifted right by 8, so their factors are those of places 4 and 5."""
         c = gl.arange(0, 8, layout=gl.SliceLayout(1, XL))
         e = gl.arange(0, 4, layout=gl.SliceLayout(0, XL))
         word_col = col0 + t * 256 + gl.expand_dims(c, 1) * 32 + gl.expand_dims(e, 0) * 8
