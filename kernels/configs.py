@@ -37,9 +37,9 @@ MAX_BUCKET = 512
 @dataclasses.dataclass(frozen=True)
 class KernelConfig:
     kind: str  # "gemv", "gemm", "wgmma" (int4_wgmma.py, Gluon: sm_90, bf16 / fp16, BLOCK_N 64 or 128, BLOCK_K 128;
-    # the weight as the MMA's register operand, by wgmma or with ``mma_sync`` by mma.sync), "staged" (the M = 1
-    # GEMV with its activation staged in shared memory, int4_gemv_staged.py, Gluon: sm_90, BLOCK_K 256; prefetch
-    # 0 or 1) or "dequant"
+    # the weight as the MMA's register operand, by wgmma or with ``mma_sync`` by mma.sync), "staged" (the GEMV
+    # for M = 1 and 2 with its activation staged in shared memory, int4_gemv_staged.py, Gluon: sm_90, BLOCK_K 256,
+    # 1 or 2 rows; prefetch 0 or 1) or "dequant"
     block_n: int
     block_k: int
     split_k: int = 1
@@ -97,7 +97,8 @@ class KernelConfig:
         """The Triton GEMV with this ``staged`` config's tile, split, warps and prefetch: what it runs where the
         staged kernel cannot (no Gluon or sm_90, N not a multiple of the tile, K not of 256, K < K_pad)."""
         return KernelConfig("gemv", self.block_n, int4_gemv_staged.BLOCK_K, split_k=self.split_k,
-                            num_warps=self.num_warps, prefetch=self.prefetch).fitted(group_size, k_pad)
+                            block_m=self.block_m, num_warps=self.num_warps,
+                            prefetch=self.prefetch).fitted(group_size, k_pad)
 
     def _fitted_staged(self, group_size: int, k_pad: int) -> "KernelConfig":
         """The staged GEMV's config: one or two activation rows per program, 256-column tiles split evenly
@@ -184,7 +185,7 @@ GLUON_TILES = ((64, 1, 1, False, False), (64, 2, 1, False, False), (64, 1, 4, Fa
 # (BLOCK_N, warps, prefetch) of the staged GEMV (int4_gemv_staged.py) the tuner tries at M = 1 on sm_90: 8 rows per
 # thread on 2 warps (125 registers, as the Triton GEMV's 128) or 4 rows on 4 warps (72 registers: more warps per
 # SM), 2.83-2.84 instructions per weight against the Triton GEMV's 3.34; with the next tile's words loaded ahead
-# (prefetch) 154 and 96 registers, 2.84 and 2.98 (sm_90 SASS, Triton 3.6, `python benchmarks/compile_report.py
+# (prefetch) 156 and 96 registers, 2.84 and 2.98 (sm_90 SASS, Triton 3.6, `python benchmarks/compile_report.py
 # --m 1`); not yet timed on a GPU
 STAGED_TILES = ((64, 2, 0), (64, 2, 1), (64, 4, 0), (64, 4, 1), (128, 4, 0))
 # (BLOCK_N, warps) of the staged GEMV with two activation rows per program, tried at M = 2: 4.04-4.07 instructions

@@ -87,8 +87,8 @@ def test_staged_configs_fit_the_shape():
     two = KernelConfig("staged", 64, 256, split_k=1, block_m=4, num_warps=2).fitted(128, 65536)
     assert two.block_m == 2 and two.split_k == 16  # two rows stage twice the activation
     assert int4_gemv_staged.shared_bytes(256 // 4) > int4_gemv_staged.SMEM_BYTES
-    fallback = KernelConfig("staged", 64, 256, split_k=4, num_warps=2).fitted(128, 384)
-    assert fallback.kind == "gemv" and fallback.block_n == 64 and fallback.num_warps == 2
+    fallback = KernelConfig("staged", 64, 256, split_k=4, block_m=2, num_warps=2).fitted(128, 384)
+    assert fallback.kind == "gemv" and fallback.block_n == 64 and fallback.num_warps == 2 and fallback.block_m == 2
 
 
 def test_staged_candidates_only_where_the_gluon_kernels_run(monkeypatch):
