@@ -3,6 +3,7 @@
 import copy
 import os
 
+import pytest
 import torch
 from torch import nn
 
@@ -119,3 +120,22 @@ def word_tokenizer(vocab_size: int = 256):
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+
+
+def compiled_in_child(body: str, lines: int) -> list[str]:
+    """Run ``body`` (Python; ``r`` is benchmarks/compile_report.py, ``KernelConfig`` imported) in a child process
+    without TRITON_INTERPRET, so kernels compile for sm_90 here; its last ``lines`` lines of output. Skips where
+    this Triton build has no sm_90 toolchain."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(__file__))
+    code = ("import re, sys; sys.path.insert(0, 'benchmarks'); import compile_report as r\n"
+            "from awq_ao.kernels import KernelConfig\n" + body)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    if run.returncode != 0 and ("ptxas" in run.stderr or "backend" in run.stderr):
+        pytest.skip("no sm_90 toolchain in this Triton build")
+    assert run.returncode == 0, run.stderr[-2000:]
+    return run.stdout.strip().splitlines()[-lines:]

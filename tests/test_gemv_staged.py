@@ -7,8 +7,7 @@ weight against the Triton GEMV's)."""
 import pytest
 import torch
 from gluon_emulator import staged_gemv_kernel
-from helpers import quantized_case
-from test_kernel_configs import _compiled_in_child
+from helpers import compiled_in_child, quantized_case
 
 from awq_ao.kernels import KernelConfig, configs, int4_gemv_staged, int4_linear, int4_wgmma
 
@@ -125,7 +124,7 @@ def test_staged_gemv_compiles_to_sm90_with_fewer_instructions_than_the_triton_ge
         "gemv2 = KernelConfig('gemv', 64, 256, split_k=4, block_m=2, num_warps=2).fitted(128, 4096)\n"
         f"for cfg in (staged, gemv, staged2, gemv2): print(r.report(cfg, '{dt}', 128, 90, top=None))\n"
     )
-    staged_row, gemv_row, staged2_row, gemv2_row = _compiled_in_child(code, 4)
+    staged_row, gemv_row, staged2_row, gemv2_row = compiled_in_child(code, 4)
     staged, gemv, staged2, gemv2 = ([c.strip() for c in row.split("|")]
                                     for row in (staged_row, gemv_row, staged2_row, gemv2_row))
     # two rows per program (4 warps): 4.04-4.07 against the 2-row Triton GEMV's 5.12, 96 registers against 248

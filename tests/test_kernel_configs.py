@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from helpers import benchmark_module
+from helpers import benchmark_module, compiled_in_child
 
 from awq_ao.kernels import KernelConfig, configs
 
@@ -232,25 +232,6 @@ def test_compile_report_measures_load_to_use_around_the_loop():
         ("LDG.E.U8", "R5", 2), ("LDG.E.128", "R7", 1)]
 
 
-def _compiled_in_child(body: str, lines: int) -> list[str]:
-    """Run ``body`` (Python; ``r`` is benchmarks/compile_report.py, ``KernelConfig`` imported) in a child process
-    without TRITON_INTERPRET, so kernels compile for sm_90 here; its last ``lines`` lines of output. Skips where
-    this Triton build has no sm_90 toolchain."""
-    import os
-    import subprocess
-    import sys
-
-    root = os.path.dirname(os.path.dirname(__file__))
-    code = ("import re, sys; sys.path.insert(0, 'benchmarks'); import compile_report as r\n"
-            "from awq_ao.kernels import KernelConfig\n" + body)
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    run = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=600)
-    if run.returncode != 0 and ("ptxas" in run.stderr or "backend" in run.stderr):
-        pytest.skip("no sm_90 toolchain in this Triton build")
-    assert run.returncode == 0, run.stderr[-2000:]
-    return run.stdout.strip().splitlines()[-lines:]
-
-
 @pytest.mark.parametrize("natural", [False, True])
 @pytest.mark.parametrize("dt, fma", [("bf16", "fma.rn.bf16x2"), ("fp16", "fma.rn.f16x2")])
 def test_gemm_packed_unpacking_compiles_to_sm90_sass(dt, fma, natural):
@@ -273,7 +254,7 @@ def test_gemm_packed_unpacking_compiles_to_sm90_sass(dt, fma, natural):
         "print(max(int(p) for p in re.findall(r'pendings = (\\d+)', k.asm['ttgir'])))\n"
         f"print(r.report(cfg, '{dt}', 128, 90))\n"
     )
-    has_fma, pending, row = _compiled_in_child(code, 3)
+    has_fma, pending, row = compiled_in_child(code, 3)
     # 64 x 128 weights: 1024 words, 4 pairs each, 128 threads; the selectors 0x4400, 0x5511, 0x6622, 0x7733 are the
     # ones tests/test_ptx_unpacking.py runs the byte-pair PTX with
     assert has_fma == f"True {32 if natural else 0} {natural}"
@@ -303,7 +284,7 @@ def test_wgmma_kernel_compiles_to_sm90_without_a_shared_memory_round_trip(dt, bl
         f"      + len(r.wgmma_register_hazards(r.main_loop(r.cuobjdump(r.compile_wgmma(cfg, '{dt}', 128, 90, even=False))[1]))))\n"
         f"print(cfg.split_k); print(r.report(cfg, '{dt}', 128, 90, top=None))\n"
     )
-    hazards, split, row = _compiled_in_child(code, 3)
+    hazards, split, row = compiled_in_child(code, 3)
     assert int(hazards) == 0, "an in-flight wgmma's registers touched (A written, or the accumulator used)"
     cells = [c.strip() for c in row.split("|")]
     regs, stack, per_weight, ops = int(cells[7]), int(cells[8]), float(cells[10]), cells[12]
@@ -343,7 +324,7 @@ def test_mma_sync_variant_compiles_to_sm90_hmma_with_no_wait_for_the_mma(dt, blo
         f"print(len(r.cuobjdump(r.compile_wgmma(cfg, '{dt}', 128, 80))[1]) > 0)\n"
         f"print(r.report(cfg, '{dt}', 128, 90, top=None))\n"
     )
-    sm80, row = _compiled_in_child(code, 2)
+    sm80, row = compiled_in_child(code, 2)
     assert sm80 == "True"
     cells = [c.strip() for c in row.split("|")]
     assert cells[1].startswith("mma.sync late" if late else "mma.sync") and ("late" in cells[1]) == late, row
@@ -455,7 +436,7 @@ def test_wgmma_fused_split_sum_follows_the_counter_protocol():
         "print('bar.sync' in ptx[ptx.rindex('st.global', 0, i):i], ptx.count('ld.global.cg'),"
         " 'atom.global.gpu.relaxed.exch' in ptx)\n"
     )
-    (line,) = _compiled_in_child(code, 1)
+    (line,) = compiled_in_child(code, 1)
     barrier, cg_loads, reset = line.split()
     assert barrier == "True" and reset == "True", line
     assert int(cg_loads) == 4 * 8, line  # 4 splits x (64 x 16 outputs / 128 threads)
@@ -555,7 +536,7 @@ def test_gemv_shared_memory_pipeline_and_fused_sum_compile_to_sm90():
         "fences = [line.strip() for line in lines[:first] if 'bar.sync' in line or 'st.global' in line]\n"
         "print(fences[-1].startswith('bar.sync'), 'ld.global.cg' in ptx)\n"
     )
-    plain, piped, fused = _compiled_in_child(code, 3)
+    plain, piped, fused = compiled_in_child(code, 3)
     assert plain.split()[0] == "0" and plain.split()[-1] == "0"  # no async copies, no stack
     assert int(piped.split()[0]) >= 2 and piped.split()[-1] == "0"  # a ring of async copies, no stack
     assert fused == "True True"
