@@ -7,6 +7,8 @@
 #    unless WGMMA_TIME_S is set: the tuning below times every candidate) its timing table on the goal shapes at
 #    M = 1 and 16 (wgmma_<gpu>.md); if the check fails, AWQ_AO_DISABLE_WGMMA=1 keeps the Gluon kernels (the
 #    staged GEMV too) out of the steps after it;
+# 0b. (STAGED_S, off by default) staged_probe.py: the staged GEMV's configs, a grid wider than the tuner's, timed
+#    beside bf16 and the shipped pick on the goal shapes at M = 1 and 2 ($OUT/staged_probe_<gpu>.md);
 # 1. gpu_check.py on the three goal shapes at M = 1 and 16: every candidate (the staged GEMV's among them at
 #    M = 1, first timed here) checked against a float64
 #    reference, the fused split-K stress test, the compiled and CUDA-graph module checks, then tuning and the
@@ -41,20 +43,28 @@ nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv,noheader
 # the overlap) is kept out of the rest (AWQ_AO_GLUON_OFF); if wgmma itself fails, or the check faults or runs
 # out of time (no list of failures written), the whole kernel is (AWQ_AO_DISABLE_WGMMA=1). Its timing table
 # runs apart (the short config list), so a timing cut short cannot turn anything off
+# (WGMMA_S=0 skips the check, for a run after one where it passed with the Gluon GEMM unchanged)
 rm -f "$OUT/gluon_failed_variants.txt"
-timeout "${WGMMA_S:-150}" python3 benchmarks/wgmma_check.py --no-bench --out "$OUT" 2>&1 | tee "$OUT/wgmma_check.log"
-status=${PIPESTATUS[0]}
-failed=$(cat "$OUT/gluon_failed_variants.txt" 2>/dev/null)
-echo "wgmma_check exit: $status, failed variants: ${failed:-none}"
-if [ "$status" != 0 ] && { [ ! -f "$OUT/gluon_failed_variants.txt" ] || echo "$failed" | grep -qw wgmma; }; then
-  export AWQ_AO_DISABLE_WGMMA=1
-else
-  export AWQ_AO_GLUON_OFF="${failed// /,}"
+if [ "${WGMMA_S:-150}" != 0 ]; then
+  timeout "${WGMMA_S:-150}" python3 benchmarks/wgmma_check.py --no-bench --out "$OUT" 2>&1 | tee "$OUT/wgmma_check.log"
+  status=${PIPESTATUS[0]}
+  failed=$(cat "$OUT/gluon_failed_variants.txt" 2>/dev/null)
+  echo "wgmma_check exit: $status, failed variants: ${failed:-none}"
+  if [ "$status" != 0 ] && { [ ! -f "$OUT/gluon_failed_variants.txt" ] || echo "$failed" | grep -qw wgmma; }; then
+    export AWQ_AO_DISABLE_WGMMA=1
+  else
+    export AWQ_AO_GLUON_OFF="${failed// /,}"
+  fi
+  rm -f "$OUT/gluon_failed_variants.txt"  # (said in the line above) at most 8 files come back from $OUT: 7 are left
 fi
-rm -f "$OUT/gluon_failed_variants.txt"  # (said in the line above) at most 8 files come back from $OUT: 7 are left
 if [ "${AWQ_AO_DISABLE_WGMMA:-0}" != 1 ] && [ "${WGMMA_TIME_S:-0}" != 0 ]; then
   timeout "${WGMMA_TIME_S:-0}" python3 benchmarks/wgmma_check.py --no-check --short --out "$OUT" 2>&1 \
     | tee -a "$OUT/wgmma_check.log"
+fi
+
+if [ "${STAGED_S:-0}" != 0 ]; then  # the staged GEMV's own grid against the picks and bf16 (staged_probe.py)
+  timeout "${STAGED_S:-0}" python3 benchmarks/staged_probe.py --out "$OUT" > "$OUT/staged_probe.log" 2>&1
+  echo "staged_probe exit: $?"
 fi
 
 if [ "${CHECK_S:-330}" != 0 ]; then

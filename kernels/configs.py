@@ -497,61 +497,74 @@ def relative_error(y: torch.Tensor, expected: torch.Tensor) -> float:
     return ((y - expected).norm() / expected.norm().clamp(min=1e-30)).item()
 
 
-def tune(
-    shapes: Iterable[tuple[int, int, int, int]],
-    dtype: torch.dtype = torch.bfloat16,
-    replays: int = 10,
-    verbose: bool = False,
-) -> dict[tuple, tuple[KernelConfig, float]]:
-    """Time ``candidate_configs`` for each (M, N, K, group_size) on the current GPU; record the fastest.
+def time_configs(
+    m: int, n: int, k: int, group: int, configs: Iterable[KernelConfig], dtype: torch.dtype = torch.bfloat16,
+    replays: int = 10, verbose: bool = False,
+) -> list[tuple[KernelConfig, Optional[float]]]:
+    """[(config, median ms per call, or None where it failed)] for an M x N x K int4 linear (groups of ``group``)
+    on the current GPU, each config first checked against ``dense_reference``.
 
-    Each candidate is first checked against ``dense_reference`` (one that
-    errs, or fails to compile, is skipped), then timed as decoding runs it:
-    captured in a CUDA graph over rotated copies of random int4 weights
-    (``timing.graph_time_ms``), so neither launch overhead nor the L2 cache
-    decides. Returns
-    {(M bucket, N, K, group): (config, median ms per call)}.
+    Timed as decoding runs it: captured in a CUDA graph over rotated copies of random int4 weights
+    (``timing.graph_time_ms``), so neither launch overhead nor the L2 cache decides. A config that errs or fails
+    to compile (e.g. out of shared memory) gets None (and a line when ``verbose``).
     """
     from awq_ao.kernels.int4_matmul import launch_int4_linear
     from awq_ao.kernels.splitk import tile_counters
     from awq_ao.kernels.timing import copies_for, graph_time_ms, l2_bytes
 
     device = torch.device("cuda", torch.cuda.current_device())
-    name = _device_name(device.index)
     counters = tile_counters(device)
+    k_pad = triton.cdiv(k, group) * group
+    reps = copies_for(n * k_pad // 2, l2_bytes(), most=64)
+    sets = []
+    for _ in range(reps):
+        qdata = torch.randint(0, 256, (n, k_pad // 2), dtype=torch.uint8, device=device)
+        scale = (torch.rand(n, k_pad // group, device=device) * 0.01 + 1e-3).to(dtype)
+        zero = torch.randint(0, 16, (n, k_pad // group), dtype=torch.uint8, device=device)
+        x = torch.randn(m, k, dtype=dtype, device=device)
+        sets.append((x, qdata, scale, zero, torch.empty(m, n, dtype=dtype, device=device)))
+    expected = dense_reference(*sets[0][:4], group, k)
+    results = []
+    for cfg in configs:
+        calls = [lambda s=s, cfg=cfg: launch_int4_linear(s[0], s[1], s[2], s[3], None, s[4], group, k, config=cfg,
+                                                         counters=counters)
+                 for s in sets]
+        try:
+            err = relative_error(calls[0](), expected)  # compiles it; a wrong result is never timed
+            if not err < TUNE_TOLERANCE[dtype]:
+                raise ValueError(f"wrong result: relative error {err:.2e} against the dense fp32 reference")
+            ms = graph_time_ms(calls, replays)
+        except Exception as err:  # a config the compiler rejects (e.g. out of shared memory), or a wrong one
+            if verbose:
+                print(f"  skip {cfg}: {type(err).__name__}: {str(err)[:120]}")
+            results.append((cfg, None))
+            continue
+        if verbose:
+            print(f"  M={m} N={n} K={k} g={group} {cfg}: {ms * 1e3:.1f} us", flush=True)
+        results.append((cfg, ms))
+    return results
+
+
+def tune(
+    shapes: Iterable[tuple[int, int, int, int]],
+    dtype: torch.dtype = torch.bfloat16,
+    replays: int = 10,
+    verbose: bool = False,
+) -> dict[tuple, tuple[KernelConfig, float]]:
+    """Time ``candidate_configs`` for each (M, N, K, group_size) on the current GPU (``time_configs``: checked,
+    then timed in a CUDA graph from HBM); record the fastest. Returns
+    {(M bucket, N, K, group): (config, median ms per call)}.
+    """
+    device = torch.device("cuda", torch.cuda.current_device())
+    name = _device_name(device.index)
     results = {}
     for m, n, k, group in shapes:
         bucket = m_bucket(m)
         k_pad = triton.cdiv(k, group) * group
-        reps = copies_for(n * k_pad // 2, l2_bytes(), most=64)
-        sets = []
-        for _ in range(reps):
-            qdata = torch.randint(0, 256, (n, k_pad // 2), dtype=torch.uint8, device=device)
-            scale = (torch.rand(n, k_pad // group, device=device) * 0.01 + 1e-3).to(dtype)
-            zero = torch.randint(0, 16, (n, k_pad // group), dtype=torch.uint8, device=device)
-            x = torch.randn(bucket, k, dtype=dtype, device=device)
-            sets.append((x, qdata, scale, zero, torch.empty(bucket, n, dtype=dtype, device=device)))
-        best: Optional[tuple[KernelConfig, float]] = None
-        expected = dense_reference(*sets[0][:4], group, k)
-        for cfg in candidate_configs(bucket, n, k_pad, group, device):
-            calls = [lambda s=s, cfg=cfg: launch_int4_linear(s[0], s[1], s[2], s[3], None, s[4], group, k, config=cfg,
-                                                             counters=counters)
-                     for s in sets]
-            try:
-                err = relative_error(calls[0](), expected)  # compiles it; a wrong result never enters the table
-                if not err < TUNE_TOLERANCE[dtype]:
-                    raise ValueError(f"wrong result: relative error {err:.2e} against the dense fp32 reference")
-                ms = graph_time_ms(calls, replays)
-            except Exception as err:  # a config the compiler rejects (e.g. out of shared memory), or a wrong one
-                if verbose:
-                    print(f"  skip {cfg}: {type(err).__name__}: {str(err)[:120]}")
-                continue
-            if verbose:
-                print(f"  M={bucket} N={n} K={k} g={group} {cfg}: {ms * 1e3:.1f} us", flush=True)
-            if best is None or ms < best[1]:
-                best = (cfg, ms)
-        del sets
-        if best is not None:
+        timed = [(cfg, ms) for cfg, ms in time_configs(bucket, n, k, group, candidate_configs(
+            bucket, n, k_pad, group, device), dtype, replays, verbose) if ms is not None]
+        if timed:
+            best = min(timed, key=lambda row: row[1])
             record(name, bucket, n, k_pad, group, best[0])
             results[(bucket, n, k, group)] = best
     return results
