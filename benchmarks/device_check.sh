@@ -21,13 +21,15 @@
 #    kernel the tuning picked at M = 16 (the GEMM's stall reasons were never taken).
 #
 # Each step has its own time limit (seconds; override by environment), so a slow step cannot starve the
-# rest: WGMMA_S (default 150: the check, 252 cases, within it on 2026-11-28), WGMMA_TIME_S (0, off; 40 for its
+# rest: WGMMA_S (default 150: the check, 252 cases, within it on 2026-11-28; skipped while int4_wgmma.py is the
+# source that passed, its seconds then added to CHECK_S), WGMMA_TIME_S (0, off; 40 for its
 # timing, 15 configs per row: 5 wgmma, 1 overlapped, 3 mma.sync, 5 late_dequant, 1 of those masked; the first
-# rows only, since step 1's tuning times every candidate too and logs each), CHECK_S (330: 97-111 and 71-76
-# candidates per goal shape at M = 1 and 16, 43 of them Gluon kernels that compile apart; 263 s in the
-# run of 2026-11-28 with 98 at M = 1), LAYOUT_S (0: off,
-# its results are in), MODEL_S (60: 38-46 s on 2026-11-28), NCU_S (45: three kernels, last): 9 minutes 45 s of limits in
-# all, plus the install, inside one run's 10 (a run cut short there loses the profile only). A limit of 0
+# rows only, since step 1's tuning times every candidate too and logs each), STAGED_S (0, off: staged_probe.py),
+# CHECK_S (330, or 480 with the check skipped: 107-121 and 75-88 candidates per goal shape at M = 1 and 16,
+# 10 staged GEMV and 12 wave-filling splits among them; the step took 263 s in the run of 2026-11-28 with 98 and
+# 71-76), LAYOUT_S (0: off, its results are in), MODEL_S (60: 38-46 s on 2026-11-28), NCU_S (45: three kernels,
+# last): 9 minutes 45 s of limits in all, plus the install, inside one run's 10 (a run cut short there loses the
+# profile only). A limit of 0
 # skips its step. CHECK_M (default "1 16", the goal's M values; the shipped table keeps its M = 2 picks) sets
 # step 1's M values. The device machines have torch and Triton but no torchao and no network: the torchao
 # wheel travels in .whl/ (named in the run's carry; see kernel_notes.md for how to fetch it).
@@ -43,10 +45,19 @@ nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv,noheader
 # the overlap) is kept out of the rest (AWQ_AO_GLUON_OFF); if wgmma itself fails, or the check faults or runs
 # out of time (no list of failures written), the whole kernel is (AWQ_AO_DISABLE_WGMMA=1). Its timing table
 # runs apart (the short config list), so a timing cut short cannot turn anything off
-# (WGMMA_S=0 skips the check, for a run after one where it passed with the Gluon GEMM unchanged)
+# The check is skipped (its seconds go to step 1) when the Gluon GEMM's source is the one whose check last passed
+# on a lent GPU (its sha256 in benchmarks/results/wgmma_check_passed.sha256; WGMMA_FORCE=1 runs it anyway), and
+# when WGMMA_S=0. gpu_check.py still checks every Gluon candidate against float64 before the tuning times it.
 rm -f "$OUT/gluon_failed_variants.txt"
-if [ "${WGMMA_S:-150}" != 0 ]; then
-  timeout "${WGMMA_S:-150}" python3 benchmarks/wgmma_check.py --no-bench --out "$OUT" 2>&1 | tee "$OUT/wgmma_check.log"
+wgmma_s=${WGMMA_S:-150}
+if [ "${WGMMA_FORCE:-0}" != 1 ] && [ "$(sha256sum < kernels/int4_wgmma.py | cut -d' ' -f1)" = \
+     "$(cut -d' ' -f1 benchmarks/results/wgmma_check_passed.sha256 2>/dev/null)" ]; then
+  echo "wgmma_check skipped: kernels/int4_wgmma.py is the source whose check passed (wgmma_check_passed.sha256)"
+  wgmma_s=0
+fi
+check_s=$(( ${CHECK_S:-330} + ${WGMMA_S:-150} - wgmma_s ))  # step 1 takes a skipped check's time
+if [ "$wgmma_s" != 0 ]; then
+  timeout "$wgmma_s" python3 benchmarks/wgmma_check.py --no-bench --out "$OUT" 2>&1 | tee "$OUT/wgmma_check.log"
   status=${PIPESTATUS[0]}
   failed=$(cat "$OUT/gluon_failed_variants.txt" 2>/dev/null)
   echo "wgmma_check exit: $status, failed variants: ${failed:-none}"
@@ -67,9 +78,9 @@ if [ "${STAGED_S:-0}" != 0 ]; then  # the staged GEMV's own grid against the pic
   echo "staged_probe exit: $?"
 fi
 
-if [ "${CHECK_S:-330}" != 0 ]; then
+if [ "$check_s" != 0 ]; then
   # shellcheck disable=SC2086  # CHECK_M is a list of M values
-  timeout "${CHECK_S:-330}" python3 benchmarks/gpu_check.py --out "$OUT" --shapes 3 --m ${CHECK_M:-1 16}
+  timeout "$check_s" python3 benchmarks/gpu_check.py --out "$OUT" --shapes 3 --m ${CHECK_M:-1 16}
   echo "gpu_check exit: $?"
 fi
 

@@ -196,6 +196,10 @@ STAGED_ROWS2_TILES = ((64, 4), (64, 2))
 FUSED_REDUCE_CANDIDATES = True
 # whether the tuner tries the staged GEMV; gpu_check.py turns it off when one of its candidates fails a check
 STAGED_CANDIDATES = True
+# resident programs per SM of the M = 2 .. 64 tile families that get wave-filling splits (``_wave_splits``): sm_90
+# SASS (Triton 3.6, `compile_report.py --m 16`) puts the swapped 64 x 128 GEMM at 94-108 registers on 4 warps (4-5
+# per SM) and the Gluon GEMM's 64-row tiles at 66-79 (6-7), the late kernel measured at 6 (ncu, kernel_notes.md)
+WAVE_PROGRAMS_PER_SM = (4, 5, 6, 7)
 DEQUANT_MIN_M = 128  # from this M bucket on, the default dequantizes once and calls a dense matmul
 
 
@@ -242,6 +246,15 @@ def _split_for(tiles_mn: int, k_tiles: int, device: torch.device, per_sm: int = 
     while tiles_mn * split < target and split * 2 <= k_tiles and split < 16:
         split *= 2
     return split
+
+
+def _wave_splits(tiles_mn: int, k_tiles: int, device: torch.device, per_sm=WAVE_PROGRAMS_PER_SM) -> list[int]:
+    """Split-K factors whose program count just fills one wave at each of ``per_sm`` resident programs per SM
+    (``_split_for``'s powers of two can leave a ragged last wave: 1,024 programs at 6 per SM are 1.29 waves);
+    between 2 and the K tiles, distinct, ascending."""
+    slots = [c * (sm_count(device.index if device.index is not None else torch.cuda.current_device())
+                  if device.type == "cuda" else 1) for c in per_sm]
+    return sorted({min(k_tiles, slot // tiles_mn) for slot in slots if slot // tiles_mn >= 2})
 
 
 def _gemv(m: int, n: int, k_pad: int, group_size: int, device: torch.device, block_n: int, block_k: int,
@@ -383,6 +396,15 @@ def candidate_configs(m: int, n: int, k_pad: int, group_size: int, device: torch
                                  fused_reduce=FUSED_REDUCE_CANDIDATES, mma_sync=mma_sync, late_dequant=late)
                     for f in (1, 2, 4)]
         out = [c for c in out if c.kind != "wgmma" or gluon_variant(c) not in gluon_variants_off()]
+    if 2 <= m <= 64:  # the swapped 64 x 128 GEMM (plain and in column order) and the Gluon GEMM's 64-row tiles
+        # with one or two register buffers, at splits that fill whole waves: at M = 16 the GEMM took the same time
+        # at split 4 and 8 (0.78 and 1.55 waves at 5 per SM: 28.3 and 29.2 us at 8192^2, run 11's tuning log)
+        for cfg in [c for c in out[1:] if c.block_n == 64 and c.split_k > 1 and (
+                (_swapped_async_tile(c) and not c.fused_reduce)
+                or (c.kind == "wgmma" and c.num_stages == 1 and not (c.mma_sync or c.late_dequant)))]:
+            tiles_mn = triton.cdiv(n, cfg.block_n) * triton.cdiv(m, cfg.block_m)
+            k_tiles = triton.cdiv(k_pad, cfg.block_k)
+            out += [dataclasses.replace(cfg, split_k=s) for s in _wave_splits(tiles_mn, k_tiles, device)]
     if m > 64:  # (BLOCK_M, BLOCK_N, warps): the two that compile without spills and with the fewest instructions
         for block_m, block_n, warps in ((64, 128, 4), (64, 256, 8)):
             out.append(KernelConfig("gemm", block_n, 64, block_m=block_m, num_warps=warps, num_stages=3,

@@ -594,3 +594,63 @@ def test_candidates_script_counts_and_ranks_families():
     assert "split_k" not in fam_fast and "block_n=64" in fam_fast and "block_n=128" in fam_slow
     assert (low_fast, high_fast) == pytest.approx((1.0, 1.25))  # fastest on 8192^2 (split 8), 20 / 16 elsewhere
     assert (low_slow, high_slow) == pytest.approx((1.0, 2.0))  # fastest on 14336 x 4096, 35 / 17.5 on 8192^2
+
+
+def test_device_check_skips_a_passed_gluon_check_and_gives_its_time_to_the_tuning(tmp_path):
+    """device_check.sh with its commands stubbed (python3, nvidia-smi, timeout print what they were asked): while
+    kernels/int4_wgmma.py is the source named in wgmma_check_passed.sha256, the Gluon check does not run and
+    gpu_check.py's limit is CHECK_S + WGMMA_S; with another source (or WGMMA_FORCE=1) the check runs first with
+    its own limit, and gpu_check.py gets CHECK_S."""
+    import hashlib
+    import os
+    import shutil
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(__file__))
+    repo = tmp_path / "repo"
+    for sub in ("benchmarks", "benchmarks/results", "kernels"):
+        (repo / sub).mkdir(parents=True)
+    shutil.copy(os.path.join(root, "benchmarks", "device_check.sh"), repo / "benchmarks")
+    (repo / "kernels" / "int4_wgmma.py").write_text("# the kernel\n")
+    digest = hashlib.sha256(b"# the kernel\n").hexdigest()
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    for name, body in (("python3", 'echo "python3 $*"'), ("nvidia-smi", "echo gpu"),
+                       ("timeout", 'echo "limit $1"; shift; "$@"')):
+        (stubs / name).write_text(f"#!/bin/bash\n{body}\n")
+        (stubs / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}", "OUT": str(tmp_path / "out")}
+    (tmp_path / "out").mkdir()
+
+    def run(sha: str, **extra) -> list[str]:
+        (repo / "benchmarks" / "results" / "wgmma_check_passed.sha256").write_text(f"{sha}  kernels/int4_wgmma.py\n")
+        done = subprocess.run(["bash", str(repo / "benchmarks" / "device_check.sh")], env={**env, **extra},
+                              capture_output=True, text=True, timeout=60)
+        return done.stdout.splitlines()
+
+    skipped = run(digest)
+    assert not any("wgmma_check.py" in line for line in skipped)
+    assert skipped[skipped.index(next(x for x in skipped if "gpu_check.py" in x)) - 1] == "limit 480"
+    for lines in (run("0" * 64), run(digest, WGMMA_FORCE="1")):
+        at = lines.index(next(x for x in lines if "wgmma_check.py --no-bench" in x))
+        assert lines[at - 1] == "limit 150"
+        assert lines[lines.index(next(x for x in lines if "gpu_check.py" in x)) - 1] == "limit 330"
+
+
+def test_wave_splits_fill_whole_waves():
+    """``_wave_splits``: at 132 SMs the 128 row tiles of an 8192-row weight at 4 to 7 programs per SM take splits 4
+    to 7 (512 to 924 programs, each at most one wave); too few slots per tile give no split below 2; the K tiles
+    cap it. The M = 16 candidates then hold the swapped GEMM at split 5 and 6 (not a power of two)."""
+    from unittest import mock
+
+    from awq_ao.kernels import int4_wgmma
+
+    cuda = torch.device("cuda", 0)
+    with mock.patch.object(configs, "sm_count", lambda index: 132):
+        assert configs._wave_splits(128, 64, cuda) == [4, 5, 6, 7]
+        assert configs._wave_splits(1024, 64, cuda) == []
+        assert configs._wave_splits(64, 10, cuda) == [8, 10]
+        with mock.patch.object(int4_wgmma, "wgmma_available", lambda device: False):
+            cands = configs.candidate_configs(16, 8192, 8192, 128, cuda)
+    swapped = {c.split_k for c in cands if configs._swapped_async_tile(c) and c.block_n == 64}
+    assert {4, 5, 6, 7, 8} <= swapped
