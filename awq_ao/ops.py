@@ -86,9 +86,11 @@ def int4_linear_triton(
     from awq_ao.kernels.splitk import tile_counters
 
     traced = torch.compiler.is_compiling() or torch._guards.detect_fake_mode((x,)) is not None
+    # run eagerly, the kernels are launched directly (with programmatic dependent launch on sm_90 and later,
+    # kernels/pdl.py); traced, through wrap_triton, so that Inductor re-emits them
     return launch_int4_linear(
         x, qdata, scale, zero_point, act_pre_scale, None, group_size, in_features,
-        launcher=torch.library.wrap_triton, counters=None if traced else tile_counters(x.device),
+        launcher=torch.library.wrap_triton if traced else None, counters=None if traced else tile_counters(x.device),
     )
 
 

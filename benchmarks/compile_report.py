@@ -57,6 +57,7 @@ def _signature(kind: str, dt: str) -> dict:
 
 
 KERNELS = {"gemv": _int4_gemv_kernel, "gemm": _int4_gemm_kernel, "dequant": _int4_dequant_kernel}
+PDL = False  # compile the kernels that take it with programmatic dependent launch (``--pdl``; kernels/pdl.py)
 
 
 def compile_wgmma(cfg: KernelConfig, dt: str, group: int, arch: int, k: int = 4096, pre: bool = False,
@@ -97,6 +98,8 @@ def compile_wgmma(cfg: KernelConfig, dt: str, group: int, arch: int, k: int = 40
 def _compile(source_type, kernel, sig: dict, constexprs: dict, divisible: tuple, arch: int, options: dict):
     """``triton.compile`` of ``kernel`` for sm_``arch``, specialised as a launch would be: the pointers and the
     ``divisible`` integer arguments marked divisible by 16."""
+    if "PDL" in kernel.arg_names:  # (every argument named: Triton 3.9 fills no defaults here)
+        constexprs, options = {**constexprs, "PDL": PDL}, {**options, "launch_pdl": PDL}
     sig = {**sig, **{name: "constexpr" for name in constexprs}}
     names = list(sig)
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in names if n.endswith("_ptr") or n in divisible}
@@ -120,6 +123,15 @@ def compile_staged(cfg: KernelConfig, dt: str, group: int, arch: int, k: int = 4
                   "SPLIT_OUT": split_out, "ROWS": cfg.block_m, "BLOCK_N": cfg.block_n, "WARPS": cfg.num_warps}
     return _compile(GluonASTSource, int4_gemv_staged._int4_gemv_staged_kernel, sig, constexprs,
                     ("stride_xm", "stride_q", "stride_om", "stride_osplit"), arch, {"num_warps": cfg.num_warps})
+
+
+def compile_reduce(split: int, dt: str, arch: int):
+    """The compiled split-K reduce launch (``splitk._splitk_reduce_kernel``) for ``split`` partials into ``dt``."""
+    from awq_ao.kernels import splitk
+
+    sig = {"part_ptr": "*fp32", "y_ptr": f"*{dt}", "MN": "i32", "stride_split": "i32"}
+    return _compile(ASTSource, splitk._splitk_reduce_kernel, sig, {"SPLIT_K": split, "BLOCK": splitk.REDUCE_BLOCK},
+                    ("MN", "stride_split"), arch, {"num_warps": 4})
 
 
 def compile_config(cfg: KernelConfig, dt: str, group: int, arch: int):
@@ -305,7 +317,11 @@ def main(argv=None) -> int:
                         help="after each row, every global load's distance (instructions) to its first use")
     parser.add_argument("--overlap", action="store_true",
                         help="wgmma rows with the experimental two-tile overlap (int4_wgmma.OVERLAP_PAIRS)")
+    parser.add_argument("--pdl", action="store_true", help="the kernels as launched with programmatic dependent "
+                        "launch (kernels/pdl.py: their griddepcontrol instructions first)")
     args = parser.parse_args(argv)
+    global PDL
+    PDL = args.pdl
     import torch
 
     from awq_ao.kernels import int4_wgmma

@@ -9,7 +9,8 @@
 #    staged GEMV too) out of the steps after it;
 # 0b. (STAGED_S, off by default) staged_probe.py: the staged GEMV's configs, a grid wider than the tuner's, timed
 #    beside bf16 and the shipped pick on the goal shapes at M = 1 and 2 ($OUT/staged_probe_<gpu>.md);
-# 1. gpu_check.py on the three goal shapes at M = 1 and 16: every candidate (the staged GEMV's among them at
+# 1. gpu_check.py on the three goal shapes at M = 1 and 16: programmatic dependent launch checked first (off for
+#    the steps after it too if it fails) and its effect timed on the 8192 x 8192 picks; every candidate (the staged GEMV's among them at
 #    M = 1, first timed here) checked against a float64
 #    reference, the fused split-K stress test, the compiled and CUDA-graph module checks, then tuning and the
 #    timing table ($OUT: gpu_check.log, tuned_<gpu>.json, kernels_<gpu>.md, each written as the run goes);
@@ -25,9 +26,9 @@
 # source that passed, its seconds then added to CHECK_S), WGMMA_TIME_S (0, off; 40 for its
 # timing, 15 configs per row: 5 wgmma, 1 overlapped, 3 mma.sync, 5 late_dequant, 1 of those masked; the first
 # rows only, since step 1's tuning times every candidate too and logs each), STAGED_S (0, off: staged_probe.py),
-# CHECK_S (330, or 480 with the check skipped: 107-121 and 75-88 candidates per goal shape at M = 1 and 16,
-# 10 staged GEMV and 12 wave-filling splits among them; the step took 263 s in the run of 2026-11-28 with 98 and
-# 71-76), LAYOUT_S (0: off, its results are in), MODEL_S (60: 38-46 s on 2026-11-28), NCU_S (45: three kernels,
+# CHECK_S (330, or 480 with the check skipped: 79-82 and 75-88 candidates per goal shape at M = 1 and 16, 10
+# staged GEMV and 12 wave-filling splits among them; the step took 263 s in the run of 2026-11-28 with 97-111 and
+# 71-76, the Gluon GEMM's 43 compiling apart), LAYOUT_S (0: off, its results are in), MODEL_S (60: 38-46 s on 2026-11-28), NCU_S (45: three kernels,
 # last): 9 minutes 45 s of limits in all, plus the install, inside one run's 10 (a run cut short there loses the
 # profile only). A limit of 0
 # skips its step. CHECK_M (default "1 16", the goal's M values; the shipped table keeps its M = 2 picks) sets
@@ -82,6 +83,9 @@ if [ "$check_s" != 0 ]; then
   # shellcheck disable=SC2086  # CHECK_M is a list of M values
   timeout "$check_s" python3 benchmarks/gpu_check.py --out "$OUT" --shapes 3 --m ${CHECK_M:-1 16}
   echo "gpu_check exit: $?"
+  if grep -q "programmatic dependent launch failed" "$OUT/gpu_check.log"; then
+    export AWQ_AO_PDL=0  # (gpu_check turned it off for its own run) the steps after it run without PDL too
+  fi
 fi
 
 if [ "${LAYOUT_S:-0}" != 0 ]; then

@@ -7,6 +7,9 @@
 Correctness (fresh random data per case, output poisoned with NaN first, error
 relative to a float64 reference ``(x * pre) @ dequantize(W).T``):
 
+0. on sm_90 and later, launches with programmatic dependent launch (``kernels/pdl.py``) bit-identical to
+   launches without, eager and replayed in a CUDA graph, for each way a call launches two kernels or more
+   (a failure turns PDL off for the rest of the run);
 1. every candidate launch config the tuner may pick (GEMV with 1, 2 or 4 rows,
    GEMM, the Gluon wgmma kernel on sm_90, split-K, dequantize + mm) on 4096 x
    4096 at M = 1, 2, 4, 16, 64, 128, 512, bf16 (with and without a pre-scale
@@ -26,8 +29,9 @@ relative to a float64 reference ``(x * pre) @ dequantize(W).T``):
    kernel forced for those M (``awq_ao::int4_linear_opaque``, eager, compiled,
    CUDA graphs);
 
-then (unless --no-bench) it tunes the configs for the benchmark shapes, saves
-them as JSON and prints ``bench_kernels.py``'s table. Exits non-zero when any correctness case fails.
+then (unless --no-bench) it times the 8192 x 8192 picks at M = 1 and 16 without and with PDL, side by side
+(``pdl_effect``), tunes the configs for the benchmark shapes, saves them as JSON and prints
+``bench_kernels.py``'s table. Exits non-zero when any correctness case fails.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import awq_ao  # noqa: E402,F401
 from awq_ao import AWQInt4Tensor, quant  # noqa: E402
-from awq_ao.kernels import KernelConfig, configs, int4_linear, int4_wgmma  # noqa: E402
+from awq_ao.kernels import KernelConfig, configs, int4_linear, int4_wgmma, pdl  # noqa: E402
 from awq_ao.kernels.splitk import tile_counters  # noqa: E402
 
 TOL = {torch.float32: 2e-3, torch.float16: 3e-3, torch.bfloat16: 1.5e-2}
@@ -128,6 +132,77 @@ def check_fused_reduce(device, dtype, calls: int) -> list[tuple[str, bool]]:
                         f"{' mma.sync' if base.mma_sync else ''}{' late' if base.late_dequant else ''} "
                          f"split {base.split_k}", same and zero))
     return results
+
+
+def _pdl_cases(device) -> list[tuple[int, KernelConfig]]:
+    """(M, config) of each way a call launches two kernels or more: the GEMV and the GEMM (with its activation
+    launch, and in column order) split with the reduce launch or the in-kernel sum, and the Gluon kernels."""
+    cases = [(1, KernelConfig("gemv", 64, 256, split_k=8, num_warps=2)),
+             (1, KernelConfig("gemv", 64, 256, split_k=8, num_warps=2, fused_reduce=True)),
+             (2, KernelConfig("gemv", 64, 256, split_k=8, block_m=2, num_warps=2)),
+             (16, KernelConfig("gemm", 64, 128, split_k=4, block_m=16, num_stages=3, prefetch=1, swap_ab=True)),
+             (16, KernelConfig("gemm", 64, 128, split_k=4, block_m=16, num_stages=3, prefetch=1, swap_ab=True,
+                               natural_order=True))]
+    if int4_wgmma.wgmma_available(device):
+        cases += [(1, KernelConfig("staged", 64, 256, split_k=8, num_warps=2)),
+                  (16, KernelConfig("wgmma", 64, 128, block_m=16, split_k=4)),
+                  (16, KernelConfig("wgmma", 64, 128, block_m=16, split_k=4, fused_reduce=True))]
+    return cases
+
+
+def check_pdl(device, dtype, calls: int = 4) -> list[tuple[str, bool]]:
+    """Launches with programmatic dependent launch (``kernels/pdl.py``) against launches without, bit for bit:
+    eager, and ``calls`` calls back to back captured in one CUDA graph and replayed (where PDL lets a kernel be
+    placed before the one ahead ends). Sets ``pdl.ENABLED`` back to what it was."""
+    n, k = 4096, 4096
+    was, results = pdl.ENABLED, []
+    try:
+        for m, cfg in _pdl_cases(device):
+            cases = [make_case(device, dtype, m, n, k, 128)[:2] for _ in range(calls)]
+            pdl.ENABLED = False
+            want = [int4_linear(x, q, s, z, 128, k, config=cfg) for x, (q, s, z) in cases]
+            pdl.ENABLED = True
+            eager = all(torch.equal(int4_linear(x, q, s, z, 128, k, config=cfg), w)
+                        for (x, (q, s, z)), w in zip(cases, want))
+            outs = [torch.full_like(w, float("nan")) for w in want]
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):  # compiled with PDL before the capture
+                for (x, (q, s, z)), out in zip(cases, outs):
+                    int4_linear(x, q, s, z, 128, k, out=out, config=cfg)
+            torch.cuda.current_stream().wait_stream(stream)
+            for out in outs:
+                out.fill_(float("nan"))
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                for (x, (q, s, z)), out in zip(cases, outs):
+                    int4_linear(x, q, s, z, 128, k, out=out, config=cfg)
+            graph.replay()
+            torch.cuda.synchronize()
+            replayed = all(torch.equal(out, w) for out, w in zip(outs, want))
+            results.append((f"PDL launches = plain launches, eager and {calls} calls in a CUDA graph, M={m} {cfg}",
+                            eager and replayed))
+    finally:
+        pdl.ENABLED = was
+    return results
+
+
+def pdl_effect(device) -> None:
+    """The default picks at 8192 x 8192, M = 1 and 16, timed as the tuner times (``configs.time_configs``: CUDA
+    graph over weight copies from HBM) without and with PDL, twice each, alternating, in this process."""
+    was = pdl.ENABLED
+    try:
+        for m in (1, 16):
+            cfg = configs.select_config(m, 8192, 8192, 128, device)
+            times = {False: [], True: []}
+            for on in (False, True, False, True):
+                pdl.ENABLED = on
+                times[on] += [ms for _, ms in configs.time_configs(m, 8192, 8192, 128, [cfg]) if ms is not None]
+            print(f"PDL effect, 8192 x 8192 M={m} {cfg}: without "
+                  f"{', '.join(f'{t * 1e3:.1f}' for t in times[False])} us, with "
+                  f"{', '.join(f'{t * 1e3:.1f}' for t in times[True])} us", flush=True)
+    finally:
+        pdl.ENABLED = was
 
 
 def check_module(device, dtype, mode, fused=False, wgmma=False) -> list[tuple[str, float, bool]]:
@@ -367,13 +442,22 @@ def _run(args) -> int:
         print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}")
     torch.manual_seed(0)
     start = time.perf_counter()
-    failures = correctness(device, args.quick, args.m)
+    failures = 0
+    if device.type == "cuda" and pdl.enabled(device):  # first: a failure turns PDL off for every check after it
+        for label, ok in check_pdl(device, torch.bfloat16):
+            failures += report(label, 0.0, ok)
+            pdl.ENABLED &= ok
+        if not pdl.ENABLED:
+            print("programmatic dependent launch failed a check above: off for the rest of this run", flush=True)
+    failures += correctness(device, args.quick, args.m)
     print(f"kernel correctness: {failures} failed ({time.perf_counter() - start:.0f} s)", flush=True)
     if device.type == "cuda":
         failures += module_checks(device)
         print(f"module checks done ({time.perf_counter() - start:.0f} s)", flush=True)
     if not configs.FUSED_REDUCE_CANDIDATES:
         print("the in-kernel split-K sum failed a check above: the tuning leaves it out", flush=True)
+    if device.type == "cuda" and not args.no_bench and pdl.enabled(device):
+        pdl_effect(device)
     if device.type == "cuda" and not args.no_bench:
         import bench_kernels
 

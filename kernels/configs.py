@@ -162,9 +162,12 @@ GEMV_M1_UNSPLIT_TILES = ((16, 1, 256, 1), (16, 1, 512, 0), (32, 1, 256, 0))
 # (split toward 1-8 two-warp programs per SM): the H200 profile showed both kernels latency-bound, issuing on
 # about half the cycles (kernel_notes.md). None spills on sm_90 with Triton 3.6; 159-168 registers (12 warps per
 # SM), 8-17 KB of shared memory per program, 3.45-3.54 instructions per weight; 32 x 128 on 1 warp (4 rows per
-# thread): 80 registers (25 warps per SM) at 4.15 (benchmarks/results/sass_sm90_triton36.md)
-GEMV_M1_PIPELINED_TILES = ((64, 1, 128, 3), (64, 1, 128, 4), (32, 1, 256, 3), (128, 2, 128, 3), (64, 2, 256, 3),
-                           (32, 1, 128, 3))
+# thread): 80 registers (25 warps per SM) at 4.15 (benchmarks/results/sass_sm90_triton36.md). The two kept were
+# within 7-14% of the fastest candidate on the goal shapes in run 11; dropped (32 candidates per shape, with their
+# splits and ways of adding them): 64 x 128 on 1 warp with 3 or 4 stages, 128 x 128 on 2 warps and 32 x 128 on 1
+# warp, 20-42% slower on all three (`python benchmarks/candidates.py --log
+# benchmarks/results/gpu_check_nvidia_h200_late_dequant.log`)
+GEMV_M1_PIPELINED_TILES = ((32, 1, 256, 3), (64, 2, 256, 3))
 # the same for 2 rows per program (245-255 registers, as the plain 2-row tiles; no spills)
 GEMV_ROWS_PIPELINED_TILES = ((64, 2, 256, 3), (32, 1, 256, 3))
 # (BLOCK_N, warps, BLOCK_K) of GEMV tiles for 2 rows per program, beside 128 / M and 256 / M rows x 128 (at 4

@@ -47,7 +47,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from awq_ao.kernels import splitk
+from awq_ao.kernels import pdl, splitk
 from awq_ao.kernels.int4_planes import column_factor, nibble_plane, pair_ptx, scaled_pair16
 
 
@@ -151,7 +151,8 @@ def dequant_tile16(words, z, s, magic_pair, DTYPE: tl.constexpr, USE_ASM: tl.con
 
 @triton.jit
 def _gemm_x_kernel(x_ptr, pre_ptr, out_ptr, counter_ptr, K, K_PAD, stride_xm, N_COUNTERS,
-                   HAS_PRE_SCALE: tl.constexpr, PAIR_ORDER: tl.constexpr, BLOCK: tl.constexpr):
+                   HAS_PRE_SCALE: tl.constexpr, PAIR_ORDER: tl.constexpr, BLOCK: tl.constexpr,
+                   PDL: tl.constexpr = False):
     """out [M, K_PAD] = ``x * pre``, zeros past K; with PAIR_ORDER each 8 columns as (0, 4, 1, 5, 2, 6, 3, 7).
 
     The bf16 / fp16 GEMM's activation operand. Grid (M, cdiv(max(K_PAD, N_COUNTERS), BLOCK)). In pair
@@ -160,6 +161,8 @@ def _gemm_x_kernel(x_ptr, pre_ptr, out_ptr, counter_ptr, K, K_PAD, stride_xm, N_
     N_COUNTERS split-K tile counters (``splitk.py``; none when 0), so the fused reduce costs no launch of
     its own.
     """
+    if PDL:  # launched with programmatic dependent launch: the kernel ahead finishes first (pdl.py)
+        pdl.wait_then_release()
     row = tl.program_id(0)
     p = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     if N_COUNTERS > 0:
@@ -227,7 +230,10 @@ def _int4_gemm_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
+    if PDL:  # launched with programmatic dependent launch: the kernel ahead finishes first (pdl.py)
+        pdl.wait_then_release()
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_split = tl.program_id(2)

@@ -51,7 +51,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from awq_ao.kernels import splitk
+from awq_ao.kernels import pdl, splitk
 
 
 @triton.jit
@@ -138,7 +138,10 @@ def _int4_gemv_kernel(
     LOOP_STAGES: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
+    if PDL:  # launched with programmatic dependent launch: the kernel ahead finishes first (pdl.py)
+        pdl.wait_then_release()
     pid_n = tl.program_id(0)
     pid_split = tl.program_id(1)
     pid_m = tl.program_id(2)

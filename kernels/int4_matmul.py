@@ -27,7 +27,7 @@ from typing import Optional
 import torch
 import triton
 
-from awq_ao.kernels import int4_gemv_staged, int4_wgmma
+from awq_ao.kernels import int4_gemv_staged, int4_wgmma, pdl
 from awq_ao.kernels.configs import KernelConfig, select_config
 from awq_ao.kernels.int4_dequant import _int4_dequant_kernel
 from awq_ao.kernels.int4_gemm import _gemm_x_kernel, _int4_gemm_kernel
@@ -88,7 +88,7 @@ def launch_int4_linear(
         config = select_config(m, n, k_pad, group_size, x.device)
     else:
         config = config.fitted(group_size, k_pad)
-    wrap = (lambda kernel: kernel) if launcher is None else launcher
+    wrap = pdl.direct if launcher is None else launcher  # direct launches may use PDL (pdl.py)
     words = qdata.view(torch.int32)
     has_pre = act_pre_scale is not None
     pre = act_pre_scale if has_pre else scale
@@ -168,6 +168,7 @@ def fused_linear(x, words, scale, zero_point, pre, has_pre, y, group_size, in_fe
             EVEN_M=m % config.block_m == 0, PREFETCH=config.prefetch, ROWS=config.block_m, TILED=tiled,
             FUSED_SPLITS=fused_splits, LOOP_STAGES=config.num_stages if config.num_stages >= 3 else None,
             BLOCK_N=config.block_n, BLOCK_K=config.block_k, num_warps=config.num_warps, num_stages=config.num_stages,
+            **pdl.options(x.device, wrap),
         )
     else:
         grid = (triton.cdiv(n, config.block_n), triton.cdiv(m, config.block_m), split)
@@ -177,7 +178,7 @@ def fused_linear(x, words, scale, zero_point, pre, has_pre, y, group_size, in_fe
             DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32", SWAP_AB=config.swap_ab,
             PREFETCH=config.prefetch, PACKED16=packed16, USE_ASM=x.is_cuda, NATURAL=natural, TILED=tiled,
             FUSED_SPLITS=fused_splits, BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
-            num_warps=config.num_warps, num_stages=config.num_stages,
+            num_warps=config.num_warps, num_stages=config.num_stages, **pdl.options(x.device, wrap),
         )
     if split > 1 and not fused:
         add_splits(out, y, wrap)
@@ -195,7 +196,8 @@ def gemm_activation(x: torch.Tensor, pre: Optional[torch.Tensor], k_pad: int, wr
     grid = (m, triton.cdiv(max(k_pad, n_counters), GEMM_X_BLOCK))
     wrap(_gemm_x_kernel)[grid](x, x if pre is None else pre, out, out if counters is None else counters,
                                k, k_pad, x.stride(0), n_counters,
-                               HAS_PRE_SCALE=pre is not None, PAIR_ORDER=pair_order, BLOCK=GEMM_X_BLOCK)
+                               HAS_PRE_SCALE=pre is not None, PAIR_ORDER=pair_order, BLOCK=GEMM_X_BLOCK,
+                               **pdl.options(x.device, wrap))
     return out
 
 

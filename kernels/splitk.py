@@ -26,6 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
+from awq_ao.kernels import pdl
+
 COUNTER_SLOTS = 1 << 16  # output tiles one fused launch may count on the kept buffer (256 KB per device)
 _TILE_COUNTERS: dict = {}
 
@@ -84,12 +86,17 @@ def reset_counter(counter_ptr):
 
 
 @triton.jit
-def _splitk_reduce_kernel(part_ptr, y_ptr, MN, stride_split, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr):
+def _splitk_reduce_kernel(part_ptr, y_ptr, MN, stride_split, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr,
+                          PDL: tl.constexpr = False):
     """y[i] = sum_s part[s, i] (fp32, s in order), stored in y's dtype; part is [SPLIT_K, M*N] contiguous rows.
 
     SPLIT_K is a compile-time constant so the loop unrolls and every split's load
-    is in flight at once (one memory round trip, not SPLIT_K / 4 of them).
+    is in flight at once (one memory round trip, not SPLIT_K / 4 of them). PDL: launched after the split
+    kernel with programmatic dependent launch (``pdl.py``): it waits for that kernel's partials first, and
+    releases nothing (the next kernel launches when this one ends).
     """
+    if PDL:
+        pdl.wait()
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < MN
     acc = tl.zeros((BLOCK,), dtype=tl.float32)
@@ -103,7 +110,9 @@ REDUCE_BLOCK = 128  # one output per thread: N = 4096 gets 32 programs (1024 gav
 
 def add_splits(part: torch.Tensor, y: torch.Tensor, wrap=None) -> None:
     """y [M, N] = the sum of part [SPLIT_K, M, N] (fp32) over splits, in order: one launch of
-    ``_splitk_reduce_kernel`` (``wrap``: ``torch.library.wrap_triton`` inside a ``triton_op``)."""
+    ``_splitk_reduce_kernel`` (``wrap``: ``torch.library.wrap_triton`` inside a ``triton_op``; launched directly,
+    with programmatic dependent launch where ``pdl.options`` allows)."""
     kernel = _splitk_reduce_kernel if wrap is None else wrap(_splitk_reduce_kernel)
     mn = y.numel()
-    kernel[(triton.cdiv(mn, REDUCE_BLOCK),)](part, y, mn, part.stride(0), SPLIT_K=part.shape[0], BLOCK=REDUCE_BLOCK)
+    kernel[(triton.cdiv(mn, REDUCE_BLOCK),)](part, y, mn, part.stride(0), SPLIT_K=part.shape[0], BLOCK=REDUCE_BLOCK,
+                                             **pdl.options(y.device, wrap))

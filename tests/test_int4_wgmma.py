@@ -182,9 +182,10 @@ def test_wgmma_check_script_refuses_without_a_gpu(tmp_path, capsys):
     assert n_checks == 252  # the GPU check's size, which device_check.sh's WGMMA_S limit is set for
 
 
-def test_triton_op_sends_wgmma_configs_to_the_opaque_op(monkeypatch):
-    """Where the selected config is the wgmma kernel, the triton_op's body calls awq_ao::int4_linear_opaque (so
-    Inductor never sees a Gluon kernel), and that op launches it with the kept counters. Here the GPU check
+def test_traced_triton_op_sends_wgmma_configs_to_the_opaque_op(monkeypatch):
+    """Where the selected config is the wgmma kernel, the triton_op's body, as Inductor traces it, calls
+    awq_ao::int4_linear_opaque (so Inductor never sees a Gluon kernel), and that op launches it with the kept
+    counters; run eagerly, the body launches it itself (directly, as the opaque op would). Here the GPU check
     and the launch itself are stand-ins; the stand-in launch runs the swapped GEMM the CPU can run."""
     from awq_ao.kernels import int4_matmul
 
@@ -204,9 +205,16 @@ def test_triton_op_sends_wgmma_configs_to_the_opaque_op(monkeypatch):
     monkeypatch.setattr(int4_wgmma, "wgmma_available", lambda device: True)
     monkeypatch.setattr(int4_wgmma, "wgmma_linear", stand_in)
     monkeypatch.setattr(int4_matmul, "select_config", lambda *args: wgmma)
-    y = torch.ops.awq_ao.int4_linear_triton(x, quant.pack_int4(q), scale, zero, None, group, k)
-    assert launched == [(wgmma, True)]
+    opaque = []
+    real_opaque = torch.ops.awq_ao.int4_linear_opaque
+    monkeypatch.setattr(torch.ops.awq_ao, "int4_linear_opaque", lambda *a: opaque.append(1) or real_opaque(*a))
     expected = x.double() @ quant.dequantize(q, scale, zero, group, k, torch.float64).T
+    y = torch.ops.awq_ao.int4_linear_triton(x, quant.pack_int4(q), scale, zero, None, group, k)
+    assert launched == [(wgmma, True)] and opaque == []
+    assert ((y.double() - expected).norm() / expected.norm()).item() < 3e-3
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # the body as Inductor traces it
+    y = torch.ops.awq_ao.int4_linear_triton(x, quant.pack_int4(q), scale, zero, None, group, k)
+    assert launched == [(wgmma, True)] * 2 and opaque == [1]
     assert ((y.double() - expected).norm() / expected.norm()).item() < 3e-3
 
 

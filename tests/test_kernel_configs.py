@@ -578,7 +578,11 @@ def test_candidates_script_counts_and_ranks_families():
     lookup = configs.sm_count
     counts = script.count(8192, 8192, 128, 132, (1, 16, 128))
     assert configs.sm_count is lookup
-    assert counts[1] > counts[16] > counts[128] > 0
+    assert min(counts.values()) > 0 and counts[16] > counts[128]
+    sm90 = script.candidates(8192, 8192, 128, 132, (1, 16))  # as on an sm_90 GPU: the Gluon kernels too
+    assert sum(c.kind == "staged" for c in sm90[1]) == 10 and any(c.kind == "wgmma" for c in sm90[16])
+    half = script.candidates(8192, 8192, 128, 66, (16,))  # the splits follow the SM count
+    assert {c.split_k for c in half[16] if c.kind == "gemm"} != {c.split_k for c in sm90[16] if c.kind == "gemm"}
     fast = "kind='gemv', block_n=64, block_k=256, split_k={}, block_m=1"
     slow = "kind='gemv', block_n=128, block_k=64, split_k={}, block_m=1"
     lines = [f"  M=1 N=8192 K=8192 g=128 KernelConfig({fast.format(8)}): 17.5 us",

@@ -1,0 +1,99 @@
+"""Programmatic dependent launch (kernels/pdl.py): when it is used, what the launches pass, what the kernels compile to."""
+
+import pytest
+import torch
+
+from helpers import compiled_in_child
+
+from awq_ao.kernels import KernelConfig, int4_matmul, pdl, splitk
+
+CUDA = torch.device("cuda", 0)
+
+
+@pytest.fixture
+def hopper(monkeypatch):
+    """A CUDA device of compute capability 9 as far as pdl.py can tell, PDL not turned off."""
+    monkeypatch.setattr(pdl, "_capability_major", lambda index: 9)
+    monkeypatch.delenv("AWQ_AO_PDL", raising=False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(pdl, "ENABLED", True)
+
+
+def test_pdl_only_for_direct_launches_on_sm90_and_later(hopper, monkeypatch):
+    assert pdl.options(CUDA) == {"PDL": True, "launch_pdl": True}
+    assert pdl.options(CUDA, pdl.direct) == {"PDL": True, "launch_pdl": True}
+    assert pdl.options(CUDA, lambda kernel: kernel) == {"PDL": False}  # Inductor's wrap_triton, say
+    assert pdl.options(torch.device("cpu")) == {"PDL": False}
+    monkeypatch.setattr(pdl, "_capability_major", lambda index: 8)
+    assert not pdl.enabled(CUDA)
+    monkeypatch.setattr(pdl, "_capability_major", lambda index: 9)
+    monkeypatch.setenv("AWQ_AO_PDL", "0")
+    assert not pdl.enabled(CUDA)
+    monkeypatch.delenv("AWQ_AO_PDL")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert not pdl.enabled(CUDA)
+    monkeypatch.delenv("TRITON_INTERPRET")
+    monkeypatch.setattr(pdl, "ENABLED", False)  # what gpu_check.py does when its PDL check fails
+    assert pdl.options(CUDA) == {"PDL": False}
+
+
+class _Recorder:
+    """Stands in for a Triton kernel: ``kernel[grid](*args, **kwargs)`` records the keyword arguments."""
+
+    def __init__(self, name, calls):
+        self.name, self.calls = name, calls
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.calls.append((self.name, kwargs))
+
+
+@pytest.mark.parametrize("config", [KernelConfig("gemv", 64, 256, split_k=4, num_warps=2),
+                                    KernelConfig("gemm", 64, 128, split_k=4, block_m=16, swap_ab=True)])
+def test_launches_pass_pdl_when_direct_and_not_through_a_wrapper(hopper, monkeypatch, config):
+    """The split kernel, the GEMM's activation launch and the reduce launch each get the PDL constexpr and Triton's
+    launch_pdl when launched directly; through a wrapper (Inductor's) none gets launch_pdl and PDL is False.
+    (CPU tensors, with ``pdl.enabled`` saying yes: the recorders launch nothing.)"""
+    monkeypatch.setattr(pdl, "enabled", lambda device: True)
+    calls = []
+    for module, name in ((int4_matmul, "_int4_gemv_kernel"), (int4_matmul, "_int4_gemm_kernel"),
+                         (int4_matmul, "_gemm_x_kernel"), (splitk, "_splitk_reduce_kernel")):
+        monkeypatch.setattr(module, name, _Recorder(name, calls))
+    m = 16 if config.kind == "gemm" else 1
+    x = torch.randn(m, 1024, dtype=torch.bfloat16)
+    q = torch.zeros(64, 512, dtype=torch.uint8)
+    s = torch.ones(64, 8, dtype=torch.bfloat16)
+    z = torch.zeros(64, 8, dtype=torch.uint8)
+    int4_matmul.launch_int4_linear(x, q, s, z, None, None, 128, 1024, config=config)
+    names = [name for name, _ in calls]
+    assert names[-1] == "_splitk_reduce_kernel" and len(names) == (3 if config.kind == "gemm" else 2)
+    assert all(kw.get("PDL") is True and kw.get("launch_pdl") is True for _, kw in calls), calls
+    calls.clear()
+    int4_matmul.launch_int4_linear(x, q, s, z, None, None, 128, 1024, config=config, launcher=lambda kernel: kernel)
+    assert calls and all(kw.get("PDL") is False and "launch_pdl" not in kw for _, kw in calls), calls
+
+
+def test_kernels_compile_their_pdl_instructions_for_sm90():
+    """sm_90 PTX (Triton's own toolchain, no GPU): with PDL each split kernel waits for the kernel ahead and then
+    releases the next (griddepcontrol.wait, then launch_dependents), the reduce only waits; without PDL there is
+    no griddepcontrol at all."""
+    body = """
+cfgs = {"gemv": KernelConfig("gemv", 64, 256, split_k=8, num_warps=2),
+        "gemm": KernelConfig("gemm", 64, 128, block_m=16, split_k=4, num_warps=4, num_stages=3, swap_ab=True,
+                             prefetch=1),
+        "staged": KernelConfig("staged", 64, 256, split_k=4, num_warps=2),
+        "wgmma": KernelConfig("wgmma", 64, 128, block_m=16, split_k=4, num_warps=4, prefetch=1)}
+for on in (False, True):
+    r.PDL = on
+    ptx = {k: r.compile_config(c, "bf16", 128, 90).asm["ptx"] for k, c in cfgs.items()}
+    ptx["reduce"] = r.compile_reduce(8, "bf16", 90).asm["ptx"]
+    for k, text in ptx.items():
+        wait, release = text.find("griddepcontrol.wait"), text.find("griddepcontrol.launch_dependents")
+        print(on, k, wait >= 0, release >= 0, release > wait)
+"""
+    lines = compiled_in_child(body, 10)
+    rows = {tuple(line.split()[:2]): line.split()[2:] for line in lines}
+    for kind in ("gemv", "gemm", "staged", "wgmma"):
+        assert rows[("False", kind)] == ["False", "False", "False"], kind
+        assert rows[("True", kind)] == ["True", "True", "True"], kind
+    assert rows[("False", "reduce")] == ["False", "False", "False"]
+    assert rows[("True", "reduce")] == ["True", "False", "False"]
