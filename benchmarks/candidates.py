@@ -78,9 +78,10 @@ def main(argv=None) -> int:
         print(f"candidate configs for {args.n} x {args.k}, group {args.group}, {args.sms} SMs")
         for m, cfgs in candidates(args.n, args.k, args.group, args.sms, args.m).items():
             gluon = collections.Counter(configs.gluon_variant(c) for c in cfgs if c.kind == "wgmma")
+            staged = sum(c.kind == "staged" for c in cfgs)
             print(f"M={m}: {len(cfgs)}" + (" (Gluon kernel: " + ", ".join(f"{v} {gluon[v]}" for v in
                                                                           ("wgmma", "mma", "late")) + ")"
-                                           if gluon else ""))
+                                           if gluon else "") + (f" (staged GEMV {staged})" if staged else ""))
         return 0
     with open(args.log) as f:
         ranges = family_ranges(f)

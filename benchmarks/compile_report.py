@@ -57,7 +57,7 @@ def _signature(kind: str, dt: str) -> dict:
 
 
 KERNELS = {"gemv": _int4_gemv_kernel, "gemm": _int4_gemm_kernel, "dequant": _int4_dequant_kernel}
-PDL = False  # compile the kernels that take it with programmatic dependent launch (``--pdl``; kernels/pdl.py)
+PDL = 0  # the kernels' programmatic dependent launch level (kernels/pdl.py; ``--pdl``: 2, wait and release)
 
 
 def compile_wgmma(cfg: KernelConfig, dt: str, group: int, arch: int, k: int = 4096, pre: bool = False,
@@ -99,7 +99,8 @@ def _compile(source_type, kernel, sig: dict, constexprs: dict, divisible: tuple,
     """``triton.compile`` of ``kernel`` for sm_``arch``, specialised as a launch would be: the pointers and the
     ``divisible`` integer arguments marked divisible by 16."""
     if "PDL" in kernel.arg_names:  # (every argument named: Triton 3.9 fills no defaults here)
-        constexprs, options = {**constexprs, "PDL": PDL}, {**options, "launch_pdl": PDL}
+        level = constexprs.pop("PDL", PDL)
+        constexprs, options = {**constexprs, "PDL": level}, {**options, "launch_pdl": level > 0}
     sig = {**sig, **{name: "constexpr" for name in constexprs}}
     names = list(sig)
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in names if n.endswith("_ptr") or n in divisible}
@@ -130,7 +131,8 @@ def compile_reduce(split: int, dt: str, arch: int):
     from awq_ao.kernels import splitk
 
     sig = {"part_ptr": "*fp32", "y_ptr": f"*{dt}", "MN": "i32", "stride_split": "i32"}
-    return _compile(ASTSource, splitk._splitk_reduce_kernel, sig, {"SPLIT_K": split, "BLOCK": splitk.REDUCE_BLOCK},
+    return _compile(ASTSource, splitk._splitk_reduce_kernel, sig,
+                    {"SPLIT_K": split, "BLOCK": splitk.REDUCE_BLOCK, "PDL": min(PDL, 1)},  # as launched: no release
                     ("MN", "stride_split"), arch, {"num_warps": 4})
 
 
@@ -321,7 +323,7 @@ def main(argv=None) -> int:
                         "launch (kernels/pdl.py: their griddepcontrol instructions first)")
     args = parser.parse_args(argv)
     global PDL
-    PDL = args.pdl
+    PDL = 2 if args.pdl else 0
     import torch
 
     from awq_ao.kernels import int4_wgmma

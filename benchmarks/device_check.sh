@@ -100,7 +100,10 @@ fi
 
 cp "$OUT"/tuned_*.json kernels/tuned/ 2>/dev/null  # the picks just tuned, for the probe (loaded after the shipped table)
 NCU=/usr/local/cuda/bin/ncu
-SECTIONS=(--section WarpStateStats --section Occupancy --section SchedulerStats --section LaunchStats
+# SpeedOfLight: DRAM, L2, L1 / shared and SM throughput against their peaks (a few passes more), for the M = 16
+# question of the twelfth session: whether the activation each program re-reads (as many bytes from L2 as the
+# weight from HBM with 64-row tiles, kernel_notes.md) is what the kernel waits on
+SECTIONS=(--section SpeedOfLight --section WarpStateStats --section Occupancy --section SchedulerStats --section LaunchStats
           --metrics "regex:smsp__pcsamp_warps_issue_stalled_.*")
 if [ "${NCU_S:-45}" != 0 ]; then  # select_config's picks (the table just tuned) at M = 1 and 16, the staged GEMV between
   timeout "${NCU_S:-45}" "$NCU" -k 'regex:_int4_(gemv|gemm|wgmma|gemv_staged)_kernel' --launch-count 3 "${SECTIONS[@]}" \

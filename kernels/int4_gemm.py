@@ -152,7 +152,7 @@ def dequant_tile16(words, z, s, magic_pair, DTYPE: tl.constexpr, USE_ASM: tl.con
 @triton.jit
 def _gemm_x_kernel(x_ptr, pre_ptr, out_ptr, counter_ptr, K, K_PAD, stride_xm, N_COUNTERS,
                    HAS_PRE_SCALE: tl.constexpr, PAIR_ORDER: tl.constexpr, BLOCK: tl.constexpr,
-                   PDL: tl.constexpr = False):
+                   PDL: tl.constexpr = 0):
     """out [M, K_PAD] = ``x * pre``, zeros past K; with PAIR_ORDER each 8 columns as (0, 4, 1, 5, 2, 6, 3, 7).
 
     The bf16 / fp16 GEMM's activation operand. Grid (M, cdiv(max(K_PAD, N_COUNTERS), BLOCK)). In pair
@@ -161,8 +161,7 @@ def _gemm_x_kernel(x_ptr, pre_ptr, out_ptr, counter_ptr, K, K_PAD, stride_xm, N_
     N_COUNTERS split-K tile counters (``splitk.py``; none when 0), so the fused reduce costs no launch of
     its own.
     """
-    if PDL:  # launched with programmatic dependent launch: the kernel ahead finishes first (pdl.py)
-        pdl.wait_then_release()
+    pdl.prologue(PDL)  # programmatic dependent launch (pdl.py): the kernel ahead finishes first
     row = tl.program_id(0)
     p = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     if N_COUNTERS > 0:
@@ -230,10 +229,9 @@ def _int4_gemm_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
-    PDL: tl.constexpr = False,
+    PDL: tl.constexpr = 0,
 ):
-    if PDL:  # launched with programmatic dependent launch: the kernel ahead finishes first (pdl.py)
-        pdl.wait_then_release()
+    pdl.prologue(PDL)  # programmatic dependent launch (pdl.py): the kernel ahead finishes first
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_split = tl.program_id(2)

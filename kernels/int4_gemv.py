@@ -138,10 +138,9 @@ def _int4_gemv_kernel(
     LOOP_STAGES: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
-    PDL: tl.constexpr = False,
+    PDL: tl.constexpr = 0,
 ):
-    if PDL:  # launched with programmatic dependent launch: the kernel ahead finishes first (pdl.py)
-        pdl.wait_then_release()
+    pdl.prologue(PDL)  # programmatic dependent launch (pdl.py): the kernel ahead finishes first
     pid_n = tl.program_id(0)
     pid_split = tl.program_id(1)
     pid_m = tl.program_id(2)

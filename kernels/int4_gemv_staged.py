@@ -111,10 +111,9 @@ if HAVE_GLUON:
         stride_xm, stride_q, stride_s, stride_om, stride_osplit,
         GROUP_SIZE: gl.constexpr, HAS_PRE_SCALE: gl.constexpr, TILES: gl.constexpr, PREFETCH: gl.constexpr,
         SPLIT_OUT: gl.constexpr, ROWS: gl.constexpr, BLOCK_N: gl.constexpr, WARPS: gl.constexpr,
-        PDL: gl.constexpr = False,
+        PDL: gl.constexpr = 0,
     ):
-        if PDL:  # launched with programmatic dependent launch: the kernel ahead finishes first (pdl.py)
-            pdl.gluon_wait_then_release()
+        pdl.gluon_prologue(PDL)  # programmatic dependent launch (pdl.py): the kernel ahead finishes first
         pid_n = gl.program_id(0)
         pid_split = gl.program_id(1)
         pid_m = gl.program_id(2)
@@ -200,7 +199,7 @@ def staged_gemv_linear(x, words, scale, zero_point, pre, has_pre, y, group_size,
         x.stride(0), words.stride(0), scale.stride(0), out.stride(-2), out.stride(0) if split > 1 else 0,
         GROUP_SIZE=group_size, HAS_PRE_SCALE=has_pre, TILES=tiles // split, PREFETCH=config.prefetch >= 1,
         SPLIT_OUT=split > 1, ROWS=config.block_m, BLOCK_N=config.block_n, WARPS=config.num_warps,
-        num_warps=config.num_warps, **pdl.options(x.device),
+        num_warps=config.num_warps, **pdl.options(x.device, release=split > 1),
     )
     if split > 1:
         add_splits(out, y)

@@ -168,7 +168,7 @@ def fused_linear(x, words, scale, zero_point, pre, has_pre, y, group_size, in_fe
             EVEN_M=m % config.block_m == 0, PREFETCH=config.prefetch, ROWS=config.block_m, TILED=tiled,
             FUSED_SPLITS=fused_splits, LOOP_STAGES=config.num_stages if config.num_stages >= 3 else None,
             BLOCK_N=config.block_n, BLOCK_K=config.block_k, num_warps=config.num_warps, num_stages=config.num_stages,
-            **pdl.options(x.device, wrap),
+            **pdl.options(x.device, wrap, release=split > 1 and not fused),
         )
     else:
         grid = (triton.cdiv(n, config.block_n), triton.cdiv(m, config.block_m), split)
@@ -178,7 +178,8 @@ def fused_linear(x, words, scale, zero_point, pre, has_pre, y, group_size, in_fe
             DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32", SWAP_AB=config.swap_ab,
             PREFETCH=config.prefetch, PACKED16=packed16, USE_ASM=x.is_cuda, NATURAL=natural, TILED=tiled,
             FUSED_SPLITS=fused_splits, BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
-            num_warps=config.num_warps, num_stages=config.num_stages, **pdl.options(x.device, wrap),
+            num_warps=config.num_warps, num_stages=config.num_stages,
+            **pdl.options(x.device, wrap, release=split > 1 and not fused),
         )
     if split > 1 and not fused:
         add_splits(out, y, wrap)
@@ -197,7 +198,7 @@ def gemm_activation(x: torch.Tensor, pre: Optional[torch.Tensor], k_pad: int, wr
     wrap(_gemm_x_kernel)[grid](x, x if pre is None else pre, out, out if counters is None else counters,
                                k, k_pad, x.stride(0), n_counters,
                                HAS_PRE_SCALE=pre is not None, PAIR_ORDER=pair_order, BLOCK=GEMM_X_BLOCK,
-                               **pdl.options(x.device, wrap))
+                               **pdl.options(x.device, wrap, release=True))  # the GEMM follows
     return out
 
 

@@ -352,7 +352,7 @@ if HAVE_GLUON:
         GROUP_SIZE: gl.constexpr, HAS_PRE_SCALE: gl.constexpr, BLOCK_M: gl.constexpr, TILES: gl.constexpr,
         SPLIT_OUT: gl.constexpr, FUSED_SPLITS: gl.constexpr, TWO_BUFFERS: gl.constexpr, OVERLAP: gl.constexpr,
         RING: gl.constexpr, MMA_SYNC: gl.constexpr, LATE: gl.constexpr, MAGIC: gl.constexpr, EVEN: gl.constexpr,
-        NEG_MAGIC: gl.constexpr, BLOCK_N: gl.constexpr, WORDS: gl.constexpr, PDL: gl.constexpr = False,
+        NEG_MAGIC: gl.constexpr, BLOCK_N: gl.constexpr, WORDS: gl.constexpr, PDL: gl.constexpr = 0,
     ):
         """One program (BLOCK_N / 16 warps: one or two warp groups): rows [BLOCK_N pid_n, +BLOCK_N) of W, activation rows [BLOCK_M pid_m, +BLOCK_M), K tiles
         [TILES pid_k, +TILES). out: y [M, N] in x's dtype, or (SPLIT_OUT) fp32 partials [split, M, N]; with
@@ -381,8 +381,7 @@ if HAVE_GLUON:
         XS: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
         S1: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[0])  # [TILES, n] rows
 
-        if PDL:  # launched with programmatic dependent launch: the kernel ahead finishes first (pdl.py)
-            pdl.gluon_wait_then_release()
+        pdl.gluon_prologue(PDL)  # programmatic dependent launch (pdl.py): the kernel ahead finishes first
         pid_n = gl.program_id(0)
         pid_m = gl.program_id(1)
         pid_k = gl.program_id(2)
@@ -569,7 +568,7 @@ def wgmma_linear(x, words, scale, zero_point, pre, has_pre, y, group_size, in_fe
         LATE=config.late_dequant, MAGIC=MAGIC_VALUE[x.dtype],
         EVEN=even_loads(n, config.block_n, k_words, tiles_per_split),
         BLOCK_N=config.block_n, WORDS=words_layout(config.block_n), num_warps=config.block_n // 16,
-        **pdl.options(x.device),
+        **pdl.options(x.device, release=split > 1 and not fused),
     )
     if split > 1 and not fused:
         add_splits(out, y)

@@ -87,7 +87,7 @@ def reset_counter(counter_ptr):
 
 @triton.jit
 def _splitk_reduce_kernel(part_ptr, y_ptr, MN, stride_split, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr,
-                          PDL: tl.constexpr = False):
+                          PDL: tl.constexpr = 0):
     """y[i] = sum_s part[s, i] (fp32, s in order), stored in y's dtype; part is [SPLIT_K, M*N] contiguous rows.
 
     SPLIT_K is a compile-time constant so the loop unrolls and every split's load
@@ -95,8 +95,7 @@ def _splitk_reduce_kernel(part_ptr, y_ptr, MN, stride_split, SPLIT_K: tl.constex
     kernel with programmatic dependent launch (``pdl.py``): it waits for that kernel's partials first, and
     releases nothing (the next kernel launches when this one ends).
     """
-    if PDL:
-        pdl.wait()
+    pdl.prologue(PDL)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < MN
     acc = tl.zeros((BLOCK,), dtype=tl.float32)

@@ -150,6 +150,11 @@ gl = types.SimpleNamespace(
 )
 
 
+def _no_pdl(PDL=0) -> None:
+    """``pdl.gluon_prologue``: nothing to wait for on the CPU (programmatic dependent launch is a GPU launch mode)."""
+    assert PDL == 0, "programmatic dependent launch on the emulator"
+
+
 def _bind(module) -> dict:
     """The module's globals with ``gl``, the MMAs, waits, fences, copies and every Gluon function replaced."""
     env = dict(vars(module))
@@ -160,6 +165,7 @@ def _bind(module) -> dict:
         fence_async_shared=lambda: None, _cta_barrier=lambda: None,
         _async_load=lambda slot, ptrs, mask=None: slot.store(_gather(ptrs, mask, 0)),
         async_copy=types.SimpleNamespace(commit_group=lambda: None, wait_group=lambda n: None),
+        pdl=types.SimpleNamespace(gluon_prologue=_no_pdl),
     )
     for name, value in vars(module).items():
         fn = getattr(value, "fn", None)

@@ -20,10 +20,10 @@ def hopper(monkeypatch):
 
 
 def test_pdl_only_for_direct_launches_on_sm90_and_later(hopper, monkeypatch):
-    assert pdl.options(CUDA) == {"PDL": True, "launch_pdl": True}
-    assert pdl.options(CUDA, pdl.direct) == {"PDL": True, "launch_pdl": True}
-    assert pdl.options(CUDA, lambda kernel: kernel) == {"PDL": False}  # Inductor's wrap_triton, say
-    assert pdl.options(torch.device("cpu")) == {"PDL": False}
+    assert pdl.options(CUDA) == {"PDL": 1, "launch_pdl": True}
+    assert pdl.options(CUDA, pdl.direct, release=True) == {"PDL": 2, "launch_pdl": True}
+    assert pdl.options(CUDA, lambda kernel: kernel, release=True) == {"PDL": 0}  # Inductor's wrap_triton, say
+    assert pdl.options(torch.device("cpu")) == {"PDL": 0}
     monkeypatch.setattr(pdl, "_capability_major", lambda index: 8)
     assert not pdl.enabled(CUDA)
     monkeypatch.setattr(pdl, "_capability_major", lambda index: 9)
@@ -34,7 +34,7 @@ def test_pdl_only_for_direct_launches_on_sm90_and_later(hopper, monkeypatch):
     assert not pdl.enabled(CUDA)
     monkeypatch.delenv("TRITON_INTERPRET")
     monkeypatch.setattr(pdl, "ENABLED", False)  # what gpu_check.py does when its PDL check fails
-    assert pdl.options(CUDA) == {"PDL": False}
+    assert pdl.options(CUDA) == {"PDL": 0}
 
 
 class _Recorder:
@@ -48,11 +48,14 @@ class _Recorder:
 
 
 @pytest.mark.parametrize("config", [KernelConfig("gemv", 64, 256, split_k=4, num_warps=2),
+                                    KernelConfig("gemv", 64, 256, split_k=4, num_warps=2, fused_reduce=True),
                                     KernelConfig("gemm", 64, 128, split_k=4, block_m=16, swap_ab=True)])
 def test_launches_pass_pdl_when_direct_and_not_through_a_wrapper(hopper, monkeypatch, config):
-    """The split kernel, the GEMM's activation launch and the reduce launch each get the PDL constexpr and Triton's
-    launch_pdl when launched directly; through a wrapper (Inductor's) none gets launch_pdl and PDL is False.
-    (CPU tensors, with ``pdl.enabled`` saying yes: the recorders launch nothing.)"""
+    """Launched directly, every kernel of a call gets Triton's launch_pdl and the PDL constexpr: 2 (wait, then
+    release the next launch) where the same call launches another kernel after it (the split kernel before the
+    reduce, the GEMM's activation launch before the GEMM), else 1 (wait only: the in-kernel sum, the reduce).
+    Through a wrapper (Inductor's) none gets launch_pdl and PDL is 0. (CPU tensors, with ``pdl.enabled`` saying
+    yes: the recorders launch nothing.)"""
     monkeypatch.setattr(pdl, "enabled", lambda device: True)
     calls = []
     for module, name in ((int4_matmul, "_int4_gemv_kernel"), (int4_matmul, "_int4_gemm_kernel"),
@@ -63,13 +66,20 @@ def test_launches_pass_pdl_when_direct_and_not_through_a_wrapper(hopper, monkeyp
     q = torch.zeros(64, 512, dtype=torch.uint8)
     s = torch.ones(64, 8, dtype=torch.bfloat16)
     z = torch.zeros(64, 8, dtype=torch.uint8)
-    int4_matmul.launch_int4_linear(x, q, s, z, None, None, 128, 1024, config=config)
-    names = [name for name, _ in calls]
-    assert names[-1] == "_splitk_reduce_kernel" and len(names) == (3 if config.kind == "gemm" else 2)
-    assert all(kw.get("PDL") is True and kw.get("launch_pdl") is True for _, kw in calls), calls
+    int4_matmul.launch_int4_linear(x, q, s, z, None, None, 128, 1024, config=config,
+                                   counters=torch.zeros(64, dtype=torch.int32))
+    levels = [(name, kw.get("PDL"), kw.get("launch_pdl")) for name, kw in calls]
+    if config.fused_reduce:
+        assert levels == [("_int4_gemv_kernel", 1, True)]
+    elif config.kind == "gemv":
+        assert levels == [("_int4_gemv_kernel", 2, True), ("_splitk_reduce_kernel", 1, True)]
+    else:
+        assert levels == [("_gemm_x_kernel", 2, True), ("_int4_gemm_kernel", 2, True),
+                          ("_splitk_reduce_kernel", 1, True)]
     calls.clear()
-    int4_matmul.launch_int4_linear(x, q, s, z, None, None, 128, 1024, config=config, launcher=lambda kernel: kernel)
-    assert calls and all(kw.get("PDL") is False and "launch_pdl" not in kw for _, kw in calls), calls
+    int4_matmul.launch_int4_linear(x, q, s, z, None, None, 128, 1024, config=config, launcher=lambda kernel: kernel,
+                                   counters=torch.zeros(64, dtype=torch.int32))
+    assert calls and all(kw.get("PDL") == 0 and "launch_pdl" not in kw for _, kw in calls), calls
 
 
 def test_kernels_compile_their_pdl_instructions_for_sm90():
@@ -83,7 +93,7 @@ cfgs = {"gemv": KernelConfig("gemv", 64, 256, split_k=8, num_warps=2),
         "staged": KernelConfig("staged", 64, 256, split_k=4, num_warps=2),
         "wgmma": KernelConfig("wgmma", 64, 128, block_m=16, split_k=4, num_warps=4, prefetch=1)}
 for on in (False, True):
-    r.PDL = on
+    r.PDL = 2 if on else 0
     ptx = {k: r.compile_config(c, "bf16", 128, 90).asm["ptx"] for k, c in cfgs.items()}
     ptx["reduce"] = r.compile_reduce(8, "bf16", 90).asm["ptx"]
     for k, text in ptx.items():
