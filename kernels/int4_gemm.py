@@ -161,7 +161,8 @@ def _gemm_x_kernel(x_ptr, pre_ptr, out_ptr, counter_ptr, K, K_PAD, stride_xm, N_
     N_COUNTERS split-K tile counters (``splitk.py``; none when 0), so the fused reduce costs no launch of
     its own.
     """
-    pdl.prologue(PDL)  # programmatic dependent launch (pdl.py): the kernel ahead finishes first
+    if PDL:  # programmatic dependent launch (pdl.py; never in the source Inductor re-emits, which lacks ``pdl``)
+        pdl.prologue(PDL)
     row = tl.program_id(0)
     p = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     if N_COUNTERS > 0:
@@ -231,7 +232,8 @@ def _int4_gemm_kernel(
     BLOCK_K: tl.constexpr,
     PDL: tl.constexpr = 0,
 ):
-    pdl.prologue(PDL)  # programmatic dependent launch (pdl.py): the kernel ahead finishes first
+    if PDL:  # programmatic dependent launch (pdl.py; never in the source Inductor re-emits, which lacks ``pdl``)
+        pdl.prologue(PDL)
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_split = tl.program_id(2)

@@ -140,7 +140,8 @@ def _int4_gemv_kernel(
     BLOCK_K: tl.constexpr,
     PDL: tl.constexpr = 0,
 ):
-    pdl.prologue(PDL)  # programmatic dependent launch (pdl.py): the kernel ahead finishes first
+    if PDL:  # programmatic dependent launch (pdl.py; never in the source Inductor re-emits, which lacks ``pdl``)
+        pdl.prologue(PDL)
     pid_n = tl.program_id(0)
     pid_split = tl.program_id(1)
     pid_m = tl.program_id(2)

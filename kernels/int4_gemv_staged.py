@@ -113,7 +113,8 @@ if HAVE_GLUON:
         SPLIT_OUT: gl.constexpr, ROWS: gl.constexpr, BLOCK_N: gl.constexpr, WARPS: gl.constexpr,
         PDL: gl.constexpr = 0,
     ):
-        pdl.gluon_prologue(PDL)  # programmatic dependent launch (pdl.py): the kernel ahead finishes first
+        if PDL:  # programmatic dependent launch (pdl.py): the kernel ahead finishes first
+            pdl.gluon_prologue(PDL)
         pid_n = gl.program_id(0)
         pid_split = gl.program_id(1)
         pid_m = gl.program_id(2)

@@ -77,8 +77,8 @@ import os
 import torch
 import triton
 
-from awq_ao.kernels.int4_planes import MAGIC_PAIR_BF16, MAGIC_PAIR_FP16, pair_ptx
 from awq_ao.kernels import pdl
+from awq_ao.kernels.int4_planes import MAGIC_PAIR_BF16, MAGIC_PAIR_FP16, pair_ptx
 from awq_ao.kernels.splitk import add_splits
 
 try:  # Triton >= 3.5 ships Gluon; without it this path is simply never chosen
@@ -381,7 +381,8 @@ if HAVE_GLUON:
         XS: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
         S1: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[0])  # [TILES, n] rows
 
-        pdl.gluon_prologue(PDL)  # programmatic dependent launch (pdl.py): the kernel ahead finishes first
+        if PDL:  # programmatic dependent launch (pdl.py): the kernel ahead finishes first
+            pdl.gluon_prologue(PDL)
         pid_n = gl.program_id(0)
         pid_m = gl.program_id(1)
         pid_k = gl.program_id(2)

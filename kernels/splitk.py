@@ -95,7 +95,8 @@ def _splitk_reduce_kernel(part_ptr, y_ptr, MN, stride_split, SPLIT_K: tl.constex
     kernel with programmatic dependent launch (``pdl.py``): it waits for that kernel's partials first, and
     releases nothing (the next kernel launches when this one ends).
     """
-    pdl.prologue(PDL)
+    if PDL:  # (never in the source Inductor re-emits, which lacks ``pdl``)
+        pdl.prologue(PDL)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < MN
     acc = tl.zeros((BLOCK,), dtype=tl.float32)

@@ -107,3 +107,40 @@ for on in (False, True):
         assert rows[("True", kind)] == ["True", "True", "True"], kind
     assert rows[("False", "reduce")] == ["False", "False", "False"]
     assert rows[("True", "reduce")] == ["True", "False", "False"]
+
+
+def test_kernels_as_inductor_reemits_them_compile_for_sm90():
+    """Under torch.compile, Inductor re-emits a traced triton_op's Triton kernels from their source and the jit
+    functions they call (``user_defined_triton_kernel_transitive_closure_source_code``, under ``@triton.jit``) in a
+    module of its own,
+    which imports triton and tl but none of our modules. Each kernel so re-emitted (written to a file and
+    imported, as Inductor does) compiles for sm_90 as Inductor launches it (PDL 0): a kernel that calls a helper
+    through a module name (``pdl.prologue``) outside a branch its constexprs leave dead fails here."""
+    body = """
+import importlib.util, os, tempfile
+import triton, triton.language as tl
+from torch._inductor.codegen.wrapper import user_defined_triton_kernel_transitive_closure_source_code as closure
+from awq_ao.kernels import int4_dequant, int4_gemm, int4_gemv, splitk
+
+def reemit(kernel):
+    path = os.path.join(tempfile.mkdtemp(), kernel.__name__ + ".py")
+    with open(path, "w") as f:
+        f.write("import triton\\nimport triton.language as tl\\n\\n@triton.jit\\n" + closure(kernel) + "\\n")
+    spec = importlib.util.spec_from_file_location(kernel.__name__, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, kernel.__name__)
+
+r.KERNELS = {"gemv": reemit(int4_gemv._int4_gemv_kernel), "gemm": reemit(int4_gemm._int4_gemm_kernel),
+             "dequant": reemit(int4_dequant._int4_dequant_kernel)}
+splitk._splitk_reduce_kernel = reemit(splitk._splitk_reduce_kernel)
+for name, cfg in (("gemv", KernelConfig("gemv", 64, 256, split_k=8, num_warps=2)),
+                  ("gemv2", KernelConfig("gemv", 64, 256, split_k=8, block_m=2, num_warps=2)),
+                  ("gemm", KernelConfig("gemm", 64, 128, block_m=16, split_k=4, num_stages=3, swap_ab=True,
+                                        prefetch=1, natural_order=True)),
+                  ("dequant", KernelConfig("dequant", 16, 256))):
+    print(name, len(r.compile_config(cfg, "bf16", 128, 90).asm["cubin"]) > 0)
+print("reduce", len(r.compile_reduce(8, "bf16", 90).asm["cubin"]) > 0)
+"""
+    lines = compiled_in_child(body, 5)
+    assert lines == ["gemv True", "gemv2 True", "gemm True", "dequant True", "reduce True"]
