@@ -330,7 +330,7 @@ def main(argv=None) -> int:
 
     int4_wgmma.OVERLAP_PAIRS = int4_wgmma.OVERLAP_PAIRS or args.overlap  # compile_wgmma's default
 
-    from awq_ao.kernels.configs import GLUON_TILES, STAGED_ROWS2_TILES, STAGED_TILES, candidate_configs
+    from awq_ao.kernels.configs import GLUON_TILES, GLUON_WIDE_TILES, STAGED_ROWS2_TILES, STAGED_TILES, candidate_configs
 
     seen = []
     for m in args.m:
@@ -344,7 +344,9 @@ def main(argv=None) -> int:
         seen += [KernelConfig("staged", block_n, 256, split_k=4, block_m=rows, num_warps=warps,
                               prefetch=prefetch).fitted(args.group, 4096) for block_n, warps, prefetch, rows in staged]
         if m <= 64 and args.dtype != "fp32":  # the Gluon kernel, wgmma and mma.sync (candidates on sm_90 GPUs only)
-            for block_n, buffers, stages, mma_sync, late in GLUON_TILES:
+            tiles = [(b, w, s, mma, late) for b, w, s, mma, late in GLUON_TILES] + (
+                [(b, 1, 1, mma, False) for b, mma in GLUON_WIDE_TILES] if m >= 8 else [])
+            for block_n, buffers, stages, mma_sync, late in tiles:
                 cfg = KernelConfig("wgmma", block_n, 128, block_m=m, prefetch=buffers, num_stages=stages,
                                    mma_sync=mma_sync, late_dequant=late).fitted(args.group, 4096)
                 if cfg not in seen:

@@ -119,14 +119,14 @@ class KernelConfig:
                             num_warps=self.num_warps, num_stages=1, prefetch=min(int(self.prefetch), 1))
 
     def _fitted_wgmma(self, group_size: int, k_pad: int) -> "KernelConfig":
-        """The wgmma kernel's tile (64 or 128 rows on 4 or 8 warps, 128 columns), BLOCK_M one of its MMA widths, weight tiles in
+        """The wgmma kernel's tile (64, 128 or 256 rows on 4, 8 or 16 warps, 128 columns), BLOCK_M one of its MMA widths, weight tiles in
         one or two register buffers (``prefetch``) or a shared-memory ring (``num_stages`` >= 3 stages), and
         at least the split that keeps each program's shared memory within ``WGMMA_SMEM_BYTES``. A group that
         is not a multiple of 32 (a thread's 32 columns would span two) takes the swapped GEMM tile instead."""
         block_m = next((b for b in int4_wgmma.WGMMA_BLOCK_M if b >= self.block_m), int4_wgmma.WGMMA_BLOCK_M[-1])
         if group_size % 32:
             return self.as_swapped_gemm(group_size, k_pad)
-        block_n = 128 if self.block_n >= 128 else 64
+        block_n = 256 if self.block_n >= 256 else 128 if self.block_n >= 128 else 64
         tiles = triton.cdiv(k_pad, int4_wgmma.BLOCK_K)
         ring = self.num_stages if self.num_stages >= 3 else 0
         split_k = max(1, min(self.split_k, tiles))
@@ -185,6 +185,12 @@ GLUON_TILES = ((64, 1, 1, False, False), (64, 2, 1, False, False), (64, 1, 4, Fa
                (128, 1, 1, False, False), (128, 1, 4, False, False),
                (64, 1, 1, True, False), (64, 2, 1, True, False), (64, 1, 4, True, False),
                (64, 1, 1, True, True), (64, 2, 1, True, True), (64, 1, 4, True, True))
+# (BLOCK_N, mma_sync) of the Gluon kernel's 256-row tiles (16 warps, one weight buffer), tried from M = 8 to 64 at
+# the splits that fill one wave at 1 and 2 programs per SM: a program reads the activation rows of its K range
+# once per tile, as many bytes as the weight's at M = 16 with 64-row tiles and a quarter of them with 256 rows
+# (kernel_notes.md, twelfth session); sm_90 SASS (Triton 3.6): wgmma 92 registers, mma.sync 64, 2.88 and 2.95
+# instructions per weight, no spills (`python benchmarks/compile_report.py --m 16`); not yet run on a GPU
+GLUON_WIDE_TILES = ((256, False), (256, True))
 # (BLOCK_N, warps, prefetch) of the staged GEMV (int4_gemv_staged.py) the tuner tries at M = 1 on sm_90: 8 rows per
 # thread on 2 warps (125 registers, as the Triton GEMV's 128) or 4 rows on 4 warps (72 registers: more warps per
 # SM), 2.83-2.84 instructions per weight against the Triton GEMV's 3.34; with the next tile's words loaded ahead
@@ -393,11 +399,18 @@ def candidate_configs(m: int, n: int, k_pad: int, group_size: int, device: torch
         # (half the staged activation per weight): one buffer or the ring. mma.sync (no warp-group wait after each
         # tile's MMAs): 64 rows with one or two buffers or the ring
         for block_n, buffers, stages, mma_sync, late in GLUON_TILES:
+            if late and m >= 16:  # late_dequant at M = 16: 1.14-1.49x the fastest candidate on every goal shape in
+                continue  # run 11 (`benchmarks/candidates.py --log .../gpu_check_nvidia_h200_late_dequant.log`)
             split = _split_for(triton.cdiv(n, block_n) * triton.cdiv(m, block_m), k_tiles, device)
             out += [KernelConfig("wgmma", block_n, int4_wgmma.BLOCK_K, block_m=block_m, prefetch=buffers,
                                  num_stages=stages, split_k=min(split * f, k_tiles),
                                  fused_reduce=FUSED_REDUCE_CANDIDATES, mma_sync=mma_sync, late_dequant=late)
                     for f in (1, 2, 4)]
+        for block_n, mma_sync in GLUON_WIDE_TILES if m >= 8 else ():
+            tiles_mn = triton.cdiv(n, block_n) * triton.cdiv(m, block_m)
+            out += [KernelConfig("wgmma", block_n, int4_wgmma.BLOCK_K, block_m=block_m, split_k=s,
+                                 fused_reduce=FUSED_REDUCE_CANDIDATES, mma_sync=mma_sync)
+                    for s in _wave_splits(tiles_mn, k_tiles, device, per_sm=(1, 2))]
         out = [c for c in out if c.kind != "wgmma" or gluon_variant(c) not in gluon_variants_off()]
     if 2 <= m <= 64:  # the swapped 64 x 128 GEMM (plain and in column order) and the Gluon GEMM's 64-row tiles
         # with one or two register buffers, at splits that fill whole waves: at M = 16 the GEMM took the same time

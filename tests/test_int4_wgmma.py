@@ -107,7 +107,9 @@ def test_fitted_config_keeps_the_staged_activation_in_shared_memory():
     assert int4_wgmma.shared_bytes(16, 10, 4) <= int4_wgmma.WGMMA_SMEM_BYTES < int4_wgmma.shared_bytes(16, 11, 4)
     wide = KernelConfig("wgmma", 128, 128, block_m=16, split_k=1, num_stages=4).fitted(128, 8192)
     assert (wide.block_n, wide.num_warps, wide.split_k) == (128, 8, 13)  # 5 tiles: 20 + 32 (ring) + 7.5 KB
-    assert KernelConfig("wgmma", 256, 128, block_m=16).fitted(128, 1024).block_n == 128  # 64 or 128 rows
+    assert KernelConfig("wgmma", 256, 128, block_m=16).fitted(128, 1024).num_warps == 16  # 64, 128 or 256 rows
+    assert KernelConfig("wgmma", 512, 128, block_m=16).fitted(128, 1024).block_n == 256
+    assert KernelConfig("wgmma", 96, 128, block_m=16).fitted(128, 1024).block_n == 64
     fallback = KernelConfig("wgmma", 64, 128, block_m=8, split_k=4).fitted(16, 4096)
     assert (fallback.kind, fallback.swap_ab, fallback.block_m, fallback.block_k) == ("gemm", True, 16, 16)
 

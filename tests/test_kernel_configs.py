@@ -265,7 +265,7 @@ def test_gemm_packed_unpacking_compiles_to_sm90_sass(dt, fma, natural):
 
 @pytest.mark.parametrize("dt, block_n, block_m, buffers, stages", [
     ("bf16", 64, 16, 1, 1), ("fp16", 64, 8, 1, 1), ("bf16", 64, 16, 2, 1), ("bf16", 64, 16, 1, 4),
-    ("bf16", 128, 16, 1, 1)])
+    ("bf16", 128, 16, 1, 1), ("bf16", 256, 16, 1, 1)])
 def test_wgmma_kernel_compiles_to_sm90_without_a_shared_memory_round_trip(dt, block_n, block_m, buffers, stages):
     """The Gluon wgmma kernel (``int4_wgmma.py``) compiles for sm_90 with the Gluon in this Triton: the
     unpacked tile converts to the MMA's register layout trivially (``assert_trivial``, else no compile at
@@ -303,22 +303,24 @@ def test_wgmma_kernel_compiles_to_sm90_without_a_shared_memory_round_trip(dt, bl
         assert int(mix["LDGSTS"]) == 2 and "LDG" not in mix and int(mix["BAR"]) <= 2 and "LDSM" not in mix, row
 
 
-@pytest.mark.parametrize("dt, block_m, buffers, stages, late", [
-    ("bf16", 8, 1, 1, False), ("fp16", 16, 1, 1, False), ("bf16", 16, 2, 1, False), ("bf16", 16, 1, 4, False),
-    ("bf16", 16, 2, 1, True), ("fp16", 8, 1, 4, True)])
-def test_mma_sync_variant_compiles_to_sm90_hmma_with_no_wait_for_the_mma(dt, block_m, buffers, stages, late):
+@pytest.mark.parametrize("dt, block_m, buffers, stages, late, block_n", [
+    ("bf16", 8, 1, 1, False, 64), ("fp16", 16, 1, 1, False, 64), ("bf16", 16, 2, 1, False, 64),
+    ("bf16", 16, 1, 4, False, 64), ("bf16", 16, 2, 1, True, 64), ("fp16", 8, 1, 4, True, 64),
+    ("bf16", 16, 1, 1, False, 256)])
+def test_mma_sync_variant_compiles_to_sm90_hmma_with_no_wait_for_the_mma(dt, block_m, buffers, stages, late,
+                                                                         block_n):
     """The Gluon kernel with ``mma_sync`` (``int4_wgmma.py``): the same unpacked fragment (the trivial conversion
     to the A operand holds for mma.sync's layout too, else no compile), fed to HMMA.16816 (BLOCK_M / 8 per k16
     step: 8 x BLOCK_M / 8 per tile) with no wgmma and no warp-group wait in the main loop; the activation comes
     from shared memory by ``ldmatrix``, the weight words as they do for wgmma (registers, or the ring's LDS).
-    No spills, at most 100 registers (49-80 with Triton 3.6 and 3.9), under 3.5 instructions per weight
-    (2.6-3.2).
-    The pre-scaled variant compiles too, and the kernel compiles for sm_80. With ``late_dequant`` no 16-bit
+    No spills (but 16 bytes for the 256-row tile with Triton 3.9), at most 100 registers (49-80 with Triton 3.6
+    and 3.9), under 3.5 instructions per weight (2.6-3.2).
+    The pre-scaled variant compiles too, and the kernel compiles for sm_80; so does its 256-row tile (16 warps). With ``late_dequant`` no 16-bit
     arithmetic is left in the loop (the MMA takes the raw ``magic + q``), and at most 3 instructions per weight
     (2.05-2.98 with Triton 3.6 and 3.9)."""
     pytest.importorskip("triton.experimental.gluon")
     code = (
-        f"cfg = KernelConfig('wgmma', 64, 128, block_m={block_m}, prefetch={buffers}, num_stages={stages}, "
+        f"cfg = KernelConfig('wgmma', {block_n}, 128, block_m={block_m}, prefetch={buffers}, num_stages={stages}, "
         f"mma_sync=True, late_dequant={late}).fitted(128, 4096)\n"
         f"r.compile_wgmma(cfg, '{dt}', 128, 90, k=1000, pre=True)\n"
         f"print(len(r.cuobjdump(r.compile_wgmma(cfg, '{dt}', 128, 80))[1]) > 0)\n"
@@ -329,7 +331,8 @@ def test_mma_sync_variant_compiles_to_sm90_hmma_with_no_wait_for_the_mma(dt, blo
     cells = [c.strip() for c in row.split("|")]
     assert cells[1].startswith("mma.sync late" if late else "mma.sync") and ("late" in cells[1]) == late, row
     regs, stack, per_weight, ops = int(cells[7]), int(cells[8]), float(cells[10]), cells[12]
-    assert stack == 0 and regs <= 100, row
+    # (the 256-row tile on 16 warps: 16 bytes of stack with Triton 3.9, none with the device's 3.6)
+    assert stack <= (16 if block_n == 256 else 0) and regs <= 100, row
     assert per_weight < 3.5, row
     mix = dict(op.rsplit(" ", 1) for op in ops.split(", "))
     assert int(mix["HMMA"]) == 8 * (block_m // 8) * buffers, row
