@@ -17,7 +17,7 @@ from awq_ao.kernels import KernelConfig, int4_linear, int4_wgmma
 TOL = {torch.bfloat16: 1e-2, torch.float16: 3e-3}
 VARIANTS = {"wgmma": {}, "overlap": {}, "mma": {"mma_sync": True}, "late": {"mma_sync": True, "late_dequant": True}}
 # (rows per program, split, fused sum, weight buffers, ring stages)
-SPECS = ((64, 1, False, 1, 1), (64, 2, True, 2, 1), (64, 2, False, 1, 3), (128, 3, True, 1, 1))
+SPECS = ((64, 1, False, 1, 1), (64, 2, True, 2, 1), (64, 2, False, 1, 3), (128, 3, True, 1, 1), (256, 2, False, 1, 1))
 
 
 @pytest.fixture
