@@ -23,10 +23,10 @@
 #
 # Each step has its own time limit (seconds; override by environment), so a slow step cannot starve the
 # rest: WGMMA_S (default 150: the check, 252 cases, within it on 2026-11-28; skipped while int4_wgmma.py is the
-# source that passed, its seconds then added to CHECK_S), WGMMA_TIME_S (0, off; 40 for its
+# source that passed; what it leaves of its limit is added to CHECK_S), WGMMA_TIME_S (0, off; 40 for its
 # timing, 15 configs per row: 5 wgmma, 1 overlapped, 3 mma.sync, 5 late_dequant, 1 of those masked; the first
 # rows only, since step 1's tuning times every candidate too and logs each), STAGED_S (0, off: staged_probe.py),
-# CHECK_S (330, or 480 with the check skipped: 79-82 and 71-83 candidates per goal shape at M = 1 and 16, 10
+# CHECK_S (330, and what step 0 left: 480 with the check skipped; 79-82 and 71-83 candidates per goal shape at M = 1 and 16, 10
 # staged GEMV, 12 wave-filling splits and 4 256-row Gluon tiles among them; the step took 263 s in the run of 2026-11-28 with 97-111 and
 # 71-76, the Gluon GEMM's 43 compiling apart), LAYOUT_S (0: off, its results are in), MODEL_S (60: 38-46 s on 2026-11-28), NCU_S (45: three kernels,
 # last): 9 minutes 45 s of limits in all, plus the install, inside one run's 10 (a run cut short there loses the
@@ -46,9 +46,10 @@ nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv,noheader
 # the overlap) is kept out of the rest (AWQ_AO_GLUON_OFF); if wgmma itself fails, or the check faults or runs
 # out of time (no list of failures written), the whole kernel is (AWQ_AO_DISABLE_WGMMA=1). Its timing table
 # runs apart (the short config list), so a timing cut short cannot turn anything off
-# The check is skipped (its seconds go to step 1) when the Gluon GEMM's source is the one whose check last passed
-# on a lent GPU (its sha256 in benchmarks/results/wgmma_check_passed.sha256; WGMMA_FORCE=1 runs it anyway), and
-# when WGMMA_S=0. gpu_check.py still checks every Gluon candidate against float64 before the tuning times it.
+# The check is skipped when the Gluon GEMM's source is the one whose check last passed on a lent GPU (its sha256
+# in benchmarks/results/wgmma_check_passed.sha256; WGMMA_FORCE=1 runs it anyway), and when WGMMA_S=0; step 1
+# gets the seconds of WGMMA_S that the check did not use. gpu_check.py still checks every Gluon candidate against
+# float64 before the tuning times it.
 rm -f "$OUT/gluon_failed_variants.txt"
 wgmma_s=${WGMMA_S:-150}
 if [ "${WGMMA_FORCE:-0}" != 1 ] && [ "$(sha256sum < kernels/int4_wgmma.py | cut -d' ' -f1)" = \
@@ -56,7 +57,7 @@ if [ "${WGMMA_FORCE:-0}" != 1 ] && [ "$(sha256sum < kernels/int4_wgmma.py | cut 
   echo "wgmma_check skipped: kernels/int4_wgmma.py is the source whose check passed (wgmma_check_passed.sha256)"
   wgmma_s=0
 fi
-check_s=$(( ${CHECK_S:-330} + ${WGMMA_S:-150} - wgmma_s ))  # step 1 takes a skipped check's time
+step0_start=$SECONDS
 if [ "$wgmma_s" != 0 ]; then
   timeout "$wgmma_s" python3 benchmarks/wgmma_check.py --no-bench --out "$OUT" 2>&1 | tee "$OUT/wgmma_check.log"
   status=${PIPESTATUS[0]}
@@ -69,6 +70,7 @@ if [ "$wgmma_s" != 0 ]; then
   fi
   rm -f "$OUT/gluon_failed_variants.txt"  # (said in the line above) at most 8 files come back from $OUT: 7 are left
 fi
+check_s=$(( ${CHECK_S:-330} + ${WGMMA_S:-150} - (SECONDS - step0_start) ))  # and what the check left of its limit
 if [ "${AWQ_AO_DISABLE_WGMMA:-0}" != 1 ] && [ "${WGMMA_TIME_S:-0}" != 0 ]; then
   timeout "${WGMMA_TIME_S:-0}" python3 benchmarks/wgmma_check.py --no-check --short --out "$OUT" 2>&1 \
     | tee -a "$OUT/wgmma_check.log"
@@ -79,7 +81,7 @@ if [ "${STAGED_S:-0}" != 0 ]; then  # the staged GEMV's own grid against the pic
   echo "staged_probe exit: $?"
 fi
 
-if [ "$check_s" != 0 ]; then
+if [ "${CHECK_S:-330}" != 0 ]; then
   # shellcheck disable=SC2086  # CHECK_M is a list of M values
   timeout "$check_s" python3 benchmarks/gpu_check.py --out "$OUT" --shapes 3 --m ${CHECK_M:-1 16}
   echo "gpu_check exit: $?"

@@ -607,7 +607,8 @@ def test_device_check_skips_a_passed_gluon_check_and_gives_its_time_to_the_tunin
     """device_check.sh with its commands stubbed (python3, nvidia-smi, timeout print what they were asked): while
     kernels/int4_wgmma.py is the source named in wgmma_check_passed.sha256, the Gluon check does not run and
     gpu_check.py's limit is CHECK_S + WGMMA_S; with another source (or WGMMA_FORCE=1) the check runs first with
-    its own limit, and gpu_check.py gets CHECK_S."""
+    its own limit, and gpu_check.py gets CHECK_S plus what the check left of its limit (here, a stub that returns
+    at once, nearly all of it; a stub that sleeps 2 s leaves 2 s less)."""
     import hashlib
     import os
     import shutil
@@ -641,7 +642,12 @@ def test_device_check_skips_a_passed_gluon_check_and_gives_its_time_to_the_tunin
     for lines in (run("0" * 64), run(digest, WGMMA_FORCE="1")):
         at = lines.index(next(x for x in lines if "wgmma_check.py --no-bench" in x))
         assert lines[at - 1] == "limit 150"
-        assert lines[lines.index(next(x for x in lines if "gpu_check.py" in x)) - 1] == "limit 330"
+        limit = int(lines[lines.index(next(x for x in lines if "gpu_check.py" in x)) - 1].split()[1])
+        assert 478 <= limit <= 480
+    (stubs / "python3").write_text('#!/bin/bash\necho "python3 $*"\ncase "$*" in *wgmma_check*) sleep 2;; esac\n')
+    lines = run("0" * 64)
+    limit = int(lines[lines.index(next(x for x in lines if "gpu_check.py" in x)) - 1].split()[1])
+    assert 476 <= limit <= 478
 
 
 def test_wave_splits_fill_whole_waves():
