@@ -536,7 +536,7 @@ def relative_error(y: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 def time_configs(
-    m: int, n: int, k: int, group: int, configs: Iterable[KernelConfig], dtype: torch.dtype = torch.bfloat16,
+    m: int, n: int, k: int, group: int, candidates: Iterable[KernelConfig], dtype: torch.dtype = torch.bfloat16,
     replays: int = 10, verbose: bool = False,
 ) -> list[tuple[KernelConfig, Optional[float]]]:
     """[(config, median ms per call, or None where it failed)] for an M x N x K int4 linear (groups of ``group``)
@@ -563,7 +563,7 @@ def time_configs(
         sets.append((x, qdata, scale, zero, torch.empty(m, n, dtype=dtype, device=device)))
     expected = dense_reference(*sets[0][:4], group, k)
     results = []
-    for cfg in configs:
+    for cfg in candidates:
         calls = [lambda s=s, cfg=cfg: launch_int4_linear(s[0], s[1], s[2], s[3], None, s[4], group, k, config=cfg,
                                                          counters=counters)
                  for s in sets]
