@@ -135,3 +135,22 @@ def test_staged_gemv_compiles_to_sm90_with_fewer_instructions_than_the_triton_ge
     assert float(staged[10]) < 3.0 and float(staged[10]) < float(gemv[10]) - 0.3, (staged_row, gemv_row)
     assert "LDS" in staged[12] and "FFMA" in staged[12], staged_row
 
+
+
+def test_staged_probe_grid_holds_distinct_staged_configs_that_fit():
+    """benchmarks/staged_probe.py's grid (the staged GEMV beyond the tuner's candidates, for a GPU run): on the
+    goal shapes at 132 SMs, every config is a fitted staged one the kernel takes (even splits, whole tiles), none
+    twice, at M = 1 with one activation row per program and at M = 2 with two."""
+    from unittest import mock
+
+    from helpers import benchmark_module
+
+    probe = benchmark_module("staged_probe")
+    with mock.patch.object(configs, "sm_count", lambda index: 132):
+        for m in (1, 2):
+            for n, k in probe.GOAL_SHAPES:
+                grid = probe.grid(m, n, k, torch.device("cuda", 0))
+                assert len(grid) == len(set(grid)) >= 3 * (len(probe.GRID_M1) if m == 1 else len(probe.GRID_M2)) - 6
+                for cfg in grid:
+                    assert cfg.kind == "staged" and cfg.block_m == m and cfg == cfg.fitted(128, k)
+                    assert int4_gemv_staged.fits(n, k, 128, cfg.block_n, cfg.split_k), cfg
