@@ -188,8 +188,9 @@ GLUON_TILES = ((64, 1, 1, False, False), (64, 2, 1, False, False), (64, 1, 4, Fa
 # (BLOCK_N, mma_sync) of the Gluon kernel's 256-row tiles (16 warps, one weight buffer), tried from M = 8 to 64 at
 # the splits that fill one wave at 1 and 2 programs per SM: a program reads the activation rows of its K range
 # once per tile, as many bytes as the weight's at M = 16 with 64-row tiles and a quarter of them with 256 rows
-# (kernel_notes.md, twelfth session); sm_90 SASS (Triton 3.6): wgmma 92 registers, mma.sync 64, 2.88 and 2.95
-# instructions per weight, no spills (`python benchmarks/compile_report.py --m 16`); not yet run on a GPU
+# (kernel_notes.md, twelfth session); sm_90 SASS (Triton 3.6): wgmma 92 registers, mma.sync 64, 2.88 and 3.31
+# instructions per weight, no spills (`python benchmarks/compile_report.py --m 16`,
+# benchmarks/results/sass_sm90_triton36_m16.md); not yet run on a GPU
 GLUON_WIDE_TILES = ((256, False), (256, True))
 # (BLOCK_N, warps, prefetch) of the staged GEMV (int4_gemv_staged.py) the tuner tries at M = 1 on sm_90: 8 rows per
 # thread on 2 warps (125 registers, as the Triton GEMV's 128) or 4 rows on 4 warps (72 registers: more warps per
