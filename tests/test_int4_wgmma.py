@@ -266,7 +266,7 @@ def test_variants_that_failed_their_check_stay_out_of_the_tuning(monkeypatch):
     monkeypatch.setattr(int4_wgmma, "wgmma_available", lambda device: True)
 
     def gluon():
-        return [c for c in configs.candidate_configs(16, 8192, 8192, 128, torch.device("cpu")) if c.kind == "wgmma"]
+        return [c for c in configs.candidate_configs(8, 8192, 8192, 128, torch.device("cpu")) if c.kind == "wgmma"]
 
     everything = gluon()
     assert any(c.late_dequant for c in everything) and any(c.mma_sync and not c.late_dequant for c in everything)
