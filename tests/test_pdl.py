@@ -144,3 +144,27 @@ print("reduce", len(r.compile_reduce(8, "bf16", 90).asm["cubin"]) > 0)
 """
     lines = compiled_in_child(body, 5)
     assert lines == ["gemv True", "gemv2 True", "gemm True", "dequant True", "reduce True"]
+
+
+def test_gpu_check_reports_a_pdl_failure_and_restores_the_switch(monkeypatch):
+    """gpu_check.check_pdl (step 0 of the GPU check): a case that raises (a capture refusing the launch, say) is a
+    failed line naming the exception, the cases after it still run, and ``pdl.ENABLED`` is left as it was."""
+    from helpers import benchmark_module
+
+    check = benchmark_module("gpu_check")
+    cases = [(1, KernelConfig("gemv", 64, 256, split_k=8)), (16, KernelConfig("gemm", 64, 128, block_m=16))]
+    monkeypatch.setattr(check, "_pdl_cases", lambda device: cases)
+    seen = []
+
+    def matches(device, dtype, m, cfg, calls):
+        seen.append(m)
+        if m == 1:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return True
+
+    monkeypatch.setattr(check, "_pdl_matches", matches)
+    monkeypatch.setattr(pdl, "ENABLED", True)
+    results = check.check_pdl(torch.device("cpu"), torch.bfloat16)
+    assert seen == [1, 16] and pdl.ENABLED is True
+    (first, ok1), (second, ok2) = results
+    assert not ok1 and "RuntimeError: operation not permitted" in first and ok2 and "M=16" in second
