@@ -99,7 +99,7 @@ def _compile(source_type, kernel, sig: dict, constexprs: dict, divisible: tuple,
     """``triton.compile`` of ``kernel`` for sm_``arch``, specialised as a launch would be: the pointers and the
     ``divisible`` integer arguments marked divisible by 16."""
     if "PDL" in kernel.arg_names:  # (every argument named: Triton 3.9 fills no defaults here)
-        level = constexprs.pop("PDL", PDL)
+        level = constexprs.get("PDL", PDL)
         constexprs, options = {**constexprs, "PDL": level}, {**options, "launch_pdl": level > 0}
     sig = {**sig, **{name: "constexpr" for name in constexprs}}
     names = list(sig)

@@ -242,11 +242,16 @@ def sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+def _cuda_sms(device: torch.device) -> int:
+    """SMs of a CUDA device (the current one where it has no index)."""
+    return sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
 def _programs_target(device: torch.device, per_sm: int = 2) -> int:
     """Programs a launch should have to fill the GPU (``per_sm`` per SM); small under the interpreter."""
     if device.type != "cuda":
         return 4
-    return per_sm * sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    return per_sm * _cuda_sms(device)
 
 
 def _split_for(tiles_mn: int, k_tiles: int, device: torch.device, per_sm: int = 2) -> int:
@@ -262,8 +267,8 @@ def _wave_splits(tiles_mn: int, k_tiles: int, device: torch.device, per_sm=WAVE_
     """Split-K factors whose program count just fills one wave at each of ``per_sm`` resident programs per SM
     (``_split_for``'s powers of two can leave a ragged last wave: 1,024 programs at 6 per SM are 1.29 waves);
     between 2 and the K tiles, distinct, ascending."""
-    slots = [c * (sm_count(device.index if device.index is not None else torch.cuda.current_device())
-                  if device.type == "cuda" else 1) for c in per_sm]
+    sms = _cuda_sms(device) if device.type == "cuda" else 1
+    slots = [c * sms for c in per_sm]
     return sorted({min(k_tiles, slot // tiles_mn) for slot in slots if slot // tiles_mn >= 2})
 
 
