@@ -123,7 +123,8 @@ def compile_staged(cfg: KernelConfig, dt: str, group: int, arch: int, k: int = 4
                   "TILES": k // int4_gemv_staged.BLOCK_K // cfg.split_k, "PREFETCH": cfg.prefetch >= 1,
                   "SPLIT_OUT": split_out, "ROWS": cfg.block_m, "BLOCK_N": cfg.block_n, "WARPS": cfg.num_warps}
     return _compile(GluonASTSource, int4_gemv_staged._int4_gemv_staged_kernel, sig, constexprs,
-                    ("stride_xm", "stride_q", "stride_om", "stride_osplit"), arch, {"num_warps": cfg.num_warps})
+                    ("stride_xm", "stride_q", "stride_om", "stride_osplit"), arch,
+                    {"num_warps": cfg.num_warps, **({"maxnreg": cfg.max_registers} if cfg.max_registers else {})})
 
 
 def compile_reduce(split: int, dt: str, arch: int):
@@ -296,6 +297,7 @@ def report(cfg: KernelConfig, dt: str, group: int, arch: int, top: int = 6, loop
     kind += " swap" if cfg.swap_ab else ""
     kind += (" ring" if cfg.kind == "gemv" and cfg.num_stages >= 3 else "") + (" fused" if cfg.fused_reduce else "")
     kind += " natural" if cfg.natural_order else ""
+    kind += f" cap {cfg.max_registers}" if cfg.max_registers else ""
     return (f"| {kind} | {cfg.block_m} | {cfg.block_n} | {cfg.block_k} | {cfg.num_warps} | {cfg.num_stages} | "
             f"{regs} | {stack} | {kernel.metadata.shared} | {count / weights_per_thread:.2f} | "
             f"{shortest_load_use(body)} | {top} |" + ("".join(f"\n    {ins}" for ins in body) if loop else "")
@@ -339,10 +341,11 @@ def main(argv=None) -> int:
             if cfg not in seen:
                 seen.append(cfg)
         # the staged GEMV (a candidate on sm_90 GPUs only), split 4: 4 tiles per program at K = 4096
-        staged = ([(b, w, p, 1) for b, w, p in STAGED_TILES] if m == 1 else
-                  [(b, w, 0, 2) for b, w in STAGED_ROWS2_TILES] if m == 2 else [])
-        seen += [KernelConfig("staged", block_n, 256, split_k=4, block_m=rows, num_warps=warps,
-                              prefetch=prefetch).fitted(args.group, 4096) for block_n, warps, prefetch, rows in staged]
+        staged = ([(b, w, p, 1, cap) for b, w, p, cap in STAGED_TILES] if m == 1 else
+                  [(b, w, 0, 2, 0) for b, w in STAGED_ROWS2_TILES] if m == 2 else [])
+        seen += [KernelConfig("staged", block_n, 256, split_k=4, block_m=rows, num_warps=warps, prefetch=prefetch,
+                              max_registers=cap).fitted(args.group, 4096)
+                 for block_n, warps, prefetch, rows, cap in staged]
         if m <= 64 and args.dtype != "fp32":  # the Gluon kernel, wgmma and mma.sync (candidates on sm_90 GPUs only)
             tiles = [(b, w, s, mma, late) for b, w, s, mma, late in GLUON_TILES] + (
                 [(b, 1, 1, mma, False) for b, mma in GLUON_WIDE_TILES] if m >= 8 else [])

@@ -4,7 +4,7 @@
 
 For each goal shape and M: bf16 ``F.linear`` and the shipped pick (``bench_kernels.bench_shape``, the timing
 table's own numbers), then a grid of staged configs wider than the tuner's candidates (BLOCK_N, warps,
-prefetch, split), each checked against the dense fp32 reference and timed as the tuner times
+prefetch, register cap, split), each checked against the dense fp32 reference and timed as the tuner times
 (``configs.time_configs``: CUDA graph over weight copies from HBM). Writes ``staged_probe_<gpu>.md`` (a table
 per shape: us and the ratio to bf16 and to the pick) as it goes.
 """
@@ -23,8 +23,10 @@ import awq_ao  # noqa: E402,F401
 from awq_ao.kernels import KernelConfig, configs, int4_gemv_staged, int4_wgmma  # noqa: E402
 
 GOAL_SHAPES = [(8192, 8192), (14336, 4096), (4096, 14336)]
-# (BLOCK_N, warps, prefetch) at one activation row; (BLOCK_N, warps) at two
-GRID_M1 = [(64, 2, 0), (64, 4, 0), (64, 2, 1), (64, 4, 1), (128, 4, 0), (32, 1, 0), (32, 2, 0)]
+# (BLOCK_N, warps, prefetch, max_registers) at one activation row; (BLOCK_N, warps) at two. The caps are the
+# lowest without spills in sm_90 SASS (Triton 3.6 and 3.9, kernel_notes.md thirteenth session)
+GRID_M1 = [(64, 2, 0, 0), (64, 4, 0, 0), (64, 4, 0, 64), (64, 2, 1, 0), (64, 4, 1, 0), (128, 4, 0, 0), (64, 8, 0, 0),
+           (32, 1, 0, 0), (32, 2, 0, 0), (32, 2, 0, 64)]
 GRID_M2 = [(64, 4), (64, 2), (32, 2)]
 
 
@@ -33,11 +35,11 @@ def grid(m: int, n: int, k_pad: int, device: torch.device) -> list[KernelConfig]
     twice it."""
     k_tiles = k_pad // int4_gemv_staged.BLOCK_K
     out = []
-    for block_n, warps, prefetch in (GRID_M1 if m == 1 else [(b, w, 0) for b, w in GRID_M2]):
+    for block_n, warps, prefetch, cap in (GRID_M1 if m == 1 else [(b, w, 0, 0) for b, w in GRID_M2]):
         split = configs._split_for(n // block_n, k_tiles, device, per_sm=max(1, 12 // warps))
         for s in (max(1, split // 2), split, 2 * split):
             cfg = KernelConfig("staged", block_n, int4_gemv_staged.BLOCK_K, split_k=s, block_m=m, num_warps=warps,
-                               prefetch=prefetch).fitted(128, k_pad)
+                               prefetch=prefetch, max_registers=cap).fitted(128, k_pad)
             if cfg.kind == "staged" and cfg not in out:
                 out.append(cfg)
     return out
@@ -68,7 +70,8 @@ def main(argv=None) -> int:
                       f"({base['bf16'] / base['awq_ao']:.2f}x bf16)", "",
                       "| config | us | x bf16 | x pick |", "| --- | ---: | ---: | ---: |"]
             for cfg, ms in configs.time_configs(m, n, k, 128, grid(m, n, k, device), verbose=True):
-                label = f"BLOCK_N {cfg.block_n}, {cfg.num_warps} warps, prefetch {cfg.prefetch}, split {cfg.split_k}"
+                label = (f"BLOCK_N {cfg.block_n}, {cfg.num_warps} warps, prefetch {cfg.prefetch}, split {cfg.split_k}"
+                         + (f", cap {cfg.max_registers} registers" if cfg.max_registers else ""))
                 lines.append(f"| {label} | failed | | |" if ms is None else
                              f"| {label} | {ms * 1e3:.1f} | {base['bf16'] / ms:.2f} | {base['awq_ao'] / ms:.2f} |")
             lines.append("")

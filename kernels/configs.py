@@ -54,6 +54,8 @@ class KernelConfig:
     mma_sync: bool = False  # wgmma: the same Gluon kernel issuing mma.sync (HMMA m16n8k16 per warp), not wgmma
     late_dequant: bool = False  # mma_sync, groups of a multiple of 128: the MMA on the raw nibbles, the zero and the
     # scale applied to each tile's product (one LOP3 per two weights left in the unpacking)
+    max_registers: int = 0  # staged: a cap on registers per thread for ptxas (Triton's ``maxnreg``), so more programs
+    # fit on an SM; 0 leaves the count to the compiler
 
     def fitted(self, group_size: int, k_pad: int) -> "KernelConfig":
         """This config made valid for the group and K: BLOCK_K divides K_pad and either divides the
@@ -64,7 +66,7 @@ class KernelConfig:
         """
         if self.kind == "dequant":
             return dataclasses.replace(self, split_k=1, block_m=1, prefetch=0, swap_ab=False, fused_reduce=False,
-                                       natural_order=False, mma_sync=False, late_dequant=False)
+                                       natural_order=False, mma_sync=False, late_dequant=False, max_registers=0)
         if self.kind == "wgmma":
             return self._fitted_wgmma(group_size, k_pad)
         if self.kind == "staged":
@@ -84,7 +86,7 @@ class KernelConfig:
         return dataclasses.replace(self, kind=kind, block_k=block_k, block_m=block_m, prefetch=prefetch,
                                    split_k=split_k, fused_reduce=bool(self.fused_reduce) and split_k > 1,
                                    natural_order=bool(self.natural_order) and kind == "gemm", mma_sync=False,
-                                   late_dequant=False)
+                                   late_dequant=False, max_registers=0)
 
 
     def as_swapped_gemm(self, group_size: int, k_pad: int) -> "KernelConfig":
@@ -105,6 +107,8 @@ class KernelConfig:
         (the largest split up to the asked one that divides the tiles, or the smallest whose staged activation
         fits ``SMEM_BYTES``), BLOCK_N a multiple of 4 rows per warp; the Triton GEMV's (``as_gemv``) where K_pad
         is not a multiple of 256 or the group not of 32."""
+        if self.max_registers and not MIN_REGISTER_CAP <= self.max_registers <= 255:
+            raise ValueError(f"max_registers {self.max_registers}: 0 (no cap) or {MIN_REGISTER_CAP} to 255")
         if k_pad % int4_gemv_staged.BLOCK_K or group_size % 32:
             return self.as_gemv(group_size, k_pad)
         tiles = k_pad // int4_gemv_staged.BLOCK_K
@@ -116,7 +120,8 @@ class KernelConfig:
         split = max(split, fits[0])  # a larger split where the staged activation would not fit
         block_n = max(self.block_n, 4 * self.num_warps) // (4 * self.num_warps) * (4 * self.num_warps)
         return KernelConfig("staged", block_n, int4_gemv_staged.BLOCK_K, split_k=split, block_m=rows,
-                            num_warps=self.num_warps, num_stages=1, prefetch=min(int(self.prefetch), 1))
+                            num_warps=self.num_warps, num_stages=1, prefetch=min(int(self.prefetch), 1),
+                            max_registers=max(0, int(self.max_registers)))
 
     def _fitted_wgmma(self, group_size: int, k_pad: int) -> "KernelConfig":
         """The wgmma kernel's tile (64, 128 or 256 rows on 4, 8 or 16 warps, 128 columns), BLOCK_M one of its MMA widths, weight tiles in
@@ -192,12 +197,15 @@ GLUON_TILES = ((64, 1, 1, False, False), (64, 2, 1, False, False), (64, 1, 4, Fa
 # instructions per weight, no spills (`python benchmarks/compile_report.py --m 16`,
 # benchmarks/results/sass_sm90_triton36_m16.md); not yet run on a GPU
 GLUON_WIDE_TILES = ((256, False), (256, True))
-# (BLOCK_N, warps, prefetch) of the staged GEMV (int4_gemv_staged.py) the tuner tries at M = 1 on sm_90: 8 rows per
-# thread on 2 warps (125 registers, as the Triton GEMV's 128) or 4 rows on 4 warps (72 registers: more warps per
-# SM), 2.83-2.84 instructions per weight against the Triton GEMV's 3.34; with the next tile's words loaded ahead
-# (prefetch) 156 and 96 registers, 2.84 and 2.98 (sm_90 SASS, Triton 3.6, `python benchmarks/compile_report.py
-# --m 1`); not yet timed on a GPU
-STAGED_TILES = ((64, 2, 0), (64, 2, 1), (64, 4, 0), (64, 4, 1), (128, 4, 0))
+# (BLOCK_N, warps, prefetch, max_registers) of the staged GEMV (int4_gemv_staged.py) the tuner tries at M = 1 on
+# sm_90: 8 rows per thread on 2 warps (125 registers, as the Triton GEMV's 128: 16 warps per SM), 4 rows on 4 warps
+# capped at 64 registers (72 uncapped; with the cap no spills and the same 2.84 instructions per weight: 8 programs
+# per SM instead of 7, 32 warps), 2 rows on 8 warps (48 registers, 2.97: 5 programs, 40 warps), against the Triton
+# GEMV's 3.34 instructions per weight; with the next tile's words loaded ahead (prefetch) 156 and 96 registers,
+# 2.84 and 2.98 (sm_90 SASS, Triton 3.6, `python benchmarks/compile_report.py --m 1`; lower caps spill:
+# kernel_notes.md, thirteenth session); not yet timed on a GPU
+STAGED_TILES = ((64, 2, 0, 0), (64, 2, 1, 0), (64, 4, 0, 64), (64, 4, 1, 0), (128, 4, 0, 0), (64, 8, 0, 0))
+MIN_REGISTER_CAP = 24  # the smallest ``max_registers`` a tuned table may hold (ptxas keeps some for itself)
 # (BLOCK_N, warps) of the staged GEMV with two activation rows per program, tried at M = 2: 4.04-4.07 instructions
 # per weight against the 2-row Triton GEMV's 5.12, at 96 (4 warps) and 166 registers against its 248 (Triton 3.6)
 STAGED_ROWS2_TILES = ((64, 4), (64, 2))
@@ -320,16 +328,17 @@ def _swapped_async_tile(cfg: KernelConfig) -> bool:
 
 
 def _staged_candidates(n: int, k_pad: int, device: torch.device, tiles: list) -> list[KernelConfig]:
-    """The staged GEMV's configs for these (BLOCK_N, warps, prefetch, rows), split toward 6 two-warp programs per
-    SM as the GEMV and twice that; none unless on sm_90 with Gluon (as the Gluon GEMM) and not turned off."""
+    """The staged GEMV's configs for these (BLOCK_N, warps, prefetch, rows, max_registers), split toward 12 warps
+    per SM (6 two-warp programs, as the GEMV; at least 2 programs) and twice that; none unless on sm_90 with Gluon
+    (as the Gluon GEMM) and not turned off."""
     if not (STAGED_CANDIDATES and int4_wgmma.wgmma_available(device)):
         return []
     k_tiles = k_pad // int4_gemv_staged.BLOCK_K
     out = []
-    for block_n, warps, prefetch, rows in tiles:
-        split = _split_for(triton.cdiv(n, block_n), k_tiles, device, per_sm=12 // warps)
+    for block_n, warps, prefetch, rows, cap in tiles:
+        split = _split_for(triton.cdiv(n, block_n), k_tiles, device, per_sm=max(2, 12 // warps))
         out += [KernelConfig("staged", block_n, int4_gemv_staged.BLOCK_K, split_k=s, block_m=rows, num_warps=warps,
-                             prefetch=prefetch) for s in (split, 2 * split)]
+                             prefetch=prefetch, max_registers=cap) for s in (split, 2 * split)]
     return out
 
 
@@ -352,9 +361,9 @@ def candidate_configs(m: int, n: int, k_pad: int, group_size: int, device: torch
             out += [dataclasses.replace(cfg, split_k=s) for s in (1, 2, cfg.split_k)]
         # (the GEMM at M = 1, one row of its 16 used, is no longer tried: 49-95% slower than the GEMV on every goal
         # shape in run 7, gpu_check_nvidia_h200_async.log)
-        out += _staged_candidates(n, k_pad, device, [(b, w, p, 1) for b, w, p in STAGED_TILES])
+        out += _staged_candidates(n, k_pad, device, [(b, w, p, 1, cap) for b, w, p, cap in STAGED_TILES])
     if m == 2:
-        out += _staged_candidates(n, k_pad, device, [(b, w, 0, 2) for b, w in STAGED_ROWS2_TILES])
+        out += _staged_candidates(n, k_pad, device, [(b, w, 0, 2, 0) for b, w in STAGED_ROWS2_TILES])
     if 2 <= m <= GEMV_ROWS[-1]:  # several rows per GEMV program, each row's sums 2-d
         tiles = [(128 // m, 4, 128), (256 // m, 4, 128)] + (list(GEMV_ROWS_TILES) if m == 2 else [])
         for block_n, warps, block_k in tiles:
@@ -477,6 +486,8 @@ def load_tuned(path: str) -> int:
                 raise ValueError(f"bad config {cfg}: prefetch is 0, 1 or 2 tiles")
             if cfg.kind == "gemv" and cfg.block_m not in GEMV_ROWS:
                 raise ValueError(f"bad config {cfg}: GEMV rows per program must be one of {GEMV_ROWS}")
+            if cfg.max_registers and not MIN_REGISTER_CAP <= cfg.max_registers <= 255:
+                raise ValueError(f"bad config {cfg}: a register cap is 0 (none) or {MIN_REGISTER_CAP} to 255")
             entries[(table["device"], row["m_bucket"], row["n"], row["k_pad"], row["group_size"])] = cfg
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{path}: not a tuned kernel-config table ({type(err).__name__}: {err})") from err

@@ -186,7 +186,8 @@ def staged_gemv_linear(x, words, scale, zero_point, pre, has_pre, y, group_size,
 
     words: int32 [N, K_pad / 8]; scale [N, K_pad / G] in x's dtype; zero_point uint8 [N, K_pad / G]; pre [K]
     (read only when ``has_pre``). x must have K_pad columns (the launcher pads it when K < K_pad). With more
-    than one split the fp32 partials are added by the split-K reduce launch.
+    than one split the fp32 partials are added by the split-K reduce launch. A config's ``max_registers`` caps
+    the kernel's registers per thread (ptxas ``maxnreg``).
     """
     m, n = x.shape[0], words.shape[0]
     if y is None:
@@ -200,7 +201,7 @@ def staged_gemv_linear(x, words, scale, zero_point, pre, has_pre, y, group_size,
         x.stride(0), words.stride(0), scale.stride(0), out.stride(-2), out.stride(0) if split > 1 else 0,
         GROUP_SIZE=group_size, HAS_PRE_SCALE=has_pre, TILES=tiles // split, PREFETCH=config.prefetch >= 1,
         SPLIT_OUT=split > 1, ROWS=config.block_m, BLOCK_N=config.block_n, WARPS=config.num_warps,
-        num_warps=config.num_warps, **pdl.options(x.device, release=split > 1),
+        num_warps=config.num_warps, maxnreg=config.max_registers or None, **pdl.options(x.device, release=split > 1),
     )
     if split > 1:
         add_splits(out, y)

@@ -187,11 +187,13 @@ class EmulatedKernel:
         self.fn = _bind(module)[name]
         self.programs = 0  # programs run so far (a test can tell the kernel ran)
         self.constexprs = []  # each launch's keyword arguments (the constexprs)
+        self.options = []  # each launch's compile options (num_warps, maxnreg)
 
     def __getitem__(self, grid):
-        def launch(*args, num_warps=None, **kwargs):
+        def launch(*args, num_warps=None, maxnreg=None, **kwargs):
             args = [Pointer(_flat(a)) if isinstance(a, torch.Tensor) else a for a in args]
             self.constexprs.append(kwargs)
+            self.options.append({"num_warps": num_warps, "maxnreg": maxnreg})
             _Program.grid = tuple(grid) + (1,) * (3 - len(grid))
             for pid in itertools.product(*(range(g) for g in _Program.grid)):
                 _Program.pid = pid

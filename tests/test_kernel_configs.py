@@ -118,14 +118,17 @@ def test_tuned_table_round_trip(tmp_path, monkeypatch):
     swapped = KernelConfig("gemm", 128, 64, split_k=2, block_m=16, num_warps=8, num_stages=4, swap_ab=True,
                            fused_reduce=True, natural_order=True)
     configs.record("Test GPU", 16, 4096, 4096, 128, swapped)
+    capped = KernelConfig("staged", 64, 256, split_k=8, num_warps=4, num_stages=1, max_registers=64)
+    configs.record("Test GPU", 1, 8192, 8192, 128, capped)
     configs.record("Other GPU", 1, 4096, 4096, 128, KernelConfig("gemv", 64, 64))
     path = tmp_path / "tuned.json"
     configs.save_tuned(str(path), "Test GPU")
     table = json.loads(path.read_text())
-    assert table["device"] == "Test GPU" and len(table["configs"]) == 2
+    assert table["device"] == "Test GPU" and len(table["configs"]) == 3
     monkeypatch.setattr(configs, "_TUNED", {})
-    assert configs.load_tuned(str(path)) == 2
+    assert configs.load_tuned(str(path)) == 3
     assert configs.tuned_config("Test GPU", 1, 4096, 4096, 128) == cfg
+    assert configs.tuned_config("Test GPU", 1, 8192, 8192, 128).max_registers == 64  # the register cap kept
     assert configs.tuned_config("Test GPU", 9, 4096, 4096, 128) == swapped  # M 9..16 share a bucket
     assert configs.tuned_config("Test GPU", 2, 4096, 4096, 128) is None  # another M bucket
     assert configs.tuned_config("Other GPU", 1, 4096, 4096, 128) is None
@@ -151,6 +154,9 @@ def test_bundled_tables_load():
                                             "config": {"kind": "gemv", "block_n": 8, "block_k": 8, "block_m": 8}}]}),
     json.dumps({"device": "X", "configs": [{"m_bucket": 1, "n": 1, "k_pad": 8, "group_size": 8,
                                             "config": {"kind": "gemv", "block_n": 8, "block_k": 8, "prefetch": 3}}]}),
+    json.dumps({"device": "X", "configs": [{"m_bucket": 1, "n": 1, "k_pad": 256, "group_size": 128,
+                                            "config": {"kind": "staged", "block_n": 64, "block_k": 256,
+                                                       "max_registers": 8}}]}),
 ])
 def test_bad_tuned_table_is_refused_by_name(tmp_path, monkeypatch, content):
     monkeypatch.setattr(configs, "_TUNED", {})
@@ -585,7 +591,7 @@ def test_candidates_script_counts_and_ranks_families():
     assert configs.sm_count is lookup
     assert min(counts.values()) > 0 and counts[16] > counts[128]
     sm90 = script.candidates(8192, 8192, 128, 132, (1, 16))  # as on an sm_90 GPU: the Gluon kernels too
-    assert sum(c.kind == "staged" for c in sm90[1]) == 10 and any(c.kind == "wgmma" for c in sm90[16])
+    assert sum(c.kind == "staged" for c in sm90[1]) == 2 * len(configs.STAGED_TILES) and any(c.kind == "wgmma" for c in sm90[16])
     half = script.candidates(8192, 8192, 128, 66, (16,))  # the splits follow the SM count
     assert {c.split_k for c in half[16] if c.kind == "gemm"} != {c.split_k for c in sm90[16] if c.kind == "gemm"}
     fast = "kind='gemv', block_n=64, block_k=256, split_k={}, block_m=1"
