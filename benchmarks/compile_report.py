@@ -9,6 +9,7 @@
     python benchmarks/compile_report.py --m 16 --loop         # and each main loop's instructions, in order
     python benchmarks/compile_report.py --m 1 16 --hazards    # wgmma rows: writes to in-flight A registers (0)
     python benchmarks/compile_report.py --m 1 --loads         # each global load's distance to its first use
+    python benchmarks/compile_report.py --m 1 --caps 64 80 96 # the staged GEMV rows under register caps too
     python benchmarks/compile_report.py --m 8 16 64 --overlap --hazards   # the experimental two-tile overlap
     AWQ_AO_GLUON_MASKED=1 python benchmarks/compile_report.py --m 1 16    # Gluon loads masked where EVEN drops them
 
@@ -321,6 +322,8 @@ def main(argv=None) -> int:
                         help="after each row, every global load's distance (instructions) to its first use")
     parser.add_argument("--overlap", action="store_true",
                         help="wgmma rows with the experimental two-tile overlap (int4_wgmma.OVERLAP_PAIRS)")
+    parser.add_argument("--caps", type=int, nargs="*", default=[],
+                        help="also compile each staged GEMV row at these register caps (KernelConfig.max_registers)")
     parser.add_argument("--pdl", action="store_true", help="the kernels as launched with programmatic dependent "
                         "launch (kernels/pdl.py: their griddepcontrol instructions first)")
     args = parser.parse_args(argv)
@@ -354,6 +357,9 @@ def main(argv=None) -> int:
                                    mma_sync=mma_sync, late_dequant=late).fitted(args.group, 4096)
                 if cfg not in seen:
                     seen.append(cfg)
+    for cfg in [c for c in seen if c.kind == "staged"]:  # --caps: the staged rows again under each register cap
+        capped = [dataclasses.replace(cfg, max_registers=cap) for cap in args.caps]
+        seen[seen.index(cfg) + 1:seen.index(cfg) + 1] = [c for c in capped if c not in seen]
     print(f"sm_{args.arch}, {args.dtype}, group {args.group}, triton {triton.__version__}")
     print("| kind | BM | BN | BK | warps | stages | regs | stack | smem | loop instr / weight / thread "
           "| shortest LDG -> use (instr) | top ops |")
