@@ -9,7 +9,8 @@ find a kernel's mutated arguments), Dynamo's fake propagation and AOTAutograd's 
 need the device). The case is gpu_check's module check: a 768 x 1024 g64 Linear called at M = 1, 3, 16,
 200, 16, 1, in bf16 with a pre-scale and in fp16, with the device's kept split-K counters present (a
 real tensor, as eager CUDA weights make it), and each family of configs forced as gpu_check forces
-them (``gpu_check.FORCED_FUSED``, ``FORCED_WGMMA``). One line per family and dtype:
+them (``gpu_check.FORCED_PLAIN``, ``FORCED_FUSED``, ``FORCED_WGMMA``; the M = 1 picks with their L2 prefetch,
+so its inline assembly is traced too). One line per family and dtype:
 
     <family> <dtype> <every output shape right> [(kernel calls, opaque-op calls) per graph, ...]
 
@@ -33,7 +34,7 @@ from awq_ao.kernels import configs, int4_wgmma, splitk
 
 GPU = "NVIDIA H200"
 M_VALUES = (1, 3, 16, 200, 16, 1)
-FORCED = {"plain": set(), "fused": gpu_check.FORCED_FUSED, "wgmma": gpu_check.FORCED_WGMMA}
+FORCED = {"plain": gpu_check.FORCED_PLAIN, "fused": gpu_check.FORCED_FUSED, "wgmma": gpu_check.FORCED_WGMMA}
 
 
 class _Sm90Driver:

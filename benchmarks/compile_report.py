@@ -122,7 +122,8 @@ def compile_staged(cfg: KernelConfig, dt: str, group: int, arch: int, k: int = 4
     sig.update({name: "i32" for name in ("stride_xm", "stride_q", "stride_s", "stride_om", "stride_osplit")})
     constexprs = {"GROUP_SIZE": group, "HAS_PRE_SCALE": pre,
                   "TILES": k // int4_gemv_staged.BLOCK_K // cfg.split_k, "PREFETCH": cfg.prefetch >= 1,
-                  "SPLIT_OUT": split_out, "ROWS": cfg.block_m, "BLOCK_N": cfg.block_n, "WARPS": cfg.num_warps}
+                  "SPLIT_OUT": split_out, "ROWS": cfg.block_m, "BLOCK_N": cfg.block_n, "WARPS": cfg.num_warps,
+                  "L2_TILES": min(cfg.l2_prefetch, k // int4_gemv_staged.BLOCK_K // cfg.split_k)}
     return _compile(GluonASTSource, int4_gemv_staged._int4_gemv_staged_kernel, sig, constexprs,
                     ("stride_xm", "stride_q", "stride_om", "stride_osplit"), arch,
                     {"num_warps": cfg.num_warps, **({"maxnreg": cfg.max_registers} if cfg.max_registers else {})})
@@ -152,7 +153,8 @@ def compile_config(cfg: KernelConfig, dt: str, group: int, arch: int):
         constexprs["FUSED_SPLITS"] = cfg.split_k if cfg.fused_reduce else 0
     if kind == "gemv":
         constexprs.update({"PREFETCH": cfg.prefetch, "EVEN_M": True, "ROWS": cfg.block_m, "TILED": False,
-                           "LOOP_STAGES": cfg.num_stages if cfg.num_stages >= 3 else None})
+                           "LOOP_STAGES": cfg.num_stages if cfg.num_stages >= 3 else None,
+                           "L2_TILES": cfg.l2_prefetch})
     if kind == "gemm":
         constexprs.update({"DOT_PRECISION": "ieee" if dt == "fp32" else "tf32", "BLOCK_M": cfg.block_m,
                            "SWAP_AB": cfg.swap_ab, "PREFETCH": cfg.prefetch, "PACKED16": dt != "fp32", "USE_ASM": True, "TILED": False,
@@ -299,6 +301,7 @@ def report(cfg: KernelConfig, dt: str, group: int, arch: int, top: int = 6, loop
     kind += (" ring" if cfg.kind == "gemv" and cfg.num_stages >= 3 else "") + (" fused" if cfg.fused_reduce else "")
     kind += " natural" if cfg.natural_order else ""
     kind += f" cap {cfg.max_registers}" if cfg.max_registers else ""
+    kind += f" l2 {cfg.l2_prefetch}" if cfg.l2_prefetch else ""
     return (f"| {kind} | {cfg.block_m} | {cfg.block_n} | {cfg.block_k} | {cfg.num_warps} | {cfg.num_stages} | "
             f"{regs} | {stack} | {kernel.metadata.shared} | {count / weights_per_thread:.2f} | "
             f"{shortest_load_use(body)} | {top} |" + ("".join(f"\n    {ins}" for ins in body) if loop else "")

@@ -56,16 +56,21 @@ from awq_ao.kernels.splitk import tile_counters  # noqa: E402
 TOL = {torch.float32: 2e-3, torch.float16: 3e-3, torch.bfloat16: 1.5e-2}
 # The module checks' forced picks, {(M bucket, config)} for their 768 x 1024 g64 Linear (compile_replay.py
 # replays the same): split-K with the in-kernel sum (at 16 in column order: one launch), or the Gluon kernels (the
-# staged GEMV at M = 1, the wgmma kernel at 4 and 16)
+# staged GEMV at M = 1, the wgmma kernel at 4 and 16); without either, the split GEMV with its reduce launch at
+# M = 1 (the other buckets take the defaults). Every M = 1 pick asks L2 for its first weight tiles (l2_prefetch), so
+# the compiled checks run the prefetch as Inductor re-emits it
+FORCED_PLAIN = {
+    (1, KernelConfig("gemv", 64, 256, split_k=4, num_warps=2, l2_prefetch=2)),
+}
 FORCED_FUSED = {
-    (1, KernelConfig("gemv", 64, 256, split_k=4, num_warps=2, fused_reduce=True)),
+    (1, KernelConfig("gemv", 64, 256, split_k=4, num_warps=2, fused_reduce=True, l2_prefetch=2)),
     (4, KernelConfig("gemm", 64, 64, split_k=4, block_m=16, num_stages=3, prefetch=1, swap_ab=True,
                      fused_reduce=True)),
     (16, KernelConfig("gemm", 64, 64, split_k=8, block_m=16, num_stages=3, prefetch=1, swap_ab=True,
                       fused_reduce=True, natural_order=True)),
 }
 FORCED_WGMMA = {
-    (1, KernelConfig("staged", 64, 256, split_k=2, num_warps=2)),
+    (1, KernelConfig("staged", 64, 256, split_k=2, num_warps=2, l2_prefetch=32)),
     (4, KernelConfig("wgmma", 64, 128, block_m=8, split_k=1)),
     (16, KernelConfig("wgmma", 64, 128, block_m=16, split_k=2)),
 }
@@ -222,7 +227,8 @@ def check_module(device, dtype, mode, fused=False, wgmma=False) -> list[tuple[st
     while the check runs), so the counters' launches go through torch.compile and CUDA graphs; at 16 in
     column order (``natural_order``), one launch in all. ``wgmma``: those buckets take the Gluon kernels
     instead, through ``awq_ao::int4_linear_opaque`` (an opaque op): the staged GEMV at 1, the wgmma kernel
-    split and unsplit at 4 and 16.
+    split and unsplit at 4 and 16. Neither: the split GEMV and its reduce launch at 1 (``FORCED_PLAIN``), the
+    defaults elsewhere. Each M = 1 pick asks L2 for its first weight tiles (``l2_prefetch``).
     """
     torch.manual_seed(0)
     torch._dynamo.reset()  # Linear.forward is one code object for every module: keep the caches apart
@@ -230,7 +236,7 @@ def check_module(device, dtype, mode, fused=False, wgmma=False) -> list[tuple[st
     lin.weight = torch.nn.Parameter(AWQInt4Tensor.from_float(lin.weight.detach(), 4, 64), requires_grad=False)
     fn = lin if mode == "eager" else torch.compile(
         lin, fullgraph=True, mode="reduce-overhead" if mode == "reduce-overhead" else None)
-    forced = FORCED_WGMMA if wgmma else FORCED_FUSED if fused else set()
+    forced = FORCED_WGMMA if wgmma else FORCED_FUSED if fused else FORCED_PLAIN
     label = _module_label(dtype, mode, fused, wgmma)
     from torch._dynamo.utils import counters as dynamo_counters
 

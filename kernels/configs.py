@@ -56,6 +56,8 @@ class KernelConfig:
     # scale applied to each tile's product (one LOP3 per two weights left in the unpacking)
     max_registers: int = 0  # staged: a cap on registers per thread for ptxas (Triton's ``maxnreg``), so more programs
     # fit on an SM; 0 leaves the count to the compiler
+    l2_prefetch: int = 0  # gemv, staged, on CUDA: each program first asks L2 for its first l2_prefetch K
+    # tiles of weight words (``prefetch.global.L2``: no registers, no wait), before its PDL wait; 0 off
 
     def fitted(self, group_size: int, k_pad: int) -> "KernelConfig":
         """This config made valid for the group and K: BLOCK_K divides K_pad and either divides the
@@ -66,7 +68,8 @@ class KernelConfig:
         """
         if self.kind == "dequant":
             return dataclasses.replace(self, split_k=1, block_m=1, prefetch=0, swap_ab=False, fused_reduce=False,
-                                       natural_order=False, mma_sync=False, late_dequant=False, max_registers=0)
+                                       natural_order=False, mma_sync=False, late_dequant=False, max_registers=0,
+                                       l2_prefetch=0)
         if self.kind == "wgmma":
             return self._fitted_wgmma(group_size, k_pad)
         if self.kind == "staged":
@@ -86,7 +89,8 @@ class KernelConfig:
         return dataclasses.replace(self, kind=kind, block_k=block_k, block_m=block_m, prefetch=prefetch,
                                    split_k=split_k, fused_reduce=bool(self.fused_reduce) and split_k > 1,
                                    natural_order=bool(self.natural_order) and kind == "gemm", mma_sync=False,
-                                   late_dequant=False, max_registers=0)
+                                   late_dequant=False, max_registers=0,
+                                   l2_prefetch=_l2_tiles(self.l2_prefetch) if kind == "gemv" else 0)
 
 
     def as_swapped_gemm(self, group_size: int, k_pad: int) -> "KernelConfig":
@@ -99,8 +103,8 @@ class KernelConfig:
         """The Triton GEMV with this ``staged`` config's tile, split, warps and prefetch: what it runs where the
         staged kernel cannot (no Gluon or sm_90, N not a multiple of the tile, K not of 256, K < K_pad)."""
         return KernelConfig("gemv", self.block_n, int4_gemv_staged.BLOCK_K, split_k=self.split_k,
-                            block_m=self.block_m, num_warps=self.num_warps,
-                            prefetch=self.prefetch).fitted(group_size, k_pad)
+                            block_m=self.block_m, num_warps=self.num_warps, prefetch=self.prefetch,
+                            l2_prefetch=self.l2_prefetch).fitted(group_size, k_pad)
 
     def _fitted_staged(self, group_size: int, k_pad: int) -> "KernelConfig":
         """The staged GEMV's config: one or two activation rows per program, 256-column tiles split evenly
@@ -121,7 +125,8 @@ class KernelConfig:
         block_n = max(self.block_n, 4 * self.num_warps) // (4 * self.num_warps) * (4 * self.num_warps)
         return KernelConfig("staged", block_n, int4_gemv_staged.BLOCK_K, split_k=split, block_m=rows,
                             num_warps=self.num_warps, num_stages=1, prefetch=min(int(self.prefetch), 1),
-                            max_registers=max(0, int(self.max_registers)))
+                            max_registers=max(0, int(self.max_registers)),
+                            l2_prefetch=_l2_tiles(self.l2_prefetch))
 
     def _fitted_wgmma(self, group_size: int, k_pad: int) -> "KernelConfig":
         """The wgmma kernel's tile (64, 128 or 256 rows on 4, 8 or 16 warps, 128 columns), BLOCK_M one of its MMA widths, weight tiles in
@@ -144,6 +149,13 @@ class KernelConfig:
                             prefetch=2 if self.prefetch >= 2 and not ring else 1,
                             fused_reduce=bool(self.fused_reduce) and split_k > 1, mma_sync=bool(self.mma_sync),
                             late_dequant=late)
+
+
+def _l2_tiles(asked: int) -> int:
+    """A config's ``l2_prefetch``, checked: 0 to MAX_L2_TILES tiles (the kernel unrolls its requests)."""
+    if not 0 <= int(asked) <= MAX_L2_TILES:
+        raise ValueError(f"l2_prefetch {asked}: 0 (off) to {MAX_L2_TILES} tiles")
+    return int(asked)
 
 
 KINDS = ("gemv", "gemm", "wgmma", "staged", "dequant")
@@ -205,7 +217,17 @@ GLUON_WIDE_TILES = ((256, False), (256, True))
 # 2.84 and 2.98 (sm_90 SASS, Triton 3.6, `python benchmarks/compile_report.py --m 1`; lower caps spill:
 # kernel_notes.md, thirteenth session); not yet timed on a GPU
 STAGED_TILES = ((64, 2, 0, 0), (64, 2, 1, 0), (64, 4, 0, 64), (64, 4, 1, 0), (128, 4, 0, 0), (64, 8, 0, 0))
+# L2 prefetch at M = 1 (``KernelConfig.l2_prefetch``: each program asks L2 for its first tiles of weight words as it
+# starts): the GEMV was about as fast with its weight already in L2 as from HBM on the H200 (15.1 against 17.6 us
+# at 8192 x 8192, bench_kernels' from-L2 column), so it waits on its loads' latency, not on HBM's bandwidth; asked
+# early, the words of later tiles come from L2 (kernel_notes.md, thirteenth session; not yet timed). Tried on the
+# GEMV tile every goal shape picked, (BLOCK_N, warps, BLOCK_K), at twice and four times its base split (the picks
+# were at twice), and on two staged tiles (BLOCK_N, warps, max_registers) at their splits, asking for these tiles
+GEMV_M1_L2_TILES = ((64, 2, 256),)
+STAGED_L2_TILES = ((64, 2, 0), (64, 4, 64))
+L2_PREFETCH_TILES = {"gemv": (2, 32), "staged": (32,)}
 MIN_REGISTER_CAP = 24  # the smallest ``max_registers`` a tuned table may hold (ptxas keeps some for itself)
+MAX_L2_TILES = 32  # the most K tiles a config's ``l2_prefetch`` may ask L2 for at a program's start
 # (BLOCK_N, warps) of the staged GEMV with two activation rows per program, tried at M = 2: 4.04-4.07 instructions
 # per weight against the 2-row Triton GEMV's 5.12, at 96 (4 warps) and 166 registers against its 248 (Triton 3.6)
 STAGED_ROWS2_TILES = ((64, 4), (64, 2))
@@ -356,12 +378,18 @@ def candidate_configs(m: int, n: int, k_pad: int, group_size: int, device: torch
                             num_warps=warps, num_stages=stages)
                 out += [cfg] + ([dataclasses.replace(cfg, fused_reduce=True)]  # with each way of adding splits
                                 if FUSED_REDUCE_CANDIDATES else [])
+        for block_n, warps, block_k in GEMV_M1_L2_TILES:
+            cfg = _gemv(m, n, k_pad, group_size, device, block_n, block_k, num_warps=warps)
+            out += [dataclasses.replace(cfg, split_k=cfg.split_k * f, l2_prefetch=tiles)
+                    for f in (2, 4) for tiles in L2_PREFETCH_TILES["gemv"]]
         for block_n, warps, block_k, prefetch in GEMV_M1_UNSPLIT_TILES:
             cfg = _gemv(m, n, k_pad, group_size, device, block_n, block_k, num_warps=warps, prefetch=prefetch)
             out += [dataclasses.replace(cfg, split_k=s) for s in (1, 2, cfg.split_k)]
         # (the GEMM at M = 1, one row of its 16 used, is no longer tried: 49-95% slower than the GEMV on every goal
         # shape in run 7, gpu_check_nvidia_h200_async.log)
         out += _staged_candidates(n, k_pad, device, [(b, w, p, 1, cap) for b, w, p, cap in STAGED_TILES])
+        out += [dataclasses.replace(c, l2_prefetch=tiles) for tiles in L2_PREFETCH_TILES["staged"]
+                for c in _staged_candidates(n, k_pad, device, [(b, w, 0, 1, cap) for b, w, cap in STAGED_L2_TILES])]
     if m == 2:
         out += _staged_candidates(n, k_pad, device, [(b, w, 0, 2, 0) for b, w in STAGED_ROWS2_TILES])
     if 2 <= m <= GEMV_ROWS[-1]:  # several rows per GEMV program, each row's sums 2-d
@@ -486,6 +514,8 @@ def load_tuned(path: str) -> int:
                 raise ValueError(f"bad config {cfg}: prefetch is 0, 1 or 2 tiles")
             if cfg.kind == "gemv" and cfg.block_m not in GEMV_ROWS:
                 raise ValueError(f"bad config {cfg}: GEMV rows per program must be one of {GEMV_ROWS}")
+            if not 0 <= cfg.l2_prefetch <= MAX_L2_TILES:
+                raise ValueError(f"bad config {cfg}: l2_prefetch is 0 to {MAX_L2_TILES} tiles")
             if cfg.max_registers and not MIN_REGISTER_CAP <= cfg.max_registers <= 255:
                 raise ValueError(f"bad config {cfg}: a register cap is 0 (none) or {MIN_REGISTER_CAP} to 255")
             entries[(table["device"], row["m_bucket"], row["n"], row["k_pad"], row["group_size"])] = cfg

@@ -94,6 +94,28 @@ def _load_tile(q_ptr, q_block, s_ptr, z_ptr, offs_n, offs_j, mask_n, t, t_end, s
 
 
 @triton.jit
+def _prefetch_tiles_l2(q_ptr, rows, N, stride_q, t_start, t_end, TILES: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Ask the L2 cache for K tiles t_start .. t_start + TILES - 1 (none at or past t_end) of these weight rows
+    (int32 [N, K_pad / 8] words; ``rows`` a 1-d block of row indices, none at or past N): one
+    ``prefetch.global.L2`` per 128-byte line, a hint that writes no register and waits for nothing. Returns 0
+    (int32), computed from the requests' outputs, for the caller to use so that they stay.
+
+    The asm is declared pure: torch.compile's analysis of a user kernel's mutations gives up on an impure one
+    and then takes every tensor argument as written (the weight copied each call). At the kernel's start only:
+    inside the loop, a side-effecting asm cost the sm_90 GEMV 128 -> 163 registers (Triton 3.6)."""
+    LINES: tl.constexpr = (BLOCK_K + 255) // 256  # a row's tile is BLOCK_K / 2 bytes
+    done = rows * 0
+    for i in tl.static_range(TILES * LINES):
+        t = t_start + i // LINES
+        live = ((rows < N) & (t < t_end)).to(tl.int32)
+        ptr = q_ptr + rows * stride_q + t * (BLOCK_K // 8) + (i % LINES) * 32  # 32 words: 128 bytes
+        done = done | tl.inline_asm_elementwise(
+            "{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L2 [$1]; mov.u32 $0, 0; }",
+            "=r,l,r", [ptr, live], dtype=tl.int32, is_pure=True, pack=1)
+    return tl.max(done, axis=0)
+
+
+@triton.jit
 def _load_x(x_row, k, live, pre, K, HAS_PRE_SCALE: tl.constexpr, EVEN_K: tl.constexpr, EVEN_M: tl.constexpr):
     """fp32 ``x[row, k] * pre`` [BLOCK_K8] (``pre`` the fp32 pre-scale of k, used only with HAS_PRE_SCALE);
     ``live`` (the row exists) is a [BLOCK_K8] mask, used unless EVEN_M."""
@@ -138,13 +160,20 @@ def _int4_gemv_kernel(
     LOOP_STAGES: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    L2_TILES: tl.constexpr = 0,
     PDL: tl.constexpr = 0,
 ):
-    if PDL:  # programmatic dependent launch (pdl.py; never in the source Inductor re-emits, which lacks ``pdl``)
-        pdl.prologue(PDL)
     pid_n = tl.program_id(0)
     pid_split = tl.program_id(1)
     pid_m = tl.program_id(2)
+    t_start = pid_split * TILES_PER_SPLIT
+    t_end = tl.minimum(t_start + TILES_PER_SPLIT, TILES)
+    if L2_TILES > 0:  # ask L2 for the program's first L2_TILES weight tiles before anything waits (the weight does
+        # not depend on the kernel ahead; ``KernelConfig.l2_prefetch``); the requests return 0, added to t_start
+        t_start += _prefetch_tiles_l2(q_ptr, pid_n * BLOCK_N + tl.arange(0, BLOCK_N), N, stride_q, t_start, t_end,
+                                      L2_TILES, BLOCK_K)
+    if PDL:  # programmatic dependent launch (pdl.py; never in the source Inductor re-emits, which lacks ``pdl``)
+        pdl.prologue(PDL)
     BLOCK_K8: tl.constexpr = BLOCK_K // 8
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
@@ -165,8 +194,6 @@ def _int4_gemv_kernel(
     if ROWS >= 4:
         acc2 = tl.zeros((BLOCK_N, BLOCK_K8), dtype=tl.float32)
         acc3 = tl.zeros((BLOCK_N, BLOCK_K8), dtype=tl.float32)
-    t_start = pid_split * TILES_PER_SPLIT
-    t_end = tl.minimum(t_start + TILES_PER_SPLIT, TILES)
     q_block = q_ptr + pid_n * stride_qblock
     # PREFETCH tiles ahead in registers (0, 1 or 2): tile t + PREFETCH loads while tile t computes. Or
     # LOOP_STAGES (3 or more; None: a plain loop): Triton's pipeliner streams the weight words through shared

@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 import triton
 
-from awq_ao.kernels import pdl
+from awq_ao.kernels import pdl, ptx
 from awq_ao.kernels.splitk import add_splits
 
 try:  # Triton >= 3.5 ships Gluon; without it this path is never chosen
@@ -85,6 +85,16 @@ if HAVE_GLUON:
         xsum_smem.index(slot).store(gl.sum(x_sum, axis=1))
 
     @gluon.jit
+    def _prefetch_tiles_l2(q_ptr, rows, stride_q, col0, TILES: gl.constexpr, WARPS: gl.constexpr):
+        """Ask the L2 cache for the first TILES 256-column tiles (128 bytes of a row each) of these weight rows
+        from column col0 on (``rows`` [BLOCK_N], one per thread): ``prefetch.global.L2``, a hint that writes no
+        register and waits for nothing (``int4_gemv._prefetch_tiles_l2``'s, with this kernel's whole tiles)."""
+        for t in gl.static_range(TILES):
+            ptr = q_ptr + rows * stride_q + col0 // 8 + t * 32  # 32 words: 128 bytes
+            gl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [ptr], dtype=gl.int32,
+                                      is_pure=False, pack=1)
+
+    @gluon.jit
     def _plane_dot(dot, words, high, x_smem, slot, L3: gl.constexpr):
         """``dot`` [BLOCK_N, 8, 4] plus each weight's masked nibble times its staged activation value: the 8
         planes of one tile (``slot`` its staged activation) for one activation row."""
@@ -111,13 +121,18 @@ if HAVE_GLUON:
         stride_xm, stride_q, stride_s, stride_om, stride_osplit,
         GROUP_SIZE: gl.constexpr, HAS_PRE_SCALE: gl.constexpr, TILES: gl.constexpr, PREFETCH: gl.constexpr,
         SPLIT_OUT: gl.constexpr, ROWS: gl.constexpr, BLOCK_N: gl.constexpr, WARPS: gl.constexpr,
-        PDL: gl.constexpr = 0,
+        L2_TILES: gl.constexpr = 0, PDL: gl.constexpr = 0,
     ):
-        if PDL:  # programmatic dependent launch (pdl.py): the kernel ahead finishes first
-            pdl.gluon_prologue(PDL)
         pid_n = gl.program_id(0)
         pid_split = gl.program_id(1)
         pid_m = gl.program_id(2)
+        if L2_TILES > 0:  # the split's first L2_TILES weight tiles asked of L2 before the wait and the staging, whose
+            # loads would otherwise come first (``KernelConfig.l2_prefetch``, at most the split's TILES)
+            ROW1: gl.constexpr = gl.BlockedLayout([1], [32], [WARPS], [0])
+            _prefetch_tiles_l2(q_ptr, pid_n * BLOCK_N + gl.arange(0, BLOCK_N, ROW1), stride_q,
+                               pid_split * TILES * 256, L2_TILES, WARPS)
+        if PDL:  # programmatic dependent launch (pdl.py): the kernel ahead finishes first
+            pdl.gluon_prologue(PDL)
         L3: gl.constexpr = gl.BlockedLayout([1, 1, 4], [4, 8, 1], [WARPS, 1, 1], [2, 1, 0])
         XL: gl.constexpr = gl.BlockedLayout([1, 1], [8, 4], [WARPS, 1], [1, 0])  # a plane [8 chunks, 4 words]
         L2: gl.constexpr = gl.SliceLayout(2, L3)  # [rows, chunks]: per-chunk sums, scales, the accumulator
@@ -201,7 +216,9 @@ def staged_gemv_linear(x, words, scale, zero_point, pre, has_pre, y, group_size,
         x.stride(0), words.stride(0), scale.stride(0), out.stride(-2), out.stride(0) if split > 1 else 0,
         GROUP_SIZE=group_size, HAS_PRE_SCALE=has_pre, TILES=tiles // split, PREFETCH=config.prefetch >= 1,
         SPLIT_OUT=split > 1, ROWS=config.block_m, BLOCK_N=config.block_n, WARPS=config.num_warps,
-        num_warps=config.num_warps, maxnreg=config.max_registers or None, **pdl.options(x.device, release=split > 1),
+        num_warps=config.num_warps, maxnreg=config.max_registers or None,
+        L2_TILES=min(config.l2_prefetch, tiles // split) if ptx.runs_ptx(x) else 0,
+        **pdl.options(x.device, release=split > 1),
     )
     if split > 1:
         add_splits(out, y)

@@ -27,7 +27,7 @@ from typing import Optional
 import torch
 import triton
 
-from awq_ao.kernels import int4_gemv_staged, int4_wgmma, pdl
+from awq_ao.kernels import int4_gemv_staged, int4_wgmma, pdl, ptx
 from awq_ao.kernels.configs import KernelConfig, select_config
 from awq_ao.kernels.int4_dequant import _int4_dequant_kernel
 from awq_ao.kernels.int4_gemm import _gemm_x_kernel, _int4_gemm_kernel
@@ -168,6 +168,7 @@ def fused_linear(x, words, scale, zero_point, pre, has_pre, y, group_size, in_fe
             EVEN_M=m % config.block_m == 0, PREFETCH=config.prefetch, ROWS=config.block_m, TILED=tiled,
             FUSED_SPLITS=fused_splits, LOOP_STAGES=config.num_stages if config.num_stages >= 3 else None,
             BLOCK_N=config.block_n, BLOCK_K=config.block_k, num_warps=config.num_warps, num_stages=config.num_stages,
+            L2_TILES=config.l2_prefetch if ptx.runs_ptx(x) and not tiled else 0,
             **pdl.options(x.device, wrap, release=split > 1 and not fused),
         )
     else:
@@ -176,7 +177,7 @@ def fused_linear(x, words, scale, zero_point, pre, has_pre, y, group_size, in_fe
             x, words, scale, zero_point, pre, *outputs, *common, _GEMM_MAGIC[x.dtype], *strides,
             GROUP_SIZE=group_size, HAS_PRE_SCALE=has_pre, EVEN_K=in_features == k_pad,
             DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32", SWAP_AB=config.swap_ab,
-            PREFETCH=config.prefetch, PACKED16=packed16, USE_ASM=x.is_cuda, NATURAL=natural, TILED=tiled,
+            PREFETCH=config.prefetch, PACKED16=packed16, USE_ASM=ptx.runs_ptx(x), NATURAL=natural, TILED=tiled,
             FUSED_SPLITS=fused_splits, BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
             num_warps=config.num_warps, num_stages=config.num_stages,
             **pdl.options(x.device, wrap, release=split > 1 and not fused),

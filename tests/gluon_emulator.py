@@ -76,9 +76,17 @@ class SharedMemory:
         return _t(self.tensor.clone())
 
 
+PREFETCHED = []  # (words tensor, flat word offsets) of each L2 prefetch the emulated kernels asked for
+
+
 def _inline_asm(asm, constraints, args, dtype, is_pure=True, pack=1):
-    """Two 16-bit outputs of a pair-unpacking string, lane by lane (``ptx_emulator``)."""
+    """Two 16-bit outputs of a pair-unpacking string, lane by lane (``ptx_emulator``); an L2 prefetch
+    (``prefetch.global.L2 [$1]``, a hint) is recorded in PREFETCHED and returns zeros."""
     asm = getattr(asm, "value", asm)
+    if "prefetch.global.L2" in asm:
+        ptr = args[0]
+        PREFETCHED.append((ptr.base, torch.as_tensor(ptr.offsets).reshape(-1).clone()))
+        return _t(torch.zeros(torch.as_tensor(ptr.offsets).shape, dtype=torch.int32))
     tensors = [a for a in args if isinstance(a, torch.Tensor)]
     shape = torch.broadcast_shapes(*(a.shape for a in tensors))
     regs = {f"${i + 2}": (torch.as_tensor(a).to(torch.int64) & 0xFFFFFFFF).expand(shape).reshape(-1)

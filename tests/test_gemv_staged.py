@@ -196,3 +196,59 @@ def test_register_capped_tiles_compile_without_spills():
         assert capped_row[1] == f"staged{' prefetch' if p else ''} cap {cap}", capped_row
         assert int(capped_row[7]) <= cap and int(capped_row[8]) == 0, capped_row  # registers, stack
         assert float(capped_row[10]) <= float(free_row[10]) + 0.03, (capped_row, free_row)
+
+
+def test_l2_prefetch_asks_for_each_line_of_the_split_once(emulated, monkeypatch):
+    """With ``l2_prefetch`` and a launch that runs PTX (``ptx.runs_ptx``, a CUDA tensor's; CPU tensors here, as
+    on a GPU), each program asks L2 for the first tiles of its own rows and split before anything else: over
+    the grid, the start of every 128-byte line of the weight's words exactly once (asking for more tiles than a
+    split has asks for its own only), and the output is the same as without."""
+    import gluon_emulator
+
+    from awq_ao.kernels import ptx
+
+    monkeypatch.setattr(ptx, "runs_ptx", lambda x: True)
+    x, qdata, scale, zero, pre, _ = quantized_case(torch.bfloat16, 1, 128, 1024, 128, True, 4)
+    words_per_row = 1024 // 8
+    outs = {}
+    for l2 in (0, 32):
+        gluon_emulator.PREFETCHED.clear()
+        cfg = KernelConfig("staged", 64, 256, split_k=2, num_warps=2, l2_prefetch=l2)
+        outs[l2] = int4_linear(x, qdata, scale, zero, 128, 1024, act_pre_scale=pre, config=cfg)
+        asked = [offsets for base, offsets in gluon_emulator.PREFETCHED]
+        if l2 == 0:
+            assert asked == []
+            continue
+        lines = torch.cat(asked).sort().values
+        expected = torch.tensor([n * words_per_row + 32 * j for n in range(128) for j in range(words_per_row // 32)])
+        assert torch.equal(lines, expected.sort().values)
+        assert all(base.data_ptr() == qdata.data_ptr() for base, _ in gluon_emulator.PREFETCHED)
+    assert torch.equal(outs[0], outs[32])
+
+
+def test_gemv_launch_passes_l2_tiles_only_where_ptx_runs(monkeypatch):
+    """The Triton GEMV's launch passes its config's ``l2_prefetch`` as L2_TILES when the launch runs PTX and 0
+    under the interpreter (which has no inline assembly), and the GEMM's USE_ASM follows the same test."""
+    from awq_ao.kernels import int4_matmul, ptx
+
+    seen = []
+
+    def recording(kernel):
+        class Launch:
+            def __getitem__(self, grid):
+                return lambda *args, **kwargs: seen.append((kernel, kwargs))
+        return Launch()
+
+    x, qdata, scale, zero, pre, _ = quantized_case(torch.float16, 1, 128, 1024, 128, False, 5)
+    words = qdata.view(torch.int32)
+    cfg = KernelConfig("gemv", 64, 256, split_k=2, num_warps=2, l2_prefetch=3).fitted(128, 1024)
+    for runs, expected in ((False, 0), (True, 3)):
+        monkeypatch.setattr(ptx, "runs_ptx", lambda t, runs=runs: runs)
+        seen.clear()
+        int4_matmul.fused_linear(x, words, scale, zero, pre, False, None, 128, 1024, 128, 1024, cfg, recording)
+        gemv = [kw for kernel, kw in seen if kernel is int4_matmul._int4_gemv_kernel]
+        assert len(gemv) == 1 and gemv[0]["L2_TILES"] == expected, gemv
+        gemm = KernelConfig("gemm", 64, 128, block_m=16, num_stages=3, swap_ab=True).fitted(128, 1024)
+        seen.clear()
+        int4_matmul.fused_linear(x, words, scale, zero, pre, False, None, 128, 1024, 128, 1024, gemm, recording)
+        assert [kw["USE_ASM"] for kernel, kw in seen if kernel is int4_matmul._int4_gemm_kernel] == [runs]

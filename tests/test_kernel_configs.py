@@ -591,7 +591,8 @@ def test_candidates_script_counts_and_ranks_families():
     assert configs.sm_count is lookup
     assert min(counts.values()) > 0 and counts[16] > counts[128]
     sm90 = script.candidates(8192, 8192, 128, 132, (1, 16))  # as on an sm_90 GPU: the Gluon kernels too
-    assert sum(c.kind == "staged" for c in sm90[1]) == 2 * len(configs.STAGED_TILES) and any(c.kind == "wgmma" for c in sm90[16])
+    staged_l2 = len(configs.STAGED_L2_TILES) * len(configs.L2_PREFETCH_TILES["staged"])
+    assert sum(c.kind == "staged" for c in sm90[1]) == 2 * (len(configs.STAGED_TILES) + staged_l2) and any(c.kind == "wgmma" for c in sm90[16])
     half = script.candidates(8192, 8192, 128, 66, (16,))  # the splits follow the SM count
     assert {c.split_k for c in half[16] if c.kind == "gemm"} != {c.split_k for c in sm90[16] if c.kind == "gemm"}
     fast = "kind='gemv', block_n=64, block_k=256, split_k={}, block_m=1"
@@ -675,3 +676,61 @@ def test_wave_splits_fill_whole_waves():
             cands = configs.candidate_configs(16, 8192, 8192, 128, cuda)
     swapped = {c.split_k for c in cands if configs._swapped_async_tile(c) and c.block_n == 64}
     assert {4, 5, 6, 7, 8} <= swapped
+
+
+def test_l2_prefetch_is_kept_where_a_kernel_takes_it_and_checked():
+    """``l2_prefetch`` (tiles each program asks L2 for as it starts) survives fitting for the GEMV (ring or not)
+    and the staged GEMV, and the staged one's Triton stand-in; the GEMM, Gluon GEMM and dequant configs drop it;
+    outside 0 .. MAX_L2_TILES it is refused by name; the M = 1 candidates on sm_90 hold it on the GEMV tile at
+    twice and four times its base split and on the staged tiles named in the table."""
+    assert KernelConfig("gemv", 64, 256, split_k=8, l2_prefetch=4).fitted(128, 8192).l2_prefetch == 4
+    assert KernelConfig("gemv", 64, 256, num_stages=3, l2_prefetch=4).fitted(128, 8192).l2_prefetch == 4
+    assert KernelConfig("staged", 64, 256, split_k=8, l2_prefetch=32).fitted(128, 8192).l2_prefetch == 32
+    assert KernelConfig("staged", 64, 256, l2_prefetch=32).fitted(16, 8192) == KernelConfig(
+        "gemv", 64, 256, split_k=1, l2_prefetch=32).fitted(16, 8192)  # groups of 16: the Triton GEMV, prefetching
+    for cfg in (KernelConfig("gemm", 64, 128, block_m=16, l2_prefetch=4), KernelConfig("dequant", 16, 256, l2_prefetch=4),
+                KernelConfig("wgmma", 64, 128, block_m=16, l2_prefetch=4)):
+        assert cfg.fitted(128, 8192).l2_prefetch == 0, cfg
+    for bad in (-1, configs.MAX_L2_TILES + 1):
+        with pytest.raises(ValueError, match="l2_prefetch"):
+            KernelConfig("gemv", 64, 256, l2_prefetch=bad).fitted(128, 8192)
+    import awq_ao.kernels.int4_wgmma as wg
+    from unittest import mock
+    with mock.patch.object(wg, "wgmma_available", lambda device: True):
+        cands = configs.candidate_configs(1, 8192, 8192, 128, CPU)
+    l2 = [c for c in cands if c.l2_prefetch]
+    base = configs._gemv(1, 8192, 8192, 128, CPU, 64, 256, num_warps=2).split_k
+    assert {(c.split_k, c.l2_prefetch) for c in l2 if c.kind == "gemv"} == {
+        (base * f, t) for f in (2, 4) for t in configs.L2_PREFETCH_TILES["gemv"]}
+    assert {(c.block_n, c.num_warps, c.max_registers) for c in l2 if c.kind == "staged"} == set(configs.STAGED_L2_TILES)
+    assert len(cands) == len(set(cands))
+
+
+def test_l2_prefetch_compiles_to_sm90_prefetches_ahead_of_the_first_loads():
+    """With ``l2_prefetch`` the GEMV and the staged GEMV compile for sm_90 with one ``CCTL.E.PF2`` (an L2
+    prefetch) per 128-byte line of the tiles asked for, all before the kernel's first global load (the staged
+    kernel's: its activation staging), none in the main loop, and with as many programs per SM (registers) and
+    loop instructions per weight as the same config without it (Triton 3.6, the H200's: 128 registers either
+    way for the GEMV, 3.34 and 3.35 instructions per weight; 3.9: 158 and 161, 6 programs per SM either way). Compiled in a child process (this one runs TRITON_INTERPRET)."""
+    code = (
+        "import dataclasses\n"
+        "for cfg in (KernelConfig('gemv', 64, 256, split_k=4, num_warps=2, l2_prefetch=2).fitted(128, 4096),\n"
+        "            KernelConfig('staged', 64, 256, split_k=4, num_warps=2, l2_prefetch=32).fitted(128, 4096)):\n"
+        "    for c in (cfg, dataclasses.replace(cfg, l2_prefetch=0)):\n"
+        "        usage, sass = r.cuobjdump(r.compile_config(c, 'bf16', 128, 90))\n"
+        "        lines = [l for l in sass.splitlines() if re.search(r'/\\*[0-9a-f]{4}\\*/', l)]\n"
+        "        first_ldg = next(i for i, l in enumerate(lines) if 'LDG' in l)\n"
+        "        pf = [i for i, l in enumerate(lines) if 'CCTL.E.PF2' in l]\n"
+        "        loop = r.main_loop(sass)\n"
+        "        row = [x.strip() for x in r.report(c, 'bf16', 128, 90).split('|')]\n"
+        "        print(c.kind, c.l2_prefetch, len(pf), all(i < first_ldg for i in pf),\n"
+        "              sum('CCTL' in l for l in loop), row[7], row[10])\n")
+    rows = [line.split() for line in compiled_in_child(code, 4)]
+    (gemv, gemv0), (staged, staged0) = rows[0:2], rows[2:4]
+    # GEMV: 2 tiles x 1 line; staged: the split's 4 tiles (4096 / 256 / 4), each 1 line per thread's row
+    assert gemv[:5] == ["gemv", "2", "2", "True", "0"] and gemv0[2] == "0", gemv
+    assert staged[:5] == ["staged", "32", "4", "True", "0"] and staged0[2] == "0", staged
+    for with_l2, without in ((gemv, gemv0), (staged, staged0)):  # programs per SM by registers (2 warps, steps of 8)
+        assert 65536 // (64 * -(-int(with_l2[5]) // 8 * 8)) == 65536 // (64 * -(-int(without[5]) // 8 * 8)), (
+            with_l2, without)
+        assert abs(float(with_l2[6]) - float(without[6])) <= 0.03, (with_l2, without)

@@ -12,7 +12,8 @@ import re
 
 import pytest
 import torch
-from helpers import HAS_CUDA, benchmark_module, rel_err
+import triton.language as tl
+from helpers import HAS_CUDA, benchmark_module, quantized_case, rel_err
 
 from awq_ao import AWQInt4Tensor, quant
 from awq_ao.kernels import KernelConfig, int4_linear
@@ -396,3 +397,41 @@ def test_traced_linear_keeps_the_real_counters_out_and_the_op_body_sends_fused_s
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # the body as Inductor traces it
     y = torch.ops.awq_ao.int4_linear_triton(x, *args, None, 64, 256)
     assert opaque == [1] and seen[-1] is kept and torch.equal(y, want)
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="replays the prefetch under the interpreter")
+def test_gemv_l2_prefetch_asks_for_the_first_tiles_of_each_program(monkeypatch):
+    """The Triton GEMV with ``l2_prefetch`` = 2, run by the interpreter with its inline assembly replaced by a
+    recorder (the interpreter has none; as on a GPU, ``ptx.runs_ptx`` made true): each program asks L2 for the
+    first two 256-column tiles of its rows and split, one 128-byte line per row and tile, and nothing past the
+    last row (N = 100 of 64-row tiles) or its split's end (5 tiles in 3 splits: 2, 2, 1); the output is the
+    same as without the prefetch."""
+    import types
+
+    import numpy as np
+    from triton.runtime import interpreter
+    type_ns = types.SimpleNamespace
+
+    from awq_ao.kernels import ptx
+
+    asked = []
+
+    def record(self, asm, constraints, values, type, is_pure, pack):
+        assert "prefetch.global.L2" in asm, asm
+        address, live = values[0].data, values[1].data
+        asked.extend(int(a) for a, ok in zip(address.reshape(-1), live.reshape(-1)) if ok)
+        result = interpreter.TensorHandle(np.zeros(address.shape, dtype=np.int32), tl.int32)
+        return type_ns(get_result=lambda i: result)  # what tl.inline_asm_elementwise reads of the op
+
+    x, qdata, scale, zero, pre, _ = quantized_case(torch.float16, 1, 100, 1280, 128, False, 6)
+    cfg = KernelConfig("gemv", 64, 256, split_k=3, num_warps=2)
+    y0 = int4_linear(x, qdata, scale, zero, 128, 1280, config=cfg)
+    monkeypatch.setattr(ptx, "runs_ptx", lambda t: True)
+    monkeypatch.setattr(interpreter.InterpreterBuilder, "create_inline_asm", record)
+    y2 = int4_linear(x, qdata, scale, zero, 128, 1280, config=dataclasses.replace(cfg, l2_prefetch=2))
+    row_bytes = 1280 // 2
+    tiles_of_split = [(0, 1), (2, 3), (4,)]  # 5 tiles of 256 columns, 2 per split
+    expected = sorted(qdata.data_ptr() + n * row_bytes + t * 128 for n in range(100)
+                      for tiles in tiles_of_split for t in tiles[:2])
+    assert sorted(asked) == expected
+    assert torch.equal(y0, y2)

@@ -114,8 +114,9 @@ def test_kernels_as_inductor_reemits_them_compile_for_sm90():
     functions they call (``user_defined_triton_kernel_transitive_closure_source_code``, under ``@triton.jit``) in a
     module of its own,
     which imports triton and tl but none of our modules. Each kernel so re-emitted (written to a file and
-    imported, as Inductor does) compiles for sm_90 as Inductor launches it (PDL 0): a kernel that calls a helper
-    through a module name (``pdl.prologue``) outside a branch its constexprs leave dead fails here."""
+    imported, as Inductor does) compiles for sm_90 as Inductor launches it (PDL 0; the GEMV with its L2 prefetch
+    on): a kernel that calls a helper through a module name (``pdl.prologue``) outside a branch its constexprs
+    leave dead fails here."""
     body = """
 import importlib.util, os, tempfile
 import triton, triton.language as tl
@@ -134,7 +135,7 @@ def reemit(kernel):
 r.KERNELS = {"gemv": reemit(int4_gemv._int4_gemv_kernel), "gemm": reemit(int4_gemm._int4_gemm_kernel),
              "dequant": reemit(int4_dequant._int4_dequant_kernel)}
 splitk._splitk_reduce_kernel = reemit(splitk._splitk_reduce_kernel)
-for name, cfg in (("gemv", KernelConfig("gemv", 64, 256, split_k=8, num_warps=2)),
+for name, cfg in (("gemv", KernelConfig("gemv", 64, 256, split_k=8, num_warps=2, l2_prefetch=2)),
                   ("gemv2", KernelConfig("gemv", 64, 256, split_k=8, block_m=2, num_warps=2)),
                   ("gemm", KernelConfig("gemm", 64, 128, block_m=16, split_k=4, num_stages=3, swap_ab=True,
                                         prefetch=1, natural_order=True)),
