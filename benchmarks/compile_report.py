@@ -338,7 +338,8 @@ def main(argv=None) -> int:
 
     int4_wgmma.OVERLAP_PAIRS = int4_wgmma.OVERLAP_PAIRS or args.overlap  # compile_wgmma's default
 
-    from awq_ao.kernels.configs import GLUON_TILES, GLUON_WIDE_TILES, STAGED_ROWS2_TILES, STAGED_TILES, candidate_configs
+    from awq_ao.kernels.configs import (GLUON_TILES, GLUON_WIDE_TILES, L2_PREFETCH_TILES, STAGED_L2_TILES,
+                                        STAGED_ROWS2_TILES, STAGED_TILES, candidate_configs)
 
     seen = []
     for m in args.m:
@@ -352,6 +353,10 @@ def main(argv=None) -> int:
         seen += [KernelConfig("staged", block_n, 256, split_k=4, block_m=rows, num_warps=warps, prefetch=prefetch,
                               max_registers=cap).fitted(args.group, 4096)
                  for block_n, warps, prefetch, rows, cap in staged]
+        if m == 1:  # and the staged tiles the tuner tries with the L2 prefetch
+            seen += [KernelConfig("staged", block_n, 256, split_k=4, num_warps=warps, max_registers=cap,
+                                  l2_prefetch=tiles).fitted(args.group, 4096)
+                     for block_n, warps, cap in STAGED_L2_TILES for tiles in L2_PREFETCH_TILES["staged"]]
         if m <= 64 and args.dtype != "fp32":  # the Gluon kernel, wgmma and mma.sync (candidates on sm_90 GPUs only)
             tiles = [(b, w, s, mma, late) for b, w, s, mma, late in GLUON_TILES] + (
                 [(b, 1, 1, mma, False) for b, mma in GLUON_WIDE_TILES] if m >= 8 else [])
