@@ -85,7 +85,7 @@ if HAVE_GLUON:
         xsum_smem.index(slot).store(gl.sum(x_sum, axis=1))
 
     @gluon.jit
-    def _prefetch_tiles_l2(q_ptr, rows, stride_q, col0, TILES: gl.constexpr, WARPS: gl.constexpr):
+    def _prefetch_tiles_l2(q_ptr, rows, stride_q, col0, TILES: gl.constexpr):
         """Ask the L2 cache for the first TILES 256-column tiles (128 bytes of a row each) of these weight rows
         from column col0 on (``rows`` [BLOCK_N], one per thread): ``prefetch.global.L2``, a hint that writes no
         register and waits for nothing (``int4_gemv._prefetch_tiles_l2``'s, with this kernel's whole tiles)."""
@@ -130,7 +130,7 @@ if HAVE_GLUON:
             # loads would otherwise come first (``KernelConfig.l2_prefetch``, at most the split's TILES)
             ROW1: gl.constexpr = gl.BlockedLayout([1], [32], [WARPS], [0])
             _prefetch_tiles_l2(q_ptr, pid_n * BLOCK_N + gl.arange(0, BLOCK_N, ROW1), stride_q,
-                               pid_split * TILES * 256, L2_TILES, WARPS)
+                               pid_split * TILES * 256, L2_TILES)
         if PDL:  # programmatic dependent launch (pdl.py): the kernel ahead finishes first
             pdl.gluon_prologue(PDL)
         L3: gl.constexpr = gl.BlockedLayout([1, 1, 4], [4, 8, 1], [WARPS, 1, 1], [2, 1, 0])
