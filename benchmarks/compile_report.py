@@ -156,7 +156,8 @@ def compile_config(cfg: KernelConfig, dt: str, group: int, arch: int):
                            "LOOP_STAGES": cfg.num_stages if cfg.num_stages >= 3 else None,
                            "L2_TILES": cfg.l2_prefetch})
     if kind == "gemm":
-        constexprs.update({"DOT_PRECISION": "ieee" if dt == "fp32" else "tf32", "BLOCK_M": cfg.block_m,
+        constexprs.update({"L2_TILES": cfg.l2_prefetch, "DOT_PRECISION": "ieee" if dt == "fp32" else "tf32",
+                           "BLOCK_M": cfg.block_m,
                            "SWAP_AB": cfg.swap_ab, "PREFETCH": cfg.prefetch, "PACKED16": dt != "fp32", "USE_ASM": True, "TILED": False,
                            "NATURAL": cfg.natural_order and dt != "fp32"})
     return _compile(ASTSource, KERNELS[kind], sig, constexprs,

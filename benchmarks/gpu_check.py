@@ -57,8 +57,8 @@ TOL = {torch.float32: 2e-3, torch.float16: 3e-3, torch.bfloat16: 1.5e-2}
 # The module checks' forced picks, {(M bucket, config)} for their 768 x 1024 g64 Linear (compile_replay.py
 # replays the same): split-K with the in-kernel sum (at 16 in column order: one launch), or the Gluon kernels (the
 # staged GEMV at M = 1, the wgmma kernel at 4 and 16); without either, the split GEMV with its reduce launch at
-# M = 1 (the other buckets take the defaults). Every M = 1 pick asks L2 for its first weight tiles (l2_prefetch), so
-# the compiled checks run the prefetch as Inductor re-emits it
+# M = 1 (the other buckets take the defaults). Every M = 1 pick and the fused M = 16 GEMM ask L2 for their first
+# weight tiles (l2_prefetch), so the compiled checks run the prefetch as Inductor re-emits it
 FORCED_PLAIN = {
     (1, KernelConfig("gemv", 64, 256, split_k=4, num_warps=2, l2_prefetch=2)),
 }
@@ -67,7 +67,7 @@ FORCED_FUSED = {
     (4, KernelConfig("gemm", 64, 64, split_k=4, block_m=16, num_stages=3, prefetch=1, swap_ab=True,
                      fused_reduce=True)),
     (16, KernelConfig("gemm", 64, 64, split_k=8, block_m=16, num_stages=3, prefetch=1, swap_ab=True,
-                      fused_reduce=True, natural_order=True)),
+                      fused_reduce=True, natural_order=True, l2_prefetch=32)),
 }
 FORCED_WGMMA = {
     (1, KernelConfig("staged", 64, 256, split_k=2, num_warps=2, l2_prefetch=32)),

@@ -56,7 +56,7 @@ class KernelConfig:
     # scale applied to each tile's product (one LOP3 per two weights left in the unpacking)
     max_registers: int = 0  # staged: a cap on registers per thread for ptxas (Triton's ``maxnreg``), so more programs
     # fit on an SM; 0 leaves the count to the compiler
-    l2_prefetch: int = 0  # gemv, staged, on CUDA: each program first asks L2 for its first l2_prefetch K
+    l2_prefetch: int = 0  # gemv, gemm, staged, on CUDA: each program first asks L2 for its first l2_prefetch K
     # tiles of weight words (``prefetch.global.L2``: no registers, no wait), before its PDL wait; 0 off
 
     def fitted(self, group_size: int, k_pad: int) -> "KernelConfig":
@@ -90,7 +90,7 @@ class KernelConfig:
                                    split_k=split_k, fused_reduce=bool(self.fused_reduce) and split_k > 1,
                                    natural_order=bool(self.natural_order) and kind == "gemm", mma_sync=False,
                                    late_dequant=False, max_registers=0,
-                                   l2_prefetch=_l2_tiles(self.l2_prefetch) if kind == "gemv" else 0)
+                                   l2_prefetch=_l2_tiles(self.l2_prefetch))
 
 
     def as_swapped_gemm(self, group_size: int, k_pad: int) -> "KernelConfig":
@@ -222,10 +222,11 @@ STAGED_TILES = ((64, 2, 0, 0), (64, 2, 1, 0), (64, 4, 0, 64), (64, 4, 1, 0), (12
 # at 8192 x 8192, bench_kernels' from-L2 column), so it waits on its loads' latency, not on HBM's bandwidth; asked
 # early, the words of later tiles come from L2 (kernel_notes.md, thirteenth session; not yet timed). Tried on the
 # GEMV tile every goal shape picked, (BLOCK_N, warps, BLOCK_K), at twice and four times its base split (the picks
-# were at twice), and on two staged tiles (BLOCK_N, warps, max_registers) at their splits, asking for these tiles
+# were at twice), on two staged tiles (BLOCK_N, warps, max_registers) at their splits, and from M = 2 to 64 on the
+# column-order swapped GEMM (M = 16 from L2: 26.9 against 28.8 us at 8192 x 8192), asking for these tiles
 GEMV_M1_L2_TILES = ((64, 2, 256),)
 STAGED_L2_TILES = ((64, 2, 0), (64, 4, 64))
-L2_PREFETCH_TILES = {"gemv": (2, 32), "staged": (32,)}
+L2_PREFETCH_TILES = {"gemv": (2, 32), "staged": (32,), "gemm": (32,)}
 MIN_REGISTER_CAP = 24  # the smallest ``max_registers`` a tuned table may hold (ptxas keeps some for itself)
 MAX_L2_TILES = 32  # the most K tiles a config's ``l2_prefetch`` may ask L2 for at a program's start
 # (BLOCK_N, warps) of the staged GEMV with two activation rows per program, tried at M = 2: 4.04-4.07 instructions
@@ -464,6 +465,11 @@ def candidate_configs(m: int, n: int, k_pad: int, group_size: int, device: torch
             tiles_mn = triton.cdiv(n, cfg.block_n) * triton.cdiv(m, cfg.block_m)
             k_tiles = triton.cdiv(k_pad, cfg.block_k)
             out += [dataclasses.replace(cfg, split_k=s) for s in _wave_splits(tiles_mn, k_tiles, device)]
+    if 2 <= m <= 64:  # the column-order swapped 64 x 128 GEMM (the M = 16 pick on two goal shapes) asking L2 for its
+        # first weight tiles, at its power-of-two splits with the reduce launch (L2_PREFETCH_TILES)
+        out += [dataclasses.replace(c, l2_prefetch=tiles) for c in out[1:]
+                if _swapped_async_tile(c) and c.natural_order and c.block_n == 64 and not c.fused_reduce
+                and c.split_k & (c.split_k - 1) == 0 for tiles in L2_PREFETCH_TILES["gemm"]]
     if m > 64:  # (BLOCK_M, BLOCK_N, warps): the two that compile without spills and with the fewest instructions
         for block_m, block_n, warps in ((64, 128, 4), (64, 256, 8)):
             out.append(KernelConfig("gemm", block_n, 64, block_m=block_m, num_warps=warps, num_stages=3,

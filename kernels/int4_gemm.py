@@ -49,6 +49,7 @@ import triton.language as tl
 
 from awq_ao.kernels import pdl, splitk
 from awq_ao.kernels.int4_planes import column_factor, nibble_plane, pair_ptx, scaled_pair16
+from awq_ao.kernels.ptx import prefetch_tiles_l2
 
 
 @triton.jit
@@ -230,13 +231,19 @@ def _int4_gemm_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    L2_TILES: tl.constexpr = 0,
     PDL: tl.constexpr = 0,
 ):
-    if PDL:  # programmatic dependent launch (pdl.py; never in the source Inductor re-emits, which lacks ``pdl``)
-        pdl.prologue(PDL)
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_split = tl.program_id(2)
+    t_start = pid_split * TILES_PER_SPLIT
+    t_end = tl.minimum(t_start + TILES_PER_SPLIT, TILES)
+    if L2_TILES > 0:  # ask L2 for the program's first L2_TILES weight tiles before anything waits (as the GEMV)
+        t_start += prefetch_tiles_l2(q_ptr, pid_n * BLOCK_N + tl.arange(0, BLOCK_N), N, stride_q, t_start, t_end,
+                                     L2_TILES, BLOCK_K)
+    if PDL:  # programmatic dependent launch (pdl.py; never in the source Inductor re-emits, which lacks ``pdl``)
+        pdl.prologue(PDL)
     BLOCK_K8: tl.constexpr = BLOCK_K // 8
     dtype = x_ptr.dtype.element_ty
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -251,8 +258,6 @@ def _int4_gemm_kernel(
         acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    t_start = pid_split * TILES_PER_SPLIT
-    t_end = tl.minimum(t_start + TILES_PER_SPLIT, TILES)
     if PREFETCH:  # registers hold the next tile's scale, zero and column factor while this tile computes
         next_s, next_z, next_pre = _tile_params(s_ptr, z_ptr, pre_ptr, offs_n, mask_n, offs_k, t_start, t_end,
                                                 K, stride_s, BLOCK_K, GROUP_SIZE, HAS_PRE_SCALE)

@@ -52,6 +52,7 @@ import triton
 import triton.language as tl
 
 from awq_ao.kernels import pdl, splitk
+from awq_ao.kernels.ptx import prefetch_tiles_l2
 
 
 @triton.jit
@@ -91,28 +92,6 @@ def _load_tile(q_ptr, q_block, s_ptr, z_ptr, offs_n, offs_j, mask_n, t, t_end, s
         s = tl.reshape(tl.broadcast_to(s[:, :, None], shape), (offs_n.shape[0], BLOCK_K // 8))
         z = tl.reshape(tl.broadcast_to(z[:, :, None], shape), (offs_n.shape[0], BLOCK_K // 8))
     return words, s, z
-
-
-@triton.jit
-def _prefetch_tiles_l2(q_ptr, rows, N, stride_q, t_start, t_end, TILES: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Ask the L2 cache for K tiles t_start .. t_start + TILES - 1 (none at or past t_end) of these weight rows
-    (int32 [N, K_pad / 8] words; ``rows`` a 1-d block of row indices, none at or past N): one
-    ``prefetch.global.L2`` per 128-byte line, a hint that writes no register and waits for nothing. Returns 0
-    (int32), computed from the requests' outputs, for the caller to use so that they stay.
-
-    The asm is declared pure: torch.compile's analysis of a user kernel's mutations gives up on an impure one
-    and then takes every tensor argument as written (the weight copied each call). At the kernel's start only:
-    inside the loop, a side-effecting asm cost the sm_90 GEMV 128 -> 163 registers (Triton 3.6)."""
-    LINES: tl.constexpr = (BLOCK_K + 255) // 256  # a row's tile is BLOCK_K / 2 bytes
-    done = rows * 0
-    for i in tl.static_range(TILES * LINES):
-        t = t_start + i // LINES
-        live = ((rows < N) & (t < t_end)).to(tl.int32)
-        ptr = q_ptr + rows * stride_q + t * (BLOCK_K // 8) + (i % LINES) * 32  # 32 words: 128 bytes
-        done = done | tl.inline_asm_elementwise(
-            "{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L2 [$1]; mov.u32 $0, 0; }",
-            "=r,l,r", [ptr, live], dtype=tl.int32, is_pure=True, pack=1)
-    return tl.max(done, axis=0)
 
 
 @triton.jit
@@ -170,8 +149,8 @@ def _int4_gemv_kernel(
     t_end = tl.minimum(t_start + TILES_PER_SPLIT, TILES)
     if L2_TILES > 0:  # ask L2 for the program's first L2_TILES weight tiles before anything waits (the weight does
         # not depend on the kernel ahead; ``KernelConfig.l2_prefetch``); the requests return 0, added to t_start
-        t_start += _prefetch_tiles_l2(q_ptr, pid_n * BLOCK_N + tl.arange(0, BLOCK_N), N, stride_q, t_start, t_end,
-                                      L2_TILES, BLOCK_K)
+        t_start += prefetch_tiles_l2(q_ptr, pid_n * BLOCK_N + tl.arange(0, BLOCK_N), N, stride_q, t_start, t_end,
+                                     L2_TILES, BLOCK_K)
     if PDL:  # programmatic dependent launch (pdl.py; never in the source Inductor re-emits, which lacks ``pdl``)
         pdl.prologue(PDL)
     BLOCK_K8: tl.constexpr = BLOCK_K // 8

@@ -88,7 +88,7 @@ if HAVE_GLUON:
     def _prefetch_tiles_l2(q_ptr, rows, stride_q, col0, TILES: gl.constexpr):
         """Ask the L2 cache for the first TILES 256-column tiles (128 bytes of a row each) of these weight rows
         from column col0 on (``rows`` [BLOCK_N], one per thread): ``prefetch.global.L2``, a hint that writes no
-        register and waits for nothing (``int4_gemv._prefetch_tiles_l2``'s, with this kernel's whole tiles)."""
+        register and waits for nothing (``ptx.prefetch_tiles_l2``'s, with this kernel's whole tiles)."""
         for t in gl.static_range(TILES):
             ptr = q_ptr + rows * stride_q + col0 // 8 + t * 32  # 32 words: 128 bytes
             gl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [ptr], dtype=gl.int32,

@@ -180,6 +180,7 @@ def fused_linear(x, words, scale, zero_point, pre, has_pre, y, group_size, in_fe
             PREFETCH=config.prefetch, PACKED16=packed16, USE_ASM=ptx.runs_ptx(x), NATURAL=natural, TILED=tiled,
             FUSED_SPLITS=fused_splits, BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
             num_warps=config.num_warps, num_stages=config.num_stages,
+            L2_TILES=config.l2_prefetch if ptx.runs_ptx(x) and not tiled else 0,
             **pdl.options(x.device, wrap, release=split > 1 and not fused),
         )
     if split > 1 and not fused:

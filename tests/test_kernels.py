@@ -435,3 +435,40 @@ def test_gemv_l2_prefetch_asks_for_the_first_tiles_of_each_program(monkeypatch):
                       for tiles in tiles_of_split for t in tiles[:2])
     assert sorted(asked) == expected
     assert torch.equal(y0, y2)
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="replays the prefetch under the interpreter")
+def test_gemm_l2_prefetch_asks_for_the_first_tiles_of_each_program(monkeypatch):
+    """The tensor-core GEMM (swapped, fp32 activations: no other inline assembly) with ``l2_prefetch`` = 3 asks L2,
+    per program, for its first three 128-column tiles (64 bytes of a row each; the request names the tile's first
+    word, so two tiles share a 128-byte line), nothing past its split's end or the last row (N = 72 of 64-row
+    tiles), once per M block; the output is the same as without."""
+    import types
+
+    import numpy as np
+    from triton.runtime import interpreter
+
+    from awq_ao.kernels import ptx
+
+    asked = []
+
+    def record(self, asm, constraints, values, type, is_pure, pack):
+        assert "prefetch.global.L2" in asm, asm
+        address, live = values[0].data, values[1].data
+        asked.extend(int(a) for a, ok in zip(address.reshape(-1), live.reshape(-1)) if ok)
+        result = interpreter.TensorHandle(np.zeros(address.shape, dtype=np.int32), tl.int32)
+        return types.SimpleNamespace(get_result=lambda i: result)
+
+    x, qdata, scale, zero, pre, _ = quantized_case(torch.float32, 20, 72, 640, 128, True, 7)
+    cfg = KernelConfig("gemm", 64, 128, block_m=16, split_k=2, num_stages=3, swap_ab=True, prefetch=1)
+    y0 = int4_linear(x, qdata, scale, zero, 128, 640, act_pre_scale=pre, config=cfg)
+    monkeypatch.setattr(ptx, "runs_ptx", lambda t: True)
+    monkeypatch.setattr(interpreter.InterpreterBuilder, "create_inline_asm", record)
+    y3 = int4_linear(x, qdata, scale, zero, 128, 640, act_pre_scale=pre, config=dataclasses.replace(cfg, l2_prefetch=3))
+    row_bytes = 640 // 2
+    splits = [(0, 1, 2), (3, 4)]  # 5 tiles of 128 columns in 2 splits
+    m_blocks = 2  # 20 rows in blocks of 16
+    expected = sorted(qdata.data_ptr() + n * row_bytes + t * 64 for n in range(72) for tiles in splits
+                      for t in tiles[:3] for _ in range(m_blocks))
+    assert sorted(asked) == expected
+    assert torch.equal(y0, y3)

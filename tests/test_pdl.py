@@ -114,8 +114,8 @@ def test_kernels_as_inductor_reemits_them_compile_for_sm90():
     functions they call (``user_defined_triton_kernel_transitive_closure_source_code``, under ``@triton.jit``) in a
     module of its own,
     which imports triton and tl but none of our modules. Each kernel so re-emitted (written to a file and
-    imported, as Inductor does) compiles for sm_90 as Inductor launches it (PDL 0; the GEMV with its L2 prefetch
-    on): a kernel that calls a helper through a module name (``pdl.prologue``) outside a branch its constexprs
+    imported, as Inductor does) compiles for sm_90 as Inductor launches it (PDL 0; the GEMV and the GEMM with their L2
+    prefetch on): a kernel that calls a helper through a module name (``pdl.prologue``) outside a branch its constexprs
     leave dead fails here."""
     body = """
 import importlib.util, os, tempfile
@@ -138,7 +138,7 @@ splitk._splitk_reduce_kernel = reemit(splitk._splitk_reduce_kernel)
 for name, cfg in (("gemv", KernelConfig("gemv", 64, 256, split_k=8, num_warps=2, l2_prefetch=2)),
                   ("gemv2", KernelConfig("gemv", 64, 256, split_k=8, block_m=2, num_warps=2)),
                   ("gemm", KernelConfig("gemm", 64, 128, block_m=16, split_k=4, num_stages=3, swap_ab=True,
-                                        prefetch=1, natural_order=True)),
+                                        prefetch=1, natural_order=True, l2_prefetch=32)),
                   ("dequant", KernelConfig("dequant", 16, 256))):
     print(name, len(r.compile_config(cfg, "bf16", 128, 90).asm["cubin"]) > 0)
 print("reduce", len(r.compile_reduce(8, "bf16", 90).asm["cubin"]) > 0)
