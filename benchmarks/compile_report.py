@@ -90,7 +90,8 @@ def compile_wgmma(cfg: KernelConfig, dt: str, group: int, arch: int, k: int = 40
                            else even),
                   "MAGIC": int4_wgmma.MAGIC_VALUE[torch.bfloat16 if dt == "bf16" else torch.float16],
                   "NEG_MAGIC": int4_wgmma.NEG_MAGIC_PAIR[torch.bfloat16 if dt == "bf16" else torch.float16],
-                  "BLOCK_N": cfg.block_n, "WORDS": int4_wgmma.words_layout(cfg.block_n)}
+                  "BLOCK_N": cfg.block_n, "WORDS": int4_wgmma.words_layout(cfg.block_n),
+                  "L2_TILES": min(cfg.l2_prefetch, per_split)}
     return _compile(GluonASTSource, int4_wgmma._int4_wgmma_kernel, sig, constexprs,
                     ("N", "K", "K_WORDS", "stride_xm", "stride_q", "stride_om", "stride_osplit"), arch,
                     {"num_warps": cfg.block_n // 16})

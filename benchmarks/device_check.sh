@@ -26,7 +26,7 @@
 # source that passed; what it leaves of its limit is added to CHECK_S), WGMMA_TIME_S (0, off; 40 for its
 # timing, 15 configs per row: 5 wgmma, 1 overlapped, 3 mma.sync, 5 late_dequant, 1 of those masked; the first
 # rows only, since step 1's tuning times every candidate too and logs each), STAGED_S (0, off: staged_probe.py),
-# CHECK_S (330, and what step 0 left: 480 with the check skipped; 89-92 and 73-85 candidates per goal shape at M = 1 and 16, 16
+# CHECK_S (330, and what step 0 left: 480 with the check skipped; 93-96 and 77-89 candidates per goal shape at M = 1 and 16, 16
 # staged GEMV, 12 wave-filling splits and 4 256-row Gluon tiles among them; the step took 263 s in the run of 2026-11-28 with 97-111 and
 # 71-76, the Gluon GEMM's 43 compiling apart), LAYOUT_S (0: off, its results are in), MODEL_S (60: 38-46 s on 2026-11-28), NCU_S (45: three kernels,
 # last): 9 minutes 45 s of limits in all, plus the install, inside one run's 10 (a run cut short there loses the

@@ -56,7 +56,7 @@ class KernelConfig:
     # scale applied to each tile's product (one LOP3 per two weights left in the unpacking)
     max_registers: int = 0  # staged: a cap on registers per thread for ptxas (Triton's ``maxnreg``), so more programs
     # fit on an SM; 0 leaves the count to the compiler
-    l2_prefetch: int = 0  # gemv, gemm, staged, on CUDA: each program first asks L2 for its first l2_prefetch K
+    l2_prefetch: int = 0  # gemv, gemm, staged, wgmma, on CUDA: each program first asks L2 for its first l2_prefetch K
     # tiles of weight words (``prefetch.global.L2``: no registers, no wait), before its PDL wait; 0 off
 
     def fitted(self, group_size: int, k_pad: int) -> "KernelConfig":
@@ -148,7 +148,7 @@ class KernelConfig:
                             num_warps=block_n // 16, num_stages=max(ring, 1),
                             prefetch=2 if self.prefetch >= 2 and not ring else 1,
                             fused_reduce=bool(self.fused_reduce) and split_k > 1, mma_sync=bool(self.mma_sync),
-                            late_dequant=late)
+                            late_dequant=late, l2_prefetch=_l2_tiles(self.l2_prefetch))
 
 
 def _l2_tiles(asked: int) -> int:
@@ -222,11 +222,15 @@ STAGED_TILES = ((64, 2, 0, 0), (64, 2, 1, 0), (64, 4, 0, 64), (64, 4, 1, 0), (12
 # at 8192 x 8192, bench_kernels' from-L2 column), so it waits on its loads' latency, not on HBM's bandwidth; asked
 # early, the words of later tiles come from L2 (kernel_notes.md, thirteenth session; not yet timed). Tried on the
 # GEMV tile every goal shape picked, (BLOCK_N, warps, BLOCK_K), at twice and four times its base split (the picks
-# were at twice), on two staged tiles (BLOCK_N, warps, max_registers) at their splits, and from M = 2 to 64 on the
-# column-order swapped GEMM (M = 16 from L2: 26.9 against 28.8 us at 8192 x 8192), asking for these tiles
+# were at twice), on two staged tiles (BLOCK_N, warps, max_registers) at their splits, from M = 2 to 64 on the
+# column-order swapped GEMM (M = 16 from L2: 26.9 against 28.8 us at 8192 x 8192) and on two Gluon GEMM tiles,
+# asking for these tiles
 GEMV_M1_L2_TILES = ((64, 2, 256),)
 STAGED_L2_TILES = ((64, 2, 0), (64, 4, 64))
-L2_PREFETCH_TILES = {"gemv": (2, 32), "staged": (32,), "gemm": (32,)}
+# (BLOCK_N, weight buffers, mma_sync) of the Gluon GEMM with it, from M = 1 to 64: the two families it picked on
+# 14336 x 4096 in run 11 (mma.sync with two buffers at M = 1, wgmma with one at M = 16), at its base split and twice
+GLUON_L2_TILES = ((64, 1, False), (64, 2, True))
+L2_PREFETCH_TILES = {"gemv": (2, 32), "staged": (32,), "gemm": (32,), "wgmma": (32,)}
 MIN_REGISTER_CAP = 24  # the smallest ``max_registers`` a tuned table may hold (ptxas keeps some for itself)
 MAX_L2_TILES = 32  # the most K tiles a config's ``l2_prefetch`` may ask L2 for at a program's start
 # (BLOCK_N, warps) of the staged GEMV with two activation rows per program, tried at M = 2: 4.04-4.07 instructions
@@ -450,6 +454,12 @@ def candidate_configs(m: int, n: int, k_pad: int, group_size: int, device: torch
                                  num_stages=stages, split_k=min(split * f, k_tiles),
                                  fused_reduce=FUSED_REDUCE_CANDIDATES, mma_sync=mma_sync, late_dequant=late)
                     for f in (1, 2, 4)]
+        for block_n, buffers, mma_sync in GLUON_L2_TILES:  # and asking L2 for their first weight tiles
+            split = _split_for(triton.cdiv(n, block_n) * triton.cdiv(m, block_m), k_tiles, device)
+            out += [KernelConfig("wgmma", block_n, int4_wgmma.BLOCK_K, block_m=block_m, prefetch=buffers,
+                                 split_k=min(split * f, k_tiles), fused_reduce=FUSED_REDUCE_CANDIDATES,
+                                 mma_sync=mma_sync, l2_prefetch=tiles)
+                    for f in (1, 2) for tiles in L2_PREFETCH_TILES["wgmma"]]
         for block_n, mma_sync in GLUON_WIDE_TILES if m >= 8 else ():
             tiles_mn = triton.cdiv(n, block_n) * triton.cdiv(m, block_m)
             out += [KernelConfig("wgmma", block_n, int4_wgmma.BLOCK_K, block_m=block_m, split_k=s,

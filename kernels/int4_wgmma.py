@@ -77,7 +77,7 @@ import os
 import torch
 import triton
 
-from awq_ao.kernels import pdl
+from awq_ao.kernels import pdl, ptx
 from awq_ao.kernels.int4_planes import MAGIC_PAIR_BF16, MAGIC_PAIR_FP16, pair_ptx
 from awq_ao.kernels.splitk import add_splits
 
@@ -197,6 +197,20 @@ if HAVE_GLUON:
         """DTYPE tensor -> int32 with its 16 bits in both halves (a packed operand of ``_pair``)."""
         bits = v.to(DTYPE).to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF
         return bits | (bits << 16)
+
+    @gluon.jit
+    def _prefetch_tiles_l2(q_ptr, rows, N, stride_q, k0, K_WORDS, TILES: gl.constexpr):
+        """Ask the L2 cache for the 128-column tiles k0, k0 + 128, ... (TILES of them; 64 bytes of a row each, two
+        to a 128-byte line) of these weight rows (``rows`` [BLOCK_N], one per thread), none past N or K:
+        ``prefetch.global.L2``, a hint that writes no register and waits for nothing (as ``ptx.prefetch_tiles_l2``;
+        this kernel runs in the opaque op, which torch.compile does not analyse, so the request is a plain side
+        effect)."""
+        for t in gl.static_range(TILES):
+            word = (k0 + t * 128) // 8
+            live = ((rows < N) & (word < K_WORDS)).to(gl.int32)
+            gl.inline_asm_elementwise("{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L2 [$1]; mov.u32 $0, 0; }",
+                                      "=r,l,r", [q_ptr + rows * stride_q + word, live], dtype=gl.int32,
+                                      is_pure=False, pack=1)
 
     @gluon.jit
     def _weight_tile(q_ptr, s_ptr, z_ptr, rows, row_live, cs, qs, k, live, K_WORDS, stride_q, stride_s,
@@ -352,7 +366,8 @@ if HAVE_GLUON:
         GROUP_SIZE: gl.constexpr, HAS_PRE_SCALE: gl.constexpr, BLOCK_M: gl.constexpr, TILES: gl.constexpr,
         SPLIT_OUT: gl.constexpr, FUSED_SPLITS: gl.constexpr, TWO_BUFFERS: gl.constexpr, OVERLAP: gl.constexpr,
         RING: gl.constexpr, MMA_SYNC: gl.constexpr, LATE: gl.constexpr, MAGIC: gl.constexpr, EVEN: gl.constexpr,
-        NEG_MAGIC: gl.constexpr, BLOCK_N: gl.constexpr, WORDS: gl.constexpr, PDL: gl.constexpr = 0,
+        NEG_MAGIC: gl.constexpr, BLOCK_N: gl.constexpr, WORDS: gl.constexpr, L2_TILES: gl.constexpr = 0,
+        PDL: gl.constexpr = 0,
     ):
         """One program (BLOCK_N / 16 warps: one or two warp groups): rows [BLOCK_N pid_n, +BLOCK_N) of W, activation rows [BLOCK_M pid_m, +BLOCK_M), K tiles
         [TILES pid_k, +TILES). out: y [M, N] in x's dtype, or (SPLIT_OUT) fp32 partials [split, M, N]; with
@@ -381,13 +396,17 @@ if HAVE_GLUON:
         XS: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
         S1: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[0])  # [TILES, n] rows
 
-        if PDL:  # programmatic dependent launch (pdl.py): the kernel ahead finishes first
-            pdl.gluon_prologue(PDL)
         pid_n = gl.program_id(0)
         pid_m = gl.program_id(1)
         pid_k = gl.program_id(2)
         m0 = pid_m * BLOCK_M
         k0 = pid_k * (TILES * 128)
+        if L2_TILES > 0:  # the split's first L2_TILES weight tiles asked of L2 before the wait (``l2_prefetch``)
+            ROW1: gl.constexpr = gl.BlockedLayout([1], [32], [BLOCK_N // 16], [0])
+            _prefetch_tiles_l2(q_ptr, pid_n * BLOCK_N + gl.arange(0, BLOCK_N, ROW1), N, stride_q, k0, K_WORDS,
+                               L2_TILES)
+        if PDL:  # programmatic dependent launch (pdl.py): the kernel ahead finishes first
+            pdl.gluon_prologue(PDL)
         k_last = k0 + (TILES - 1) * 128  # (EVEN: where the loads ahead past the range go)
 
         # 0. the first weight tiles' loads, in flight while the activation is staged
@@ -569,6 +588,7 @@ def wgmma_linear(x, words, scale, zero_point, pre, has_pre, y, group_size, in_fe
         LATE=config.late_dequant, MAGIC=MAGIC_VALUE[x.dtype],
         EVEN=even_loads(n, config.block_n, k_words, tiles_per_split),
         BLOCK_N=config.block_n, WORDS=words_layout(config.block_n), num_warps=config.block_n // 16,
+        L2_TILES=min(config.l2_prefetch, tiles_per_split) if ptx.runs_ptx(x) else 0,
         **pdl.options(x.device, release=split > 1 and not fused),
     )
     if split > 1 and not fused:

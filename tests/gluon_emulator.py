@@ -83,9 +83,12 @@ def _inline_asm(asm, constraints, args, dtype, is_pure=True, pack=1):
     """Two 16-bit outputs of a pair-unpacking string, lane by lane (``ptx_emulator``); an L2 prefetch
     (``prefetch.global.L2 [$1]``, a hint) is recorded in PREFETCHED and returns zeros."""
     asm = getattr(asm, "value", asm)
-    if "prefetch.global.L2" in asm:
+    if "prefetch.global.L2" in asm:  # (a second argument: the request's predicate, lane by lane)
         ptr = args[0]
-        PREFETCHED.append((ptr.base, torch.as_tensor(ptr.offsets).reshape(-1).clone()))
+        offsets = torch.as_tensor(ptr.offsets).reshape(-1)
+        if len(args) > 1:
+            offsets = offsets[torch.as_tensor(args[1]).reshape(-1).expand(offsets.shape) != 0]
+        PREFETCHED.append((ptr.base, offsets.clone()))
         return _t(torch.zeros(torch.as_tensor(ptr.offsets).shape, dtype=torch.int32))
     tensors = [a for a in args if isinstance(a, torch.Tensor)]
     shape = torch.broadcast_shapes(*(a.shape for a in tensors))

@@ -116,3 +116,27 @@ def test_fused_sum_leaves_the_counters_at_zero(emulated):
         y = launch_int4_linear(x, qdata, scale, zero, None, None, 128, 300, config=cfg, counters=counters)
         assert ((y.double() - expected).norm() / expected.norm()).item() < TOL[torch.bfloat16]
         assert int(counters.abs().sum()) == 0
+
+
+def test_l2_prefetch_asks_for_each_programs_own_tiles(emulated, monkeypatch):
+    """With ``l2_prefetch`` and a launch that runs PTX (``ptx.runs_ptx``; CPU tensors here, as on a GPU) each
+    program first asks L2 for its split's first tiles of its own rows (the word at each 128-column tile's start),
+    none past N (100 of 64-row tiles) or K (K_pad 384: 3 tiles, split 2: tiles 0-1 and 2), once per M block (2
+    of BLOCK_M 8 for 10 rows); the output is the same as without."""
+    import gluon_emulator
+
+    from awq_ao.kernels import ptx
+
+    monkeypatch.setattr(ptx, "runs_ptx", lambda x: True)
+    x, qdata, scale, zero, pre, _ = quantized_case(torch.bfloat16, 10, 100, 300, 128, True, 8)
+    outs = {}
+    for l2 in (0, 32):
+        gluon_emulator.PREFETCHED.clear()
+        cfg = KernelConfig("wgmma", 64, 128, block_m=8, split_k=2, mma_sync=True, prefetch=2, l2_prefetch=l2)
+        outs[l2] = int4_linear(x, qdata, scale, zero, 128, 300, act_pre_scale=pre, config=cfg)
+        asked = sorted(torch.cat([o for _, o in gluon_emulator.PREFETCHED]).tolist()) if l2 else []
+        words_per_row = 384 // 8
+        expected = sorted(n * words_per_row + 16 * t for n in range(100) for t in range(3) for _ in range(2)) if l2 \
+            else []
+        assert asked == expected, l2
+    assert torch.equal(outs[0], outs[32])

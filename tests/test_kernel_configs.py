@@ -680,18 +680,17 @@ def test_wave_splits_fill_whole_waves():
 
 def test_l2_prefetch_is_kept_where_a_kernel_takes_it_and_checked():
     """``l2_prefetch`` (tiles each program asks L2 for as it starts) survives fitting for the GEMV (ring or not),
-    the GEMM and the staged GEMV, and the staged one's Triton stand-in; the Gluon GEMM and dequant configs drop
-    it; outside 0 .. MAX_L2_TILES it is refused by name; the M = 1 candidates on sm_90 hold it on the GEMV tile at
+    the GEMM, the Gluon GEMM and the staged GEMV, and the staged one's Triton stand-in; dequant configs drop it; outside 0 .. MAX_L2_TILES it is refused by name; the M = 1 candidates on sm_90 hold it on the GEMV tile at
     twice and four times its base split and on the staged tiles named in the table, the M = 16 ones on the
-    column-order swapped GEMM at its two power-of-two splits."""
+    column-order swapped GEMM at its two power-of-two splits and on the Gluon GEMM tiles named, at two splits."""
     assert KernelConfig("gemv", 64, 256, split_k=8, l2_prefetch=4).fitted(128, 8192).l2_prefetch == 4
     assert KernelConfig("gemv", 64, 256, num_stages=3, l2_prefetch=4).fitted(128, 8192).l2_prefetch == 4
     assert KernelConfig("gemm", 64, 128, block_m=16, l2_prefetch=4).fitted(128, 8192).l2_prefetch == 4
     assert KernelConfig("staged", 64, 256, split_k=8, l2_prefetch=32).fitted(128, 8192).l2_prefetch == 32
     assert KernelConfig("staged", 64, 256, l2_prefetch=32).fitted(16, 8192) == KernelConfig(
         "gemv", 64, 256, split_k=1, l2_prefetch=32).fitted(16, 8192)  # groups of 16: the Triton GEMV, prefetching
-    for cfg in (KernelConfig("dequant", 16, 256, l2_prefetch=4), KernelConfig("wgmma", 64, 128, block_m=16, l2_prefetch=4)):
-        assert cfg.fitted(128, 8192).l2_prefetch == 0, cfg
+    assert KernelConfig("wgmma", 64, 128, block_m=16, l2_prefetch=4).fitted(128, 8192).l2_prefetch == 4
+    assert KernelConfig("dequant", 16, 256, l2_prefetch=4).fitted(128, 8192).l2_prefetch == 0
     for bad in (-1, configs.MAX_L2_TILES + 1):
         with pytest.raises(ValueError, match="l2_prefetch"):
             KernelConfig("gemv", 64, 256, l2_prefetch=bad).fitted(128, 8192)
@@ -708,12 +707,16 @@ def test_l2_prefetch_is_kept_where_a_kernel_takes_it_and_checked():
     with mock.patch.object(wg, "wgmma_available", lambda device: True), \
             mock.patch.object(configs, "sm_count", lambda index: 132):  # as on an H200
         m16 = [c for c in configs.candidate_configs(16, 8192, 8192, 128, torch.device("cuda", 0)) if c.l2_prefetch]
-    assert sorted(c.split_k for c in m16) == [4, 8] and all(c.kind == "gemm" and c.natural_order and c.swap_ab and not c.fused_reduce
-                                 and c.l2_prefetch == 32 for c in m16), m16
+    gemm = [c for c in m16 if c.kind == "gemm"]
+    assert sorted(c.split_k for c in gemm) == [4, 8] and all(c.natural_order and c.swap_ab and not c.fused_reduce
+                                                            and c.l2_prefetch == 32 for c in gemm), gemm
+    gluon = {(c.block_n, c.prefetch, c.mma_sync) for c in m16 if c.kind == "wgmma"}
+    assert gluon == set(configs.GLUON_L2_TILES) and len(m16) == len(gemm) + 2 * len(gluon), m16
 
 
 def test_l2_prefetch_compiles_to_sm90_prefetches_ahead_of_the_first_loads():
-    """With ``l2_prefetch`` the GEMV, the staged GEMV and the GEMM compile for sm_90 with one ``CCTL.E.PF2`` (an L2
+    """With ``l2_prefetch`` the GEMV, the staged GEMV, the GEMM and the Gluon GEMM (mma.sync) compile for sm_90 with
+    one ``CCTL.E.PF2`` (an L2
     prefetch) per 128-byte line of the tiles asked for, all before the kernel's first global load (the staged
     kernel's: its activation staging), none in the main loop, and with as many programs per SM (registers) and
     loop instructions per weight as the same config without it (Triton 3.6, the H200's: 128 registers either
@@ -723,7 +726,9 @@ def test_l2_prefetch_compiles_to_sm90_prefetches_ahead_of_the_first_loads():
         "for cfg in (KernelConfig('gemv', 64, 256, split_k=4, num_warps=2, l2_prefetch=2).fitted(128, 4096),\n"
         "            KernelConfig('staged', 64, 256, split_k=4, num_warps=2, l2_prefetch=32).fitted(128, 4096),\n"
         "            KernelConfig('gemm', 64, 128, block_m=16, split_k=4, num_stages=3, swap_ab=True, prefetch=1,\n"
-        "                         natural_order=True, l2_prefetch=32).fitted(128, 4096)):\n"
+        "                         natural_order=True, l2_prefetch=32).fitted(128, 4096),\n"
+        "            KernelConfig('wgmma', 64, 128, block_m=16, split_k=4, prefetch=2, mma_sync=True,\n"
+        "                         l2_prefetch=32).fitted(128, 4096)):\n"
         "    for c in (cfg, dataclasses.replace(cfg, l2_prefetch=0)):\n"
         "        usage, sass = r.cuobjdump(r.compile_config(c, 'bf16', 128, 90))\n"
         "        lines = [l for l in sass.splitlines() if re.search(r'/\\*[0-9a-f]{4}\\*/', l)]\n"
@@ -733,17 +738,18 @@ def test_l2_prefetch_compiles_to_sm90_prefetches_ahead_of_the_first_loads():
         "        row = [x.strip() for x in r.report(c, 'bf16', 128, 90).split('|')]\n"
         "        print(c.kind, c.l2_prefetch, len(pf), all(i < first_ldg for i in pf),\n"
         "              sum('CCTL' in l for l in loop), row[7], row[10])\n")
-    rows = [line.split() for line in compiled_in_child(code, 6)]
-    (gemv, gemv0), (staged, staged0), (gemm, gemm0) = rows[0:2], rows[2:4], rows[4:6]
+    rows = [line.split() for line in compiled_in_child(code, 8)]
+    (gemv, gemv0), (staged, staged0), (gemm, gemm0), (gluon, gluon0) = rows[0:2], rows[2:4], rows[4:6], rows[6:8]
     # GEMV: 2 tiles x 1 line; staged: the split's 4 tiles (4096 / 256 / 4), 1 line each; GEMM: 32 asked, its
     # split's 8 tiles exist (4096 / 128 / 4), each request predicated
     assert gemv[:5] == ["gemv", "2", "2", "True", "0"] and gemv0[2] == "0", gemv
     assert staged[:5] == ["staged", "32", "4", "True", "0"] and staged0[2] == "0", staged
     assert gemm[:2] == ["gemm", "32"] and int(gemm[2]) >= 8 and gemm[3:5] == ["True", "0"] and gemm0[2] == "0", gemm
+    assert gluon[:5] == ["wgmma", "32", "8", "True", "0"] and gluon0[2] == "0", gluon  # min(32, its split's 8)
     # programs per SM by registers (allocated in steps of 8; 2 warps, 2 and 4), loop instructions per weight (the
     # GEMM's with Triton 3.9: 5.20 -> 5.31; 3.6, the H200's: 5.42 -> 5.41)
     for with_l2, without, threads, slack in ((gemv, gemv0, 64, 0.03), (staged, staged0, 64, 0.03),
-                                             (gemm, gemm0, 128, 0.15)):
+                                             (gemm, gemm0, 128, 0.15), (gluon, gluon0, 128, 0.03)):
         assert 65536 // (threads * -(-int(with_l2[5]) // 8 * 8)) == 65536 // (threads * -(-int(without[5]) // 8 * 8)), (
             with_l2, without)
         assert abs(float(with_l2[6]) - float(without[6])) <= slack, (with_l2, without)
