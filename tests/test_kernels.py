@@ -399,18 +399,14 @@ def test_traced_linear_keeps_the_real_counters_out_and_the_op_body_sends_fused_s
     assert opaque == [1] and seen[-1] is kept and torch.equal(y, want)
 
 
-@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="replays the prefetch under the interpreter")
-def test_gemv_l2_prefetch_asks_for_the_first_tiles_of_each_program(monkeypatch):
-    """The Triton GEMV with ``l2_prefetch`` = 2, run by the interpreter with its inline assembly replaced by a
-    recorder (the interpreter has none; as on a GPU, ``ptx.runs_ptx`` made true): each program asks L2 for the
-    first two 256-column tiles of its rows and split, one 128-byte line per row and tile, and nothing past the
-    last row (N = 100 of 64-row tiles) or its split's end (5 tiles in 3 splits: 2, 2, 1); the output is the
-    same as without the prefetch."""
+def _record_l2_requests(monkeypatch) -> list[int]:
+    """From here on in this test, launches run as on a GPU (``ptx.runs_ptx`` true) and the interpreter takes each
+    inline-assembly op, which it cannot run, for an L2 prefetch request: the returned list collects the address
+    of every request whose predicate is on, and each returns 0, as the PTX does."""
     import types
 
     import numpy as np
     from triton.runtime import interpreter
-    type_ns = types.SimpleNamespace
 
     from awq_ao.kernels import ptx
 
@@ -421,13 +417,24 @@ def test_gemv_l2_prefetch_asks_for_the_first_tiles_of_each_program(monkeypatch):
         address, live = values[0].data, values[1].data
         asked.extend(int(a) for a, ok in zip(address.reshape(-1), live.reshape(-1)) if ok)
         result = interpreter.TensorHandle(np.zeros(address.shape, dtype=np.int32), tl.int32)
-        return type_ns(get_result=lambda i: result)  # what tl.inline_asm_elementwise reads of the op
+        return types.SimpleNamespace(get_result=lambda i: result)  # what tl.inline_asm_elementwise reads of the op
 
+    monkeypatch.setattr(ptx, "runs_ptx", lambda t: True)
+    monkeypatch.setattr(interpreter.InterpreterBuilder, "create_inline_asm", record)
+    return asked
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="replays the prefetch under the interpreter")
+def test_gemv_l2_prefetch_asks_for_the_first_tiles_of_each_program(monkeypatch):
+    """The Triton GEMV with ``l2_prefetch`` = 2, run by the interpreter with its inline assembly replaced by a
+    recorder (the interpreter has none; as on a GPU, ``ptx.runs_ptx`` made true): each program asks L2 for the
+    first two 256-column tiles of its rows and split, one 128-byte line per row and tile, and nothing past the
+    last row (N = 100 of 64-row tiles) or its split's end (5 tiles in 3 splits: 2, 2, 1); the output is the
+    same as without the prefetch."""
     x, qdata, scale, zero, pre, _ = quantized_case(torch.float16, 1, 100, 1280, 128, False, 6)
     cfg = KernelConfig("gemv", 64, 256, split_k=3, num_warps=2)
     y0 = int4_linear(x, qdata, scale, zero, 128, 1280, config=cfg)
-    monkeypatch.setattr(ptx, "runs_ptx", lambda t: True)
-    monkeypatch.setattr(interpreter.InterpreterBuilder, "create_inline_asm", record)
+    asked = _record_l2_requests(monkeypatch)
     y2 = int4_linear(x, qdata, scale, zero, 128, 1280, config=dataclasses.replace(cfg, l2_prefetch=2))
     row_bytes = 1280 // 2
     tiles_of_split = [(0, 1), (2, 3), (4,)]  # 5 tiles of 256 columns, 2 per split
@@ -443,27 +450,10 @@ def test_gemm_l2_prefetch_asks_for_the_first_tiles_of_each_program(monkeypatch):
     per program, for its first three 128-column tiles (64 bytes of a row each; the request names the tile's first
     word, so two tiles share a 128-byte line), nothing past its split's end or the last row (N = 72 of 64-row
     tiles), once per M block; the output is the same as without."""
-    import types
-
-    import numpy as np
-    from triton.runtime import interpreter
-
-    from awq_ao.kernels import ptx
-
-    asked = []
-
-    def record(self, asm, constraints, values, type, is_pure, pack):
-        assert "prefetch.global.L2" in asm, asm
-        address, live = values[0].data, values[1].data
-        asked.extend(int(a) for a, ok in zip(address.reshape(-1), live.reshape(-1)) if ok)
-        result = interpreter.TensorHandle(np.zeros(address.shape, dtype=np.int32), tl.int32)
-        return types.SimpleNamespace(get_result=lambda i: result)
-
     x, qdata, scale, zero, pre, _ = quantized_case(torch.float32, 20, 72, 640, 128, True, 7)
     cfg = KernelConfig("gemm", 64, 128, block_m=16, split_k=2, num_stages=3, swap_ab=True, prefetch=1)
     y0 = int4_linear(x, qdata, scale, zero, 128, 640, act_pre_scale=pre, config=cfg)
-    monkeypatch.setattr(ptx, "runs_ptx", lambda t: True)
-    monkeypatch.setattr(interpreter.InterpreterBuilder, "create_inline_asm", record)
+    asked = _record_l2_requests(monkeypatch)
     y3 = int4_linear(x, qdata, scale, zero, 128, 640, act_pre_scale=pre, config=dataclasses.replace(cfg, l2_prefetch=3))
     row_bytes = 640 // 2
     splits = [(0, 1, 2), (3, 4)]  # 5 tiles of 128 columns in 2 splits
