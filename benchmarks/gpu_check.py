@@ -228,7 +228,8 @@ def check_module(device, dtype, mode, fused=False, wgmma=False) -> list[tuple[st
     column order (``natural_order``), one launch in all. ``wgmma``: those buckets take the Gluon kernels
     instead, through ``awq_ao::int4_linear_opaque`` (an opaque op): the staged GEMV at 1, the wgmma kernel
     split and unsplit at 4 and 16. Neither: the split GEMV and its reduce launch at 1 (``FORCED_PLAIN``), the
-    defaults elsewhere. Each M = 1 pick asks L2 for its first weight tiles (``l2_prefetch``).
+    defaults elsewhere. Each M = 1 pick and the fused M = 16 GEMM ask L2 for their first weight tiles
+    (``l2_prefetch``).
     """
     torch.manual_seed(0)
     torch._dynamo.reset()  # Linear.forward is one code object for every module: keep the caches apart
