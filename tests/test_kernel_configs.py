@@ -371,6 +371,10 @@ def test_mma_sync_is_a_gluon_option_that_fitting_keeps_only_there(monkeypatch):
     monkeypatch.setattr(configs, "_programs_target", lambda device, per_sm=2: per_sm * 132)
     for m in (1, 8, 16, 64):
         gluon = [c for c in configs.candidate_configs(m, 8192, 8192, 128, CPU) if c.kind == "wgmma"]
+        with_l2 = [c for c in gluon if c.l2_prefetch]  # (the L2-prefetch pairs of GLUON_L2_TILES, counted apart)
+        pairs = 2 * len(configs.GLUON_L2_TILES) * len(configs.L2_PREFETCH_TILES["wgmma"])
+        assert len(with_l2) == pairs if m < 64 else 0 < len(with_l2) <= pairs, m  # (64: splits coincide, below)
+        gluon = [c for c in gluon if not c.l2_prefetch]
         mma = [c for c in gluon if c.mma_sync]
         late = [c for c in mma if c.late_dequant]
         if m < 64:  # (at 64 the staged activation raises the small splits to one value: fewer distinct configs)
