@@ -135,7 +135,8 @@ def bench_shape(n: int, k: int, m: int, l2_bytes: int, device: str = "cuda", tim
 def path_label(m: int, n: int, k: int, device: torch.device = torch.device("cuda")) -> str:
     """The kernel and tile awq_ao runs for this shape, short: e.g. ``gemv 128x128 r2 s8 pf``, ``gemv 64x128 w1 ring3
     s8 fused`` (warps where not 4 for a ring, ring depth, split-K summed in the kernel), ``staged 64x256 w2 s8`` (the
-    staged GEMV and its warps), ``wgmma 64x128 mma.sync late ...``, ``... natural`` (the GEMM in column order)."""
+    staged GEMV and its warps), ``wgmma 64x128 mma.sync late ...``, ``... cap64`` (a register cap), ``... l2 32``
+    (tiles asked of L2 at the start), ``... natural`` (the GEMM in column order)."""
     from awq_ao.kernels import select_config
 
     k_pad = -(-k // GROUP) * GROUP
@@ -153,6 +154,8 @@ def path_label(m: int, n: int, k: int, device: torch.device = torch.device("cuda
     if cfg.split_k > 1:
         label += f" s{cfg.split_k}" + (" fused" if cfg.fused_reduce else "")
     label += "" if not cfg.prefetch else " pf" if cfg.prefetch == 1 else f" pf{cfg.prefetch}"
+    label += f" cap{cfg.max_registers}" if cfg.max_registers else ""
+    label += f" l2 {cfg.l2_prefetch}" if cfg.l2_prefetch else ""
     return label + (" natural" if cfg.natural_order else "")
 
 

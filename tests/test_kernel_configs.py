@@ -194,6 +194,14 @@ def test_bench_table_names_the_path_taken(monkeypatch):
                            natural_order=True)
     monkeypatch.setattr(configs, "default_config", lambda *args: natural)
     assert bench.path_label(16, 4096, 4096, CPU) == "gemm 64x128 m16 swap s4 fused pf natural"
+    prefetching = KernelConfig("gemv", 64, 256, split_k=8, num_warps=2, l2_prefetch=32)
+    monkeypatch.setattr(configs, "default_config", lambda *args: prefetching)
+    assert bench.path_label(1, 4096, 4096, CPU) == "gemv 64x256 s8 l2 32"
+    from awq_ao.kernels import int4_wgmma
+    monkeypatch.setattr(int4_wgmma, "wgmma_available", lambda device: True)  # (the staged kind is sm_90's)
+    capped = KernelConfig("staged", 64, 256, split_k=8, num_warps=4, max_registers=64)
+    monkeypatch.setattr(configs, "default_config", lambda *args: capped)
+    assert bench.path_label(1, 4096, 4096, CPU) == "staged 64x256 w4 s8 cap64"
 
 
 def test_bench_table_times_each_column_on_its_own_calls():
