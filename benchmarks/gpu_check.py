@@ -219,6 +219,23 @@ def pdl_effect(device) -> None:
         pdl.ENABLED = was
 
 
+def l2_effect(device) -> None:
+    """The default picks at 8192 x 8192, M = 1 and 16, timed as the tuner times, without and with each program
+    asking L2 for its first 32 weight tiles (``l2_prefetch``; the tuning has candidates with it too), twice each,
+    alternating, in this process: "L2 effect" lines. A pick whose kernel takes no request is reported as such."""
+    for m in (1, 16):
+        cfg = configs.select_config(m, 8192, 8192, 128, device)
+        if cfg.kind == "dequant":
+            print(f"L2 effect, 8192 x 8192 M={m} {cfg}: no request in this kernel", flush=True)
+            continue
+        times = {0: [], 32: []}
+        for tiles in (0, 32, 0, 32):
+            times[tiles] += [ms for _, ms in configs.time_configs(
+                m, 8192, 8192, 128, [dataclasses.replace(cfg, l2_prefetch=tiles)]) if ms is not None]
+        print(f"L2 effect, 8192 x 8192 M={m} {cfg}: without {', '.join(f'{t * 1e3:.1f}' for t in times[0])} us, "
+              f"with 32 tiles {', '.join(f'{t * 1e3:.1f}' for t in times[32])} us", flush=True)
+
+
 def check_module(device, dtype, mode, fused=False, wgmma=False) -> list[tuple[str, float, bool]]:
     """One Linear, compiled once per mode, called at M = 1, 3, 16, 200, 16, 1 (dynamic shapes after the second).
 
@@ -474,6 +491,8 @@ def _run(args) -> int:
         print("the in-kernel split-K sum failed a check above: the tuning leaves it out", flush=True)
     if device.type == "cuda" and not args.no_bench and pdl.enabled(device):
         pdl_effect(device)
+    if device.type == "cuda" and not args.no_bench:
+        l2_effect(device)
     if device.type == "cuda" and not args.no_bench:
         import bench_kernels
 

@@ -462,3 +462,26 @@ def test_gemm_l2_prefetch_asks_for_the_first_tiles_of_each_program(monkeypatch):
                       for t in tiles[:3] for _ in range(m_blocks))
     assert sorted(asked) == expected
     assert torch.equal(y0, y3)
+
+
+def test_gpu_check_times_the_picks_without_and_with_the_l2_prefetch(monkeypatch, capsys):
+    """gpu_check.l2_effect: at M = 1 and 16 the pick is timed (as the tuner times) without and with 32 tiles asked
+    of L2, alternating, twice each, and printed as an "L2 effect" line; a dequant pick is named as taking none."""
+    from awq_ao.kernels import configs
+
+    check = benchmark_module("gpu_check")
+    picks = {1: KernelConfig("gemv", 64, 256, split_k=8, num_warps=2), 16: KernelConfig("dequant", 16, 256)}
+    monkeypatch.setattr(configs, "select_config", lambda m, n, k, g, device: picks[m])
+    timed = []
+
+    def time_configs(m, n, k, group, cfgs):
+        timed.append((m, [c.l2_prefetch for c in cfgs]))
+        return [(c, (17.5 if c.l2_prefetch == 0 else 15.5) * 1e-3) for c in cfgs]
+
+    monkeypatch.setattr(configs, "time_configs", time_configs)
+    check.l2_effect(torch.device("cpu"))
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert timed == [(1, [0]), (1, [32]), (1, [0]), (1, [32])]
+    assert lines[0].startswith("L2 effect, 8192 x 8192 M=1") and lines[0].endswith(
+        "without 17.5, 17.5 us, with 32 tiles 15.5, 15.5 us")
+    assert lines[1].startswith("L2 effect, 8192 x 8192 M=16") and lines[1].endswith("no request in this kernel")
