@@ -26,7 +26,7 @@ def prefetch_tiles_l2(q_ptr, rows, N, stride_q, t_start, t_end, TILES: tl.conste
 
     The asm is declared pure: torch.compile's analysis of a user kernel's mutations gives up on an impure one
     and then takes every tensor argument as written (the weight copied each call). At the kernel's start only:
-    inside the loop, a side-effecting asm cost the sm_90 GEMV 128 -> 163 registers (Triton 3.6)."""
+    inside the loop, a side-effecting asm cost the sm_90 GEMV 128 -> 163 registers (Triton 3.6, a scratch compile)."""
     LINES: tl.constexpr = (BLOCK_K + 255) // 256  # a row's tile is BLOCK_K / 2 bytes
     done = rows * 0
     for i in tl.static_range(TILES * LINES):
