@@ -340,8 +340,8 @@ def main(argv=None) -> int:
 
     int4_wgmma.OVERLAP_PAIRS = int4_wgmma.OVERLAP_PAIRS or args.overlap  # compile_wgmma's default
 
-    from awq_ao.kernels.configs import (GLUON_TILES, GLUON_WIDE_TILES, L2_PREFETCH_TILES, STAGED_L2_TILES,
-                                        STAGED_ROWS2_TILES, STAGED_TILES, candidate_configs)
+    from awq_ao.kernels.configs import (GLUON_L2_TILES, GLUON_TILES, GLUON_WIDE_TILES, L2_PREFETCH_TILES,
+                                        STAGED_L2_TILES, STAGED_ROWS2_TILES, STAGED_TILES, candidate_configs)
 
     seen = []
     for m in args.m:
@@ -367,6 +367,9 @@ def main(argv=None) -> int:
                                    mma_sync=mma_sync, late_dequant=late).fitted(args.group, 4096)
                 if cfg not in seen:
                     seen.append(cfg)
+            seen += [KernelConfig("wgmma", block_n, 128, block_m=m, prefetch=buffers, mma_sync=mma_sync,  # and with
+                                  l2_prefetch=t).fitted(args.group, 4096)  # the L2 prefetch, as the tuner tries them
+                     for block_n, buffers, mma_sync in GLUON_L2_TILES for t in L2_PREFETCH_TILES["wgmma"]]
     for cfg in [c for c in seen if c.kind == "staged"]:  # --caps: the staged rows again under each register cap
         capped = [dataclasses.replace(cfg, max_registers=cap) for cap in args.caps]
         seen[seen.index(cfg) + 1:seen.index(cfg) + 1] = [c for c in capped if c not in seen]

@@ -29,9 +29,9 @@ relative to a float64 reference ``(x * pre) @ dequantize(W).T``):
    kernel forced for those M (``awq_ao::int4_linear_opaque``, eager, compiled,
    CUDA graphs);
 
-then (unless --no-bench) it times the 8192 x 8192 picks at M = 1 and 16 without and with PDL, side by side
-(``pdl_effect``), tunes the configs for the benchmark shapes, saves them as JSON and prints
-``bench_kernels.py``'s table. Exits non-zero when any correctness case fails.
+then (unless --no-bench) it times the 8192 x 8192 picks at M = 1 and 16 without and with PDL and without and
+with the L2 prefetch, side by side (``pdl_effect``, ``l2_effect``), tunes the configs for the benchmark shapes,
+saves them as JSON and prints ``bench_kernels.py``'s table. Exits non-zero when any correctness case fails.
 """
 
 from __future__ import annotations
@@ -201,39 +201,48 @@ def _pdl_matches(device, dtype, m: int, cfg: KernelConfig, calls: int) -> bool:
     return eager and replayed
 
 
+def _timed_alternately(m: int, config_for: dict, before=lambda setting: None) -> dict:
+    """{setting: [ms, ms]}: 8192 x 8192 at M = ``m`` timed as the tuner times (``configs.time_configs``: CUDA graph
+    over weight copies from HBM) with each setting's config, the settings in turn, twice; ``before(setting)``
+    runs ahead of each timing."""
+    times = {setting: [] for setting in config_for}
+    for setting in list(config_for) * 2:
+        before(setting)
+        times[setting] += [ms for _, ms in configs.time_configs(m, 8192, 8192, 128, [config_for[setting]])
+                           if ms is not None]
+    return times
+
+
+def _us(times: list) -> str:
+    return ", ".join(f"{t * 1e3:.1f}" for t in times)
+
+
 def pdl_effect(device) -> None:
-    """The default picks at 8192 x 8192, M = 1 and 16, timed as the tuner times (``configs.time_configs``: CUDA
-    graph over weight copies from HBM) without and with PDL, twice each, alternating, in this process."""
+    """The default picks at 8192 x 8192, M = 1 and 16, timed without and with PDL, twice each, alternating, in this
+    process ("PDL effect" lines)."""
     was = pdl.ENABLED
     try:
         for m in (1, 16):
             cfg = configs.select_config(m, 8192, 8192, 128, device)
-            times = {False: [], True: []}
-            for on in (False, True, False, True):
-                pdl.ENABLED = on
-                times[on] += [ms for _, ms in configs.time_configs(m, 8192, 8192, 128, [cfg]) if ms is not None]
-            print(f"PDL effect, 8192 x 8192 M={m} {cfg}: without "
-                  f"{', '.join(f'{t * 1e3:.1f}' for t in times[False])} us, with "
-                  f"{', '.join(f'{t * 1e3:.1f}' for t in times[True])} us", flush=True)
+            times = _timed_alternately(m, {False: cfg, True: cfg}, before=lambda on: setattr(pdl, "ENABLED", on))
+            print(f"PDL effect, 8192 x 8192 M={m} {cfg}: without {_us(times[False])} us, with {_us(times[True])} us",
+                  flush=True)
     finally:
         pdl.ENABLED = was
 
 
 def l2_effect(device) -> None:
-    """The default picks at 8192 x 8192, M = 1 and 16, timed as the tuner times, without and with each program
-    asking L2 for its first 32 weight tiles (``l2_prefetch``; the tuning has candidates with it too), twice each,
-    alternating, in this process: "L2 effect" lines. A pick whose kernel takes no request is reported as such."""
+    """The default picks at 8192 x 8192, M = 1 and 16, timed without and with each program asking L2 for its first
+    32 weight tiles (``l2_prefetch``; the tuning has candidates with it too), twice each, alternating, in this
+    process: "L2 effect" lines. A pick whose kernel takes no request is reported as such."""
     for m in (1, 16):
         cfg = configs.select_config(m, 8192, 8192, 128, device)
         if cfg.kind == "dequant":
             print(f"L2 effect, 8192 x 8192 M={m} {cfg}: no request in this kernel", flush=True)
             continue
-        times = {0: [], 32: []}
-        for tiles in (0, 32, 0, 32):
-            times[tiles] += [ms for _, ms in configs.time_configs(
-                m, 8192, 8192, 128, [dataclasses.replace(cfg, l2_prefetch=tiles)]) if ms is not None]
-        print(f"L2 effect, 8192 x 8192 M={m} {cfg}: without {', '.join(f'{t * 1e3:.1f}' for t in times[0])} us, "
-              f"with 32 tiles {', '.join(f'{t * 1e3:.1f}' for t in times[32])} us", flush=True)
+        times = _timed_alternately(m, {tiles: dataclasses.replace(cfg, l2_prefetch=tiles) for tiles in (0, 32)})
+        print(f"L2 effect, 8192 x 8192 M={m} {cfg}: without {_us(times[0])} us, with 32 tiles {_us(times[32])} us",
+              flush=True)
 
 
 def check_module(device, dtype, mode, fused=False, wgmma=False) -> list[tuple[str, float, bool]]:

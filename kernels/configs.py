@@ -111,8 +111,7 @@ class KernelConfig:
         (the largest split up to the asked one that divides the tiles, or the smallest whose staged activation
         fits ``SMEM_BYTES``), BLOCK_N a multiple of 4 rows per warp; the Triton GEMV's (``as_gemv``) where K_pad
         is not a multiple of 256 or the group not of 32."""
-        if self.max_registers and not MIN_REGISTER_CAP <= self.max_registers <= 255:
-            raise ValueError(f"max_registers {self.max_registers}: 0 (no cap) or {MIN_REGISTER_CAP} to 255")
+        max_registers = _register_cap(self.max_registers)
         if k_pad % int4_gemv_staged.BLOCK_K or group_size % 32:
             return self.as_gemv(group_size, k_pad)
         tiles = k_pad // int4_gemv_staged.BLOCK_K
@@ -125,8 +124,7 @@ class KernelConfig:
         block_n = max(self.block_n, 4 * self.num_warps) // (4 * self.num_warps) * (4 * self.num_warps)
         return KernelConfig("staged", block_n, int4_gemv_staged.BLOCK_K, split_k=split, block_m=rows,
                             num_warps=self.num_warps, num_stages=1, prefetch=min(int(self.prefetch), 1),
-                            max_registers=max(0, int(self.max_registers)),
-                            l2_prefetch=_l2_tiles(self.l2_prefetch))
+                            max_registers=max_registers, l2_prefetch=_l2_tiles(self.l2_prefetch))
 
     def _fitted_wgmma(self, group_size: int, k_pad: int) -> "KernelConfig":
         """The wgmma kernel's tile (64, 128 or 256 rows on 4, 8 or 16 warps, 128 columns), BLOCK_M one of its MMA widths, weight tiles in
@@ -155,6 +153,13 @@ def _l2_tiles(asked: int) -> int:
     """A config's ``l2_prefetch``, checked: 0 to MAX_L2_TILES tiles (the kernel unrolls its requests)."""
     if not 0 <= int(asked) <= MAX_L2_TILES:
         raise ValueError(f"l2_prefetch {asked}: 0 (off) to {MAX_L2_TILES} tiles")
+    return int(asked)
+
+
+def _register_cap(asked: int) -> int:
+    """A config's ``max_registers``, checked: 0 (no cap) or MIN_REGISTER_CAP to 255."""
+    if asked and not MIN_REGISTER_CAP <= int(asked) <= 255:
+        raise ValueError(f"max_registers {asked}: 0 (no cap) or {MIN_REGISTER_CAP} to 255")
     return int(asked)
 
 
@@ -530,10 +535,8 @@ def load_tuned(path: str) -> int:
                 raise ValueError(f"bad config {cfg}: prefetch is 0, 1 or 2 tiles")
             if cfg.kind == "gemv" and cfg.block_m not in GEMV_ROWS:
                 raise ValueError(f"bad config {cfg}: GEMV rows per program must be one of {GEMV_ROWS}")
-            if not 0 <= cfg.l2_prefetch <= MAX_L2_TILES:
-                raise ValueError(f"bad config {cfg}: l2_prefetch is 0 to {MAX_L2_TILES} tiles")
-            if cfg.max_registers and not MIN_REGISTER_CAP <= cfg.max_registers <= 255:
-                raise ValueError(f"bad config {cfg}: a register cap is 0 (none) or {MIN_REGISTER_CAP} to 255")
+            _l2_tiles(cfg.l2_prefetch)  # (each raises ValueError, named with the file below)
+            _register_cap(cfg.max_registers)
             entries[(table["device"], row["m_bucket"], row["n"], row["k_pad"], row["group_size"])] = cfg
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{path}: not a tuned kernel-config table ({type(err).__name__}: {err})") from err

@@ -85,16 +85,6 @@ if HAVE_GLUON:
         xsum_smem.index(slot).store(gl.sum(x_sum, axis=1))
 
     @gluon.jit
-    def _prefetch_tiles_l2(q_ptr, rows, stride_q, col0, TILES: gl.constexpr):
-        """Ask the L2 cache for the first TILES 256-column tiles (128 bytes of a row each) of these weight rows
-        from column col0 on (``rows`` [BLOCK_N], one per thread): ``prefetch.global.L2``, a hint that writes no
-        register and waits for nothing (``ptx.prefetch_tiles_l2``'s, with this kernel's whole tiles)."""
-        for t in gl.static_range(TILES):
-            ptr = q_ptr + rows * stride_q + col0 // 8 + t * 32  # 32 words: 128 bytes
-            gl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [ptr], dtype=gl.int32,
-                                      is_pure=False, pack=1)
-
-    @gluon.jit
     def _plane_dot(dot, words, high, x_smem, slot, L3: gl.constexpr):
         """``dot`` [BLOCK_N, 8, 4] plus each weight's masked nibble times its staged activation value: the 8
         planes of one tile (``slot`` its staged activation) for one activation row."""
@@ -128,9 +118,9 @@ if HAVE_GLUON:
         pid_m = gl.program_id(2)
         if L2_TILES > 0:  # the split's first L2_TILES weight tiles asked of L2 before the wait and the staging, whose
             # loads would otherwise come first (``KernelConfig.l2_prefetch``, at most the split's TILES)
-            ROW1: gl.constexpr = gl.BlockedLayout([1], [32], [WARPS], [0])
-            _prefetch_tiles_l2(q_ptr, pid_n * BLOCK_N + gl.arange(0, BLOCK_N, ROW1), stride_q,
-                               pid_split * TILES * 256, L2_TILES)
+            word0 = pid_split * TILES * 32  # (32 words: a 256-column tile of a row)
+            ptx.gluon_prefetch_l2(q_ptr, pid_n * BLOCK_N, pid_n * BLOCK_N + BLOCK_N, stride_q, word0,
+                                  word0 + TILES * 32, BLOCK_N, WARPS, 32, L2_TILES)
         if PDL:  # programmatic dependent launch (pdl.py): the kernel ahead finishes first
             pdl.gluon_prologue(PDL)
         L3: gl.constexpr = gl.BlockedLayout([1, 1, 4], [4, 8, 1], [WARPS, 1, 1], [2, 1, 0])

@@ -160,6 +160,7 @@ def fused_linear(x, words, scale, zero_point, pre, has_pre, y, group_size, in_fe
     strides = (x.stride(0), q_row, scale.stride(0), out.stride(-2), stride_split, q_block, q_tile)
     outputs = (out, y, y if counters is None else counters)  # partials (or y), y, the tile counters
     fused_splits = split if fused else 0
+    l2_tiles = config.l2_prefetch if ptx.runs_ptx(x) and not tiled else 0  # (inline PTX: not on the interpreter)
     if config.kind == "gemv":
         grid = (triton.cdiv(n, config.block_n), split, triton.cdiv(m, config.block_m))
         wrap(_int4_gemv_kernel)[grid](
@@ -168,8 +169,7 @@ def fused_linear(x, words, scale, zero_point, pre, has_pre, y, group_size, in_fe
             EVEN_M=m % config.block_m == 0, PREFETCH=config.prefetch, ROWS=config.block_m, TILED=tiled,
             FUSED_SPLITS=fused_splits, LOOP_STAGES=config.num_stages if config.num_stages >= 3 else None,
             BLOCK_N=config.block_n, BLOCK_K=config.block_k, num_warps=config.num_warps, num_stages=config.num_stages,
-            L2_TILES=config.l2_prefetch if ptx.runs_ptx(x) and not tiled else 0,
-            **pdl.options(x.device, wrap, release=split > 1 and not fused),
+            L2_TILES=l2_tiles, **pdl.options(x.device, wrap, release=split > 1 and not fused),
         )
     else:
         grid = (triton.cdiv(n, config.block_n), triton.cdiv(m, config.block_m), split)
@@ -180,8 +180,7 @@ def fused_linear(x, words, scale, zero_point, pre, has_pre, y, group_size, in_fe
             PREFETCH=config.prefetch, PACKED16=packed16, USE_ASM=ptx.runs_ptx(x), NATURAL=natural, TILED=tiled,
             FUSED_SPLITS=fused_splits, BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
             num_warps=config.num_warps, num_stages=config.num_stages,
-            L2_TILES=config.l2_prefetch if ptx.runs_ptx(x) and not tiled else 0,
-            **pdl.options(x.device, wrap, release=split > 1 and not fused),
+            L2_TILES=l2_tiles, **pdl.options(x.device, wrap, release=split > 1 and not fused),
         )
     if split > 1 and not fused:
         add_splits(out, y, wrap)

@@ -199,20 +199,6 @@ if HAVE_GLUON:
         return bits | (bits << 16)
 
     @gluon.jit
-    def _prefetch_tiles_l2(q_ptr, rows, N, stride_q, k0, K_WORDS, TILES: gl.constexpr):
-        """Ask the L2 cache for the 128-column tiles k0, k0 + 128, ... (TILES of them; 64 bytes of a row each, two
-        to a 128-byte line) of these weight rows (``rows`` [BLOCK_N], one per thread), none past N or K:
-        ``prefetch.global.L2``, a hint that writes no register and waits for nothing (as ``ptx.prefetch_tiles_l2``;
-        this kernel runs in the opaque op, which torch.compile does not analyse, so the request is a plain side
-        effect)."""
-        for t in gl.static_range(TILES):
-            word = (k0 + t * 128) // 8
-            live = ((rows < N) & (word < K_WORDS)).to(gl.int32)
-            gl.inline_asm_elementwise("{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L2 [$1]; mov.u32 $0, 0; }",
-                                      "=r,l,r", [q_ptr + rows * stride_q + word, live], dtype=gl.int32,
-                                      is_pure=False, pack=1)
-
-    @gluon.jit
     def _weight_tile(q_ptr, s_ptr, z_ptr, rows, row_live, cs, qs, k, live, K_WORDS, stride_q, stride_s,
                      GROUP_SIZE: gl.constexpr, rows_acc, rows_acc_live, LATE: gl.constexpr, k_last,
                      EVEN: gl.constexpr):
@@ -402,9 +388,8 @@ if HAVE_GLUON:
         m0 = pid_m * BLOCK_M
         k0 = pid_k * (TILES * 128)
         if L2_TILES > 0:  # the split's first L2_TILES weight tiles asked of L2 before the wait (``l2_prefetch``)
-            ROW1: gl.constexpr = gl.BlockedLayout([1], [32], [BLOCK_N // 16], [0])
-            _prefetch_tiles_l2(q_ptr, pid_n * BLOCK_N + gl.arange(0, BLOCK_N, ROW1), N, stride_q, k0, K_WORDS,
-                               L2_TILES)
+            ptx.gluon_prefetch_l2(q_ptr, pid_n * BLOCK_N, N, stride_q, k0 // 8, K_WORDS, BLOCK_N, BLOCK_N // 16, 16,
+                                  L2_TILES)
         if PDL:  # programmatic dependent launch (pdl.py): the kernel ahead finishes first
             pdl.gluon_prologue(PDL)
         k_last = k0 + (TILES - 1) * 128  # (EVEN: where the loads ahead past the range go)

@@ -11,6 +11,12 @@ import torch
 import triton
 import triton.language as tl
 
+try:  # Triton >= 3.5 ships Gluon
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+except ImportError:  # pragma: no cover - depends on the installed Triton
+    gluon = None
+
 
 def runs_ptx(x: torch.Tensor) -> bool:
     """Whether kernels launched on ``x``'s device run compiled PTX (a CUDA device)."""
@@ -37,3 +43,21 @@ def prefetch_tiles_l2(q_ptr, rows, N, stride_q, t_start, t_end, TILES: tl.conste
             "{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L2 [$1]; mov.u32 $0, 0; }",
             "=r,l,r", [ptr, live], dtype=tl.int32, is_pure=True, pack=1)
     return tl.max(done, axis=0)
+
+
+if gluon is not None:
+
+    @gluon.jit
+    def gluon_prefetch_l2(q_ptr, row0, n_rows, stride_q, word0, word_end, BLOCK_N: gl.constexpr, WARPS: gl.constexpr,
+                          TILE_WORDS: gl.constexpr, TILES: gl.constexpr):
+        """``prefetch_tiles_l2`` for the Gluon kernels: ask L2 for TILES tiles of TILE_WORDS words from word0 on,
+        of rows row0 .. row0 + BLOCK_N - 1 (one per thread), none at or past row n_rows or word word_end. Plain
+        side effects: the Gluon kernels run in the opaque op, which torch.compile does not analyse."""
+        ROW1: gl.constexpr = gl.BlockedLayout([1], [32], [WARPS], [0])
+        rows = row0 + gl.arange(0, BLOCK_N, ROW1)
+        for t in gl.static_range(TILES):
+            word = word0 + t * TILE_WORDS
+            live = ((rows < n_rows) & (word < word_end)).to(gl.int32)
+            gl.inline_asm_elementwise(
+                "{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L2 [$1]; mov.u32 $0, 0; }",
+                "=r,l,r", [q_ptr + rows * stride_q + word, live], dtype=gl.int32, is_pure=False, pack=1)

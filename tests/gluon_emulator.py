@@ -18,7 +18,7 @@ import types
 import torch
 from ptx_emulator import run_ptx
 
-from awq_ao.kernels import int4_gemv_staged, int4_wgmma
+from awq_ao.kernels import int4_gemv_staged, int4_wgmma, ptx
 
 
 class Tensor(torch.Tensor):
@@ -178,11 +178,18 @@ def _bind(module) -> dict:
         async_copy=types.SimpleNamespace(commit_group=lambda: None, wait_group=lambda n: None),
         pdl=types.SimpleNamespace(gluon_prologue=_no_pdl),
     )
+    env["ptx"] = types.SimpleNamespace(gluon_prefetch_l2=_rebound(ptx.gluon_prefetch_l2, env))
     for name, value in vars(module).items():
         fn = getattr(value, "fn", None)
         if isinstance(fn, types.FunctionType) and fn.__module__ == module.__name__:
-            env[name] = types.FunctionType(fn.__code__, env, name, fn.__defaults__, fn.__closure__)
+            env[name] = _rebound(value, env)
     return env
+
+
+def _rebound(kernel_fn, env: dict):
+    """A Gluon function's Python body with ``env`` as its globals (``gl`` and the rest replaced)."""
+    fn = kernel_fn.fn
+    return types.FunctionType(fn.__code__, env, fn.__name__, fn.__defaults__, fn.__closure__)
 
 
 def _flat(a: torch.Tensor) -> torch.Tensor:

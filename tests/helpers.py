@@ -139,3 +139,13 @@ def compiled_in_child(body: str, lines: int) -> list[str]:
         pytest.skip("no sm_90 toolchain in this Triton build")
     assert run.returncode == 0, run.stderr[-2000:]
     return run.stdout.strip().splitlines()[-lines:]
+
+
+class KernelRecorder:
+    """Stands in for a Triton kernel: ``kernel[grid](*args, **kwargs)`` appends (name, kwargs) to ``calls``."""
+
+    def __init__(self, name, calls: list):
+        self.name, self.calls = name, calls
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.calls.append((self.name, kwargs))

@@ -7,7 +7,7 @@ weight against the Triton GEMV's)."""
 import pytest
 import torch
 from gluon_emulator import staged_gemv_kernel
-from helpers import compiled_in_child, quantized_case
+from helpers import KernelRecorder, compiled_in_child, quantized_case
 
 from awq_ao.kernels import KernelConfig, configs, int4_gemv_staged, int4_linear, int4_wgmma
 
@@ -233,11 +233,8 @@ def test_gemv_launch_passes_l2_tiles_only_where_ptx_runs(monkeypatch):
 
     seen = []
 
-    def recording(kernel):
-        class Launch:
-            def __getitem__(self, grid):
-                return lambda *args, **kwargs: seen.append((kernel, kwargs))
-        return Launch()
+    def recording(kernel):  # the launch wrapper: each kernel launched becomes a recorder
+        return KernelRecorder(kernel, seen)
 
     x, qdata, scale, zero, pre, _ = quantized_case(torch.float16, 1, 128, 1024, 128, False, 5)
     words = qdata.view(torch.int32)

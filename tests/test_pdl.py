@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from helpers import compiled_in_child
+from helpers import KernelRecorder, compiled_in_child
 
 from awq_ao.kernels import KernelConfig, int4_matmul, pdl, splitk
 
@@ -37,16 +37,6 @@ def test_pdl_only_for_direct_launches_on_sm90_and_later(hopper, monkeypatch):
     assert pdl.options(CUDA) == {"PDL": 0}
 
 
-class _Recorder:
-    """Stands in for a Triton kernel: ``kernel[grid](*args, **kwargs)`` records the keyword arguments."""
-
-    def __init__(self, name, calls):
-        self.name, self.calls = name, calls
-
-    def __getitem__(self, grid):
-        return lambda *args, **kwargs: self.calls.append((self.name, kwargs))
-
-
 @pytest.mark.parametrize("config", [KernelConfig("gemv", 64, 256, split_k=4, num_warps=2),
                                     KernelConfig("gemv", 64, 256, split_k=4, num_warps=2, fused_reduce=True),
                                     KernelConfig("gemm", 64, 128, split_k=4, block_m=16, swap_ab=True)])
@@ -60,7 +50,7 @@ def test_launches_pass_pdl_when_direct_and_not_through_a_wrapper(hopper, monkeyp
     calls = []
     for module, name in ((int4_matmul, "_int4_gemv_kernel"), (int4_matmul, "_int4_gemm_kernel"),
                          (int4_matmul, "_gemm_x_kernel"), (splitk, "_splitk_reduce_kernel")):
-        monkeypatch.setattr(module, name, _Recorder(name, calls))
+        monkeypatch.setattr(module, name, KernelRecorder(name, calls))
     m = 16 if config.kind == "gemm" else 1
     x = torch.randn(m, 1024, dtype=torch.bfloat16)
     q = torch.zeros(64, 512, dtype=torch.uint8)
