@@ -16,8 +16,9 @@ ratios, not the absolute times.
 from __future__ import annotations
 
 import argparse
-import platform
+import os
 import statistics
+import sys
 import time
 
 import torch
@@ -25,6 +26,9 @@ import torch.nn.functional as F
 
 import awq_ao  # noqa: F401
 from awq_ao import AWQInt4Tensor, ops
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # machine.py
+from machine import cpu_description  # noqa: E402
 
 SHAPES = [  # (name, out N, in K)
     ("4096x4096", 4096, 4096),
@@ -98,7 +102,7 @@ def main() -> None:
     args = parser.parse_args()
     ms = [int(v) for v in args.ms.split(",")]
     lines = [
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}",
+        f"torch {torch.__version__}, {cpu_description()}",
         "",
         "| shape (N x K) | M | group | fp32 ms | bf16 ms | awq_ao op ms | awq_ao compiled module ms | path taken | int4 kernel ms | dequant+bf16 ms | bf16 / awq_ao op |",
         "|---|---|---|---|---|---|---|---|---|---|---|",

@@ -26,7 +26,6 @@ import argparse
 import copy
 import gc
 import os
-import platform
 import statistics
 import sys
 import time
@@ -36,6 +35,8 @@ from typing import Callable
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # machine.py
+from machine import cpu_description  # noqa: E402
 
 SHARED = os.environ.get("AWQ_AO_SHARED", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared"))
 PROMPT = "The history of the city of Paris begins"
@@ -219,8 +220,7 @@ def main() -> int:
         print(f"[round {r + 1}/{args.rounds}] " + ", ".join(f"{args.new_tokens / t:.1f}" for t in
                                                              (row.times[-1] for row in rows)), flush=True)
     base = statistics.median(args.new_tokens / t for t in rows[0].times) if rows else 1.0
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_description()
     lines = [
         f"SmolLM2-135M-Instruct, batch 1, {args.new_tokens} new tokens after a {len(PROMPT.split())}-word prompt, "
         f"{device.type} ({where}), torch {torch.__version__}, {time.strftime('%Y-%m-%d')}. "

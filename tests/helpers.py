@@ -2,6 +2,7 @@
 
 import copy
 import os
+import sys
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ def benchmark_module(name: str):
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", f"{name}.py")
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # (a script's dataclasses look their module up there)
     spec.loader.exec_module(module)
     return module
 

@@ -209,3 +209,20 @@ def test_model_check_tells_a_near_tie_from_a_wrong_token():
     step, gap = check.divergence_margin(far, ref, logits)
     assert step == 2 and abs(gap - 5.01 / rms) < 1e-5
     assert not check.follows_eager("x", far, ref, logits)[1]
+
+
+def test_cpu_benchmarks_name_the_cpu_they_ran_on(tmp_path):
+    """bench_decode / bench_cpu_linear headers: the model name and the bf16 / vnni extensions from cpuinfo (the
+    same script gave 2x other numbers on another day's CPU), a plain fallback without it."""
+    machine = benchmark_module("machine")
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Some CPU 9000\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n"
+                    "processor\t: 1\nmodel name\t: Some CPU 9000\n")
+    text = machine.cpu_description(str(info))
+    assert text.startswith("Some CPU 9000, torch kernels ") and "avx512_bf16" in text and "vnni" not in text
+    assert text.endswith(f"{torch.get_num_threads()} threads")
+    info.write_text("model name\t: Old CPU\nflags\t\t: fpu sse2 avx2\n")
+    assert "no bf16 / vnni extensions" in machine.cpu_description(str(info))
+    assert "no bf16 / vnni extensions" in machine.cpu_description(str(tmp_path / "missing"))
+    for script in ("bench_decode", "bench_cpu_linear"):  # loaded by file, as the tests load them, they find it
+        assert benchmark_module(script).cpu_description.__doc__ == machine.cpu_description.__doc__
