@@ -33,11 +33,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from awq_ao import quant
+from awq_ao.dequant_linear import linear_by_row_blocks
 
 # Largest number of rows sent to the CPU int4 kernel. Its time grows linearly
-# with M (0.35-0.39 ms per row at 4096x4096 here) while dequantize + dense bf16
-# costs a fixed 64-80 ms plus a cheap matmul: `benchmarks/bench_cpu_linear.py
-# --crossover` puts the crossover between M=128 and M=256.
+# with M (0.1 ms per row at 4096x4096 on a 2-core AMD EPYC with bf16 instructions)
+# while dequantize (by blocks of rows) + dense bf16 costs a fixed ~9 ms plus a
+# cheap matmul: `benchmarks/bench_cpu_linear.py --crossover` puts the crossover
+# at M=128 there (benchmarks/results/cpu_linear_crossover_amd_epyc.md; on the
+# first machine, before the block dequantization, between 128 and 256).
 CPU_INT4_MAX_M = 128
 
 
@@ -51,10 +54,15 @@ def int4_linear_dequant(
     group_size: int,
     in_features: int,
 ) -> Tensor:
-    """Reference path: ``F.linear(x * act_pre_scale, dequantize(W))``; x [..., K] -> [..., N]."""
-    w = quant.dequantize(quant.unpack_int4(qdata), scale, zero_point, group_size, in_features, x.dtype)
+    """Reference path: ``F.linear(x * act_pre_scale, dequantize(W))``; x [..., K] -> [..., N] (on CPU
+    dequantized a block of rows at a time into reused buffers, ``dequant_linear``: the same values, 2-4x faster
+    on the Llama-3-8B shapes)."""
     if act_pre_scale is not None:
         x = x * act_pre_scale
+    if x.device.type == "cpu":
+        y = linear_by_row_blocks(x.reshape(-1, x.shape[-1]), qdata, scale, zero_point, group_size, in_features)
+        return y.view(*x.shape[:-1], qdata.shape[0])
+    w = quant.dequantize(quant.unpack_int4(qdata), scale, zero_point, group_size, in_features, x.dtype)
     return F.linear(x, w)
 
 

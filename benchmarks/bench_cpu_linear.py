@@ -8,7 +8,10 @@ group 128, or 64 where K is not a multiple of 128) called eagerly ("op": the
 path ``ops.int4_linear`` dispatches to, with the subclass's Python overhead)
 and as a ``torch.compile``d one-linear module (which adds the compiled
 wrapper's fixed per-call overhead, paid once per forward in a whole model),
-both int4 paths on their own, and the ratio bf16 / awq_ao op. Everything
+both int4 paths on their own ("dequant+bf16": the op ``awq_ao::int4_linear_dequant``, which on CPU
+dequantizes a block of rows at a time into reused buffers, ``awq_ao/dequant_linear.py``), the reference it
+replaced on CPU ("whole-weight": ``quant.dequantize`` of the whole weight, then ``F.linear``), and the ratio
+bf16 / awq_ao op. Everything
 runs side by side in one process; the machine is shared and noisy, so read the
 ratios, not the absolute times.
 """
@@ -25,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 import awq_ao  # noqa: F401
-from awq_ao import AWQInt4Tensor, ops
+from awq_ao import AWQInt4Tensor, ops, quant
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # machine.py
 from machine import cpu_description  # noqa: E402
@@ -80,6 +83,8 @@ def bench_shape(n: int, k: int, m: int, repeats: int) -> dict:
         "int4_eager": lambda: F.linear(x16, qw),
         "int4_compiled": lambda: compiled(x16),
         "dequant": lambda: torch.ops.awq_ao.int4_linear_dequant(x16, qw.qdata, qw.scale, qw.zero_point, None, group, k),
+        "dequant_whole": lambda: F.linear(x16, quant.dequantize(quant.unpack_int4(qw.qdata), qw.scale, qw.zero_point,
+                                                                group, k, torch.bfloat16)),
     }
     if qw.cpu_packed is not None:
         fns["kernel"] = lambda: ops._cpu_int4_mm(x16, qw)
@@ -104,8 +109,8 @@ def main() -> None:
     lines = [
         f"torch {torch.__version__}, {cpu_description()}",
         "",
-        "| shape (N x K) | M | group | fp32 ms | bf16 ms | awq_ao op ms | awq_ao compiled module ms | path taken | int4 kernel ms | dequant+bf16 ms | bf16 / awq_ao op |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| shape (N x K) | M | group | fp32 ms | bf16 ms | awq_ao op ms | awq_ao compiled module ms | path taken | int4 kernel ms | dequant+bf16 ms | whole-weight dequant+bf16 ms | bf16 / awq_ao op |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     print("\n".join(lines), flush=True)
     shapes = SHAPES[:1] if args.crossover else SHAPES
@@ -116,7 +121,7 @@ def main() -> None:
             r = bench_shape(n, k, m, args.repeats)
             line = (
                 f"| {name} | {m} | {r['group']} | {r['fp32']:.3f} | {r['bf16']:.3f} | {r['int4_eager']:.3f} | "
-                f"{r['int4_compiled']:.3f} | {r['path']} | {r['kernel']:.3f} | {r['dequant']:.3f} | "
+                f"{r['int4_compiled']:.3f} | {r['path']} | {r['kernel']:.3f} | {r['dequant']:.3f} | {r['dequant_whole']:.3f} | "
                 f"{r['bf16'] / r['int4_eager']:.2f}x |"
             )
             print(line, flush=True)
