@@ -143,6 +143,12 @@ def generate(model: Transformer, prompt: Tensor, max_new_tokens: int, *, tempera
     return out, GenerationStats(length, len(new), prefill_s, decode_s)
 
 
+def until_eos(new_ids: list, eos_id: Optional[int]) -> list:
+    """One row's new token ids before its first ``eos_id`` (``generate`` checks for the end every few tokens, so a
+    row can hold tokens past it: with a chat model, the start of a next turn, which is not the answer)."""
+    return new_ids[: new_ids.index(eos_id)] if eos_id is not None and eos_id in new_ids else new_ids
+
+
 def weight_bytes_per_token(model: torch.nn.Module) -> int:
     """Bytes of weights one decode step reads: every weight once (tied ones once), of an input
     embedding only one row; an int4 weight counts its stored codes, scales, zeros and pre-scale
@@ -295,8 +301,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         generate(model, prompt, min(args.max_new_tokens, 4), **kwargs)
         print(f"compiled in {time.perf_counter() - start:.1f} s")
     out, stats = generate(model, prompt, args.max_new_tokens, eos_id=eos, skip_guards=args.compile, **kwargs)
-    text = tokenizer.decode(out[0, stats.prompt_tokens:].tolist(), skip_special_tokens=True)
-    print(text)
+    print(tokenizer.decode(until_eos(out[0, stats.prompt_tokens:].tolist(), eos), skip_special_tokens=True))
     gbps = weight_bytes * stats.decode_tokens_per_s / 1e9
     print(f"{stats.new_tokens} tokens, prefill {stats.prompt_tokens} tokens in {stats.prefill_s * 1e3:.0f} ms, "
           f"decode {stats.decode_tokens_per_s:.1f} tok/s ({stats.tokens_per_s:.1f} tok/s with prefill), "

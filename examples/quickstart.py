@@ -64,7 +64,7 @@ def main() -> None:
     size = sum(os.path.getsize(os.path.join(args.out, f)) for f in os.listdir(args.out)) / 2**20
     print(f"saved {args.out} ({size:.1f} MiB)")
 
-    from awq_ao.generate import compile_decode, generate
+    from awq_ao.generate import compile_decode, generate, until_eos
     from awq_ao.models.decode_prep import prepare_for_decode
 
     fast = prepare_for_decode(awq_ao.load_quantized(args.out, kind="gpt-fast"))
@@ -74,7 +74,9 @@ def main() -> None:
     generate(fast, ids, 4, decode_fn=step)
     print(f"reloaded into the gpt-fast-style model; decode step compiled in {time.perf_counter() - start:.0f} s")
     out, stats = generate(fast, ids, args.max_new_tokens, decode_fn=step, skip_guards=True, eos_id=tok.eos_token_id)
-    print(tok.decode(out[0], skip_special_tokens=True))
+    ids = out[0].tolist()
+    print(tok.decode(ids[: stats.prompt_tokens] + until_eos(ids[stats.prompt_tokens:], tok.eos_token_id),
+                     skip_special_tokens=True))
     print(f"{stats.new_tokens} tokens, {stats.decode_tokens_per_s:.1f} tok/s (compiled static-cache decode, bf16 int4)")
 
 

@@ -136,6 +136,25 @@ def test_cli_generates_and_prints_tok_s(tiny_checkpoint, capsys):
     assert set(out.strip().splitlines()[-2].split()) <= {f"w{i}" for i in range(253)}  # decoded words
 
 
+def test_cli_prints_the_answer_up_to_the_end_of_sequence(tiny_checkpoint, capsys, monkeypatch):
+    """generate() checks for the end every 8 tokens, so the row holds tokens past it (a chat model's next
+    turn): the printed text stops at the first end-of-sequence token."""
+    real = gen.generate
+
+    def ends_after_two_words(model, prompt, max_new_tokens, **kwargs):
+        _, stats = real(model, prompt, max_new_tokens, **kwargs)
+        new = [10, 11, 2, 12, 13] if kwargs.get("eos_id") == 2 else [10, 11, 12]  # w7 w8 </s> w9 w10
+        out = torch.cat([prompt, torch.tensor([new])], 1)
+        return out, gen.GenerationStats(prompt.shape[1], len(new), stats.prefill_s, stats.decode_s)
+
+    monkeypatch.setattr(gen, "generate", ends_after_two_words)
+    assert gen.main(["--checkpoint", tiny_checkpoint, "--prompt", "w1", "--max-new-tokens", "5",
+                     "--dtype", "float32"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-2] == "w7 w8" and lines[-1].startswith("5 tokens")
+    assert gen.until_eos([10, 11, 12], 2) == [10, 11, 12] and gen.until_eos([2, 5], None) == [2, 5]
+
+
 def test_cli_awq_needs_calibration_text(tiny_checkpoint, capsys):
     assert gen.main(["--checkpoint", tiny_checkpoint, "--quantize", "awq"]) == 2
     assert "--calibration-text" in capsys.readouterr().err
