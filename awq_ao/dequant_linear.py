@@ -2,7 +2,7 @@
 
 Dequantizing the whole weight first (``quant.dequantize``, the reference) writes a fresh N x K tensor per call:
 at 4096 x 4096 in bf16 32 MiB, which the allocator takes from the OS and the first write page-faults in, so
-most of the 28-57 ms it took at M = 1 to 512 on 2 cores went to memory that was new, not to arithmetic
+most of the 27-57 ms it took at M = 1 to 512 on 2 cores went to memory that was new, not to arithmetic
 (`python benchmarks/bench_cpu_linear.py --crossover`: column "whole-weight dequant+bf16" against this path's
 "dequant+bf16", 9-30 ms). Here each block of about
 ``BLOCK_BYTES`` of dequantized weight is written in place into the same two buffers, in cache, then multiplied;
