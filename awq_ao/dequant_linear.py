@@ -13,10 +13,7 @@ output element is the same K-long dot product.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
-
-from awq_ao import quant
 
 # dequantized weight per block: in a 32 MiB L3 with the activation and the block's codes beside it
 BLOCK_BYTES = 4 << 20
@@ -48,14 +45,17 @@ def dequantize_rows_into(qdata: Tensor, scale: Tensor, zero_point: Tensor, group
     return out
 
 
+def blocks_pay(qdata: Tensor, dtype: torch.dtype) -> bool:
+    """Whether the dequantized weight (qdata uint8 [N, K_pad / 2] in ``dtype``) is larger than one block; at one
+    block or less (SmolLM2's shapes) dequantizing it whole was as fast."""
+    return qdata.shape[0] * qdata.shape[1] * 2 * dtype.itemsize > BLOCK_BYTES
+
+
 def linear_by_row_blocks(x2d: Tensor, qdata: Tensor, scale: Tensor, zero_point: Tensor, group_size: int,
                          in_features: int) -> Tensor:
     """``x2d @ dequantize(W).T``: x2d [M, in_features] -> [M, N] in x2d's dtype (the weight's N x K_pad codes
     dequantized ``rows`` at a time)."""
     n, k_pad = qdata.shape[0], qdata.shape[1] * 2
-    if n * k_pad * x2d.element_size() <= BLOCK_BYTES:  # one block: the reference, as fast here (SmolLM2's shapes)
-        return F.linear(x2d, quant.dequantize(quant.unpack_int4(qdata), scale, zero_point, group_size, in_features,
-                                              x2d.dtype))
     rows = max(16, BLOCK_BYTES // (k_pad * x2d.element_size()))
     codes = torch.empty(rows, k_pad, dtype=torch.uint8, device=x2d.device)
     block = torch.empty(rows, k_pad, dtype=x2d.dtype, device=x2d.device)

@@ -32,8 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from awq_ao import quant
-from awq_ao.dequant_linear import linear_by_row_blocks
+from awq_ao import dequant_linear, quant
 
 # Largest number of rows sent to the CPU int4 kernel. Its time grows linearly
 # with M (0.1 ms per row at 4096x4096 on a 2-core AMD EPYC with bf16 instructions)
@@ -59,8 +58,9 @@ def int4_linear_dequant(
     on the Llama-3-8B shapes)."""
     if act_pre_scale is not None:
         x = x * act_pre_scale
-    if x.device.type == "cpu":
-        y = linear_by_row_blocks(x.reshape(-1, x.shape[-1]), qdata, scale, zero_point, group_size, in_features)
+    if x.device.type == "cpu" and dequant_linear.blocks_pay(qdata, x.dtype):
+        y = dequant_linear.linear_by_row_blocks(x.reshape(-1, x.shape[-1]), qdata, scale, zero_point, group_size,
+                                                in_features)
         return y.view(*x.shape[:-1], qdata.shape[0])
     w = quant.dequantize(quant.unpack_int4(qdata), scale, zero_point, group_size, in_features, x.dtype)
     return F.linear(x, w)
